@@ -1,0 +1,211 @@
+"""Structural checker for the trees of a :class:`~vdisk.btree.tree.Forest`.
+
+A walker carries, for each node, the key bounds its parent allows, its depth,
+and the path of node ids from the root; every complaint names the tree, the
+node and that path, and the walk goes on after a problem so that one run
+reports all of them.
+
+Checked per node: it decodes (magic, version, length, checksum, own id), its
+kind and layout fit its place, its entry count is within the fanout limits,
+its keys ascend strictly and lie within the separator bounds, its seq is not
+newer than its parent's (the invariant the seq rule relies on) nor, in a
+snapshot, newer than the snapshot, and it is reached only once. Per tree: all
+leaves at one depth and the entry count matches the record.
+
+``known`` lets a caller skip subtrees verified before: map node id ->
+:class:`Summary` of that subtree, filled by earlier calls. A node found there
+is accepted without reading it or its subtree again; only its summary is held
+against the bounds and depth of its new place. That is how verifying a chain
+of snapshots costs what differs between them (design notes, 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vdisk.errors import IntegrityError
+
+from .tree import BTree, Forest
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a verified subtree looks like from above."""
+
+    seq: int
+    level: int        # 0 for a leaf, parent = child + 1
+    entries: int
+    min_key: object   # None for an empty subtree
+    max_key: object
+
+
+@dataclass
+class Problem:
+    tree: str
+    node_id: int | None
+    path: tuple
+    kind: str
+    message: str
+
+    def __str__(self):
+        where = f"tree {self.tree!r}"
+        if self.node_id is not None:
+            where += f" node {self.node_id}"
+        if len(self.path) > 1:
+            where += " (path " + "/".join(str(p) for p in self.path) + ")"
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class TreeCheck:
+    tree: str
+    nodes_checked: int = 0
+    nodes_shared: int = 0
+    entries: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    reached: set = field(default_factory=set)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_tree(forest: Forest, name: str, known: dict | None = None) -> TreeCheck:
+    """Check one tree; record each verified node's summary in ``known``."""
+    if known is None:
+        known = {}
+    tree = forest.tree(name)
+    result = TreeCheck(name)
+    rec = tree.rec
+    limit_seq = rec.snap_seq if rec.frozen else None
+    summary = _walk(forest, tree, rec.root, None, None, 0, (rec.root,), None, limit_seq, known, result)
+    if summary is not None:
+        if summary.level != rec.height - 1 and not any(p.kind == "depth" for p in result.problems):
+            result.problems.append(Problem(name, rec.root, (rec.root,), "depth",
+                                           f"record says height {rec.height}, tree has {summary.level + 1}"))
+    total = summary.entries if summary is not None else None
+    if total is not None and total != rec.count:
+        result.problems.append(Problem(name, None, (), "count",
+                                       f"record says {rec.count} entries, tree holds {total}"))
+    result.entries = total or 0
+    return result
+
+
+def _walk(forest, tree: BTree, node_id, lo, hi, depth, path, parent_seq, limit_seq, known, result):
+    """Verify the subtree at node_id; return its Summary or None if unreadable."""
+    name = tree.name
+    if node_id in result.reached:
+        result.problems.append(Problem(name, node_id, path, "shape", "node is reached twice in one tree"))
+        return None
+    result.reached.add(node_id)
+
+    def problem(kind, msg):
+        result.problems.append(Problem(name, node_id, path, kind, msg))
+
+    s = known.get(node_id)
+    if s is not None:
+        result.nodes_shared += 1
+        _check_summary_fits(s, lo, hi, parent_seq, limit_seq, tree, depth, problem)
+        return s
+
+    try:
+        node = forest.node(node_id)
+    except IntegrityError as e:
+        problem("corrupt", str(e))
+        return None
+    result.nodes_checked += 1
+    rec = tree.rec
+    is_root = depth == 0
+    level = rec.height - 1 - depth
+    if node.leaf != (level == 0):
+        problem("depth", f"{'leaf' if node.leaf else 'inner node'} at depth {depth} of a tree of height {rec.height}")
+    if node.layout.key != tree.layout.key or (node.leaf and node.layout != tree.layout):
+        problem("layout", f"layout {node.layout} does not match the tree's {tree.layout}")
+    if parent_seq is not None and node.seq > parent_seq:
+        problem("seq", f"seq {node.seq} is newer than its parent's {parent_seq}")
+    if limit_seq is not None and node.seq > limit_seq:
+        problem("seq", f"seq {node.seq} is newer than the snapshot's {limit_seq}")
+
+    keys, vals = node.keys, node.vals
+    n = len(keys)
+    cap = tree.leaf_cap if node.leaf else tree.inner_cap
+    minimum = 0 if is_root and node.leaf else 2 if is_root else tree.leaf_min if node.leaf else tree.inner_min
+    if n > cap:
+        problem("fanout", f"{n} entries, more than the limit {cap}")
+    if n < minimum:
+        problem("fanout", f"{n} entries, fewer than the minimum {minimum}")
+
+    # Key 0 of an inner node carries no meaning (see format.py).
+    first = 0 if node.leaf else 1
+    for a in range(first, n - 1):
+        if not keys[a] < keys[a + 1]:
+            problem("key-order", f"key {keys[a + 1]!r} at index {a + 1} is not above {keys[a]!r}")
+            break
+    if n > first:
+        if lo is not None and keys[first] < lo:
+            problem("bounds", f"key {keys[first]!r} is below the separator {lo!r}")
+        if hi is not None and keys[-1] >= hi:
+            problem("bounds", f"key {keys[-1]!r} is not below the next separator {hi!r}")
+
+    if node.leaf:
+        s = Summary(node.seq, 0, n, keys[0] if n else None, keys[-1] if n else None)
+    else:
+        entries = 0
+        child_min = child_max = None
+        child_level = None
+        for i, child in enumerate(vals):
+            clo = lo if i == 0 else keys[i]
+            chi = keys[i + 1] if i + 1 < n else hi
+            cs = _walk(forest, tree, child, clo, chi, depth + 1, path + (child,), node.seq, limit_seq, known, result)
+            if cs is None:
+                continue
+            entries += cs.entries
+            if cs.min_key is not None:
+                if child_min is None:
+                    child_min = cs.min_key
+                child_max = cs.max_key
+            if child_level is None:
+                child_level = cs.level
+            elif cs.level != child_level:
+                problem("depth", f"child {child} has leaves at another depth than its siblings")
+        s = Summary(node.seq, (child_level if child_level is not None else level - 1) + 1,
+                    entries, child_min, child_max)
+    known[node_id] = s
+    return s
+
+
+def _check_summary_fits(s: Summary, lo, hi, parent_seq, limit_seq, tree, depth, problem):
+    level = tree.rec.height - 1 - depth
+    if s.level != level:
+        problem("depth", f"shared subtree of height {s.level + 1} at depth {depth} of a tree of height {tree.rec.height}")
+    if parent_seq is not None and s.seq > parent_seq:
+        problem("seq", f"seq {s.seq} is newer than its parent's {parent_seq}")
+    if limit_seq is not None and s.seq > limit_seq:
+        problem("seq", f"seq {s.seq} is newer than the snapshot's {limit_seq}")
+    if s.min_key is not None:
+        if lo is not None and s.min_key < lo:
+            problem("bounds", f"shared subtree's key {s.min_key!r} is below the separator {lo!r}")
+        if hi is not None and s.max_key >= hi:
+            problem("bounds", f"shared subtree's key {s.max_key!r} is not below the next separator {hi!r}")
+
+
+def check_forest(forest: Forest, names: list[str] | None = None, unreferenced: bool = True) -> list[TreeCheck]:
+    """Check trees in the given order, reusing verified subtrees between them.
+
+    With ``unreferenced``, stored nodes that no checked tree reaches are
+    reported as leaks (only meaningful when every tree is checked).
+    """
+    known: dict = {}
+    results = []
+    for name in names if names is not None else forest.tree_names():
+        results.append(check_tree(forest, name, known))
+    if unreferenced and names is None:
+        reached = set().union(*(r.reached for r in results)) if results else set()
+        leaked = [i for i in forest.store.node_ids() if i not in reached and i not in forest._freed]
+        if leaked:
+            shown = ", ".join(str(i) for i in leaked[:10]) + (" ..." if len(leaked) > 10 else "")
+            leak = TreeCheck("(store)")
+            leak.problems.append(Problem("(store)", None, (), "leak",
+                                         f"{len(leaked)} stored nodes are reached by no tree: {shown}"))
+            results.append(leak)
+    return results

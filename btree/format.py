@@ -1,0 +1,286 @@
+"""On-disk encoding of B+tree nodes, tree records and the store header.
+
+Everything the B+tree writes to its node store is encoded and decoded here and
+nowhere else. All integers are little-endian.
+
+Node, format version 1 (``NODE_VERSION``)::
+
+    off  size  field
+    0    4     magic b"VBTN"
+    4    1     format version (1)
+    5    1     kind: 1 = leaf, 2 = inner
+    6    2     n, number of entries (u16)
+    8    1     key type: 0 = unsigned 64-bit int, 1 = fixed-width bytes
+    9    1     key width in bytes (8 for u64)
+    10   1     value type: 0 = u64, 1 = fixed-width bytes (inner: 0, child ids)
+    11   1     value width in bytes (inner: 8)
+    12   4     reserved, zero
+    16   8     seq: operation sequence number that last wrote the node
+    24   8     node id (the node's own key, so a node stored or read under the
+               wrong id is caught)
+    32   16    checksum: blake3 of bytes [0, 32) + [48, end), first 16 bytes
+    48   n*kw  keys, ascending
+    ..   n*vw  leaf: values; inner: child node ids (u64)
+
+An inner node with n children holds n keys; key i (i >= 1) is the lower bound
+of child i's subtree. Key 0 is not used for routing and carries no meaning (it
+is whatever bound the node was created with), so checkers ignore it.
+
+A node never exceeds ``NODE_BYTES``: 4096 minus the 16-byte header LMDB puts on
+an overflow page, so each node is exactly one page of LMDB's file.
+
+Tree record (meta key ``b"tree/" + name``), version 1::
+
+    off  size  field
+    0    1     record version (1)
+    1    1     flags: bit 0 = frozen (a snapshot: read-only)
+    2    1     height: 1 = the root is a leaf
+    3    1     key type      4  1  key width
+    5    1     value type    6  1  value width
+    7    1     reserved, zero
+    8    8     root node id
+    16   8     snap_seq: seq of the newest snapshot taken of this tree; nodes
+               with seq <= snap_seq may be shared and are never modified
+    24   8     entry count
+    32   8     seq at which the tree record was created
+
+Store header (meta key ``b"format"``)::
+
+    0    8     magic b"VBTSTORE"
+    8    4     store format version (1)
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import blake3
+
+from vdisk.errors import CorruptNode, IntegrityError, UnsupportedVersion
+
+NODE_MAGIC = b"VBTN"
+NODE_VERSION = 1
+NODE_BYTES = 4080
+HEADER_BYTES = 48
+CHECKSUM_BYTES = 16
+
+LEAF = 1
+INNER = 2
+
+T_U64 = 0
+T_BYTES = 1
+
+STORE_MAGIC = b"VBTSTORE"
+STORE_VERSION = 1
+
+TREE_RECORD_VERSION = 1
+FLAG_FROZEN = 1
+
+_HEAD = struct.Struct("<4sBBHBBBBIQQ16s")
+_TREE = struct.Struct("<BBBBBBBBQQQQ")
+_STORE = struct.Struct("<8sI")
+_U64 = struct.Struct("<Q")
+assert _HEAD.size == HEADER_BYTES
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The fixed widths of one tree's keys and values.
+
+    A field is either an unsigned 64-bit int (``"u64"``) or a byte string of
+    fixed width (``"bytes:N"``, 1 <= N <= 255). Bytes keys sort bytewise.
+    """
+
+    key: str = "u64"
+    value: str = "u64"
+
+    def __post_init__(self):
+        for spec in (self.key, self.value):
+            _parse_field(spec)
+
+    @property
+    def key_type(self) -> tuple[int, int]:
+        return _parse_field(self.key)
+
+    @property
+    def value_type(self) -> tuple[int, int]:
+        return _parse_field(self.value)
+
+    @property
+    def leaf_capacity(self) -> int:
+        return (NODE_BYTES - HEADER_BYTES) // (self.key_type[1] + self.value_type[1])
+
+    @property
+    def inner_capacity(self) -> int:
+        return (NODE_BYTES - HEADER_BYTES) // (self.key_type[1] + 8)
+
+    @classmethod
+    def from_types(cls, kt: int, kw: int, vt: int, vw: int) -> "Layout":
+        return cls(_field_spec(kt, kw), _field_spec(vt, vw))
+
+
+def _parse_field(spec: str) -> tuple[int, int]:
+    if spec == "u64":
+        return T_U64, 8
+    if spec.startswith("bytes:"):
+        try:
+            width = int(spec[6:])
+        except ValueError:
+            width = 0
+        if 1 <= width <= 255:
+            return T_BYTES, width
+    raise ValueError(f"bad B+tree field spec {spec!r}: use 'u64' or 'bytes:N' with 1 <= N <= 255")
+
+
+def _field_spec(ftype: int, width: int) -> str:
+    if ftype == T_U64 and width == 8:
+        return "u64"
+    if ftype == T_BYTES and 1 <= width <= 255:
+        return f"bytes:{width}"
+    raise ValueError(f"field type {ftype} width {width}")
+
+
+def _pack_field(ftype: int, width: int, items: list) -> bytes:
+    if ftype == T_U64:
+        return struct.pack(f"<{len(items)}Q", *items)
+    return b"".join(items)
+
+
+def _unpack_field(ftype: int, width: int, buf, off: int, n: int) -> list:
+    if ftype == T_U64:
+        return list(struct.unpack_from(f"<{n}Q", buf, off))
+    return [bytes(buf[o:o + width]) for o in range(off, off + n * width, width)]
+
+
+def _checksum(head: bytes, body: bytes) -> bytes:
+    h = blake3.blake3(head[:32])
+    h.update(body)
+    return h.digest(CHECKSUM_BYTES)
+
+
+def encode_node(node_id: int, seq: int, leaf: bool, layout: Layout, keys: list, vals: list) -> bytes:
+    """Encode one node; ``vals`` are values (leaf) or child ids (inner)."""
+    n = len(keys)
+    kt, kw = layout.key_type
+    if leaf:
+        vt, vw = layout.value_type
+        kind = LEAF
+    else:
+        vt, vw = T_U64, 8
+        kind = INNER
+    body = _pack_field(kt, kw, keys) + _pack_field(vt, vw, vals)
+    if HEADER_BYTES + len(body) > NODE_BYTES:
+        raise ValueError(f"node {node_id} with {n} entries does not fit in {NODE_BYTES} bytes")
+    head = _HEAD.pack(NODE_MAGIC, NODE_VERSION, kind, n, kt, kw, vt, vw, 0, seq, node_id, b"")
+    return head[:32] + _checksum(head, body) + body
+
+
+@dataclass
+class DecodedNode:
+    node_id: int
+    seq: int
+    leaf: bool
+    layout: Layout
+    keys: list
+    vals: list
+
+
+def decode_node(node_id: int, buf) -> DecodedNode:
+    """Decode and validate the framing of one node (not its key order).
+
+    Raises :class:`CorruptNode` naming the node and what is wrong, and
+    :class:`UnsupportedVersion` for a node from a newer format.
+    """
+    if buf is None:
+        raise CorruptNode(node_id, "missing from the node store")
+    if len(buf) < HEADER_BYTES:
+        raise CorruptNode(node_id, f"truncated: {len(buf)} bytes, header needs {HEADER_BYTES}")
+    magic, version, kind, n, kt, kw, vt, vw, _res, seq, stored_id, csum = _HEAD.unpack_from(buf, 0)
+    if magic != NODE_MAGIC:
+        raise CorruptNode(node_id, f"bad magic {bytes(magic)!r}")
+    if version != NODE_VERSION:
+        if version > NODE_VERSION:
+            raise UnsupportedVersion(
+                f"metadata node {node_id} has format version {version}; this vdisk reads "
+                f"version {NODE_VERSION}: upgrade vdisk")
+        raise CorruptNode(node_id, f"unknown format version {version}")
+    if kind not in (LEAF, INNER):
+        raise CorruptNode(node_id, f"unknown node kind {kind}")
+    try:
+        layout = Layout.from_types(kt, kw, vt, vw) if kind == LEAF else Layout(_field_spec(kt, kw), "u64")
+    except ValueError:
+        raise CorruptNode(node_id, f"bad field types key={kt}/{kw} value={vt}/{vw}") from None
+    if kind == INNER and (vt, vw) != (T_U64, 8):
+        raise CorruptNode(node_id, "inner node whose children are not u64 ids")
+    want = HEADER_BYTES + n * (kw + vw)
+    if len(buf) != want:
+        raise CorruptNode(node_id, f"length {len(buf)} bytes, {n} entries need {want}")
+    head = bytes(buf[:32])
+    body = bytes(buf[HEADER_BYTES:])
+    if _checksum(head, body) != bytes(csum):
+        raise CorruptNode(node_id, "checksum mismatch")
+    if stored_id != node_id:
+        raise CorruptNode(node_id, f"holds node {stored_id}'s content")
+    keys = _unpack_field(kt, kw, buf, HEADER_BYTES, n)
+    vals = _unpack_field(vt, vw, buf, HEADER_BYTES + n * kw, n)
+    return DecodedNode(node_id, seq, kind == LEAF, layout, keys, vals)
+
+
+@dataclass
+class TreeRecord:
+    root: int
+    height: int
+    snap_seq: int
+    count: int
+    created_seq: int
+    layout: Layout
+    frozen: bool = False
+
+
+def encode_tree_record(rec: TreeRecord) -> bytes:
+    kt, kw = rec.layout.key_type
+    vt, vw = rec.layout.value_type
+    return _TREE.pack(TREE_RECORD_VERSION, FLAG_FROZEN if rec.frozen else 0, rec.height,
+                      kt, kw, vt, vw, 0, rec.root, rec.snap_seq, rec.count, rec.created_seq)
+
+
+def decode_tree_record(name: str, buf) -> TreeRecord:
+    if buf is None or len(buf) != _TREE.size:
+        raise IntegrityError(f"tree record {name!r} is damaged (length {0 if buf is None else len(buf)})")
+    version, flags, height, kt, kw, vt, vw, _r, root, snap_seq, count, created = _TREE.unpack(bytes(buf))
+    if version != TREE_RECORD_VERSION:
+        raise UnsupportedVersion(f"tree record {name!r} has version {version}; this vdisk reads "
+                                 f"{TREE_RECORD_VERSION}: upgrade vdisk")
+    try:
+        layout = Layout.from_types(kt, kw, vt, vw)
+    except ValueError:
+        raise IntegrityError(f"tree record {name!r} has bad field types") from None
+    if height < 1:
+        raise IntegrityError(f"tree record {name!r} has height {height}")
+    return TreeRecord(root, height, snap_seq, count, created, layout, bool(flags & FLAG_FROZEN))
+
+
+def encode_store_header() -> bytes:
+    return _STORE.pack(STORE_MAGIC, STORE_VERSION)
+
+
+def check_store_header(buf) -> None:
+    if buf is None or len(buf) != _STORE.size:
+        raise IntegrityError("B+tree store header is missing or damaged")
+    magic, version = _STORE.unpack(bytes(buf))
+    if magic != STORE_MAGIC:
+        raise IntegrityError(f"not a vdisk B+tree store (magic {magic!r})")
+    if version > STORE_VERSION:
+        raise UnsupportedVersion(f"metadata was written by a newer vdisk (store format {version}, "
+                                 f"this vdisk reads up to {STORE_VERSION}): upgrade vdisk")
+    if version < 1:
+        raise IntegrityError(f"B+tree store has unknown format version {version}")
+
+
+def encode_u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def decode_u64(buf) -> int:
+    return _U64.unpack(bytes(buf))[0]

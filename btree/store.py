@@ -1,0 +1,194 @@
+"""Node stores: where encoded B+tree nodes and small metadata records live.
+
+The tree algorithm (:mod:`vdisk.btree.tree`) never does I/O itself; it asks a
+store for a node's bytes and hands it one batch of changes per commit. Two
+stores exist: :class:`LmdbNodeStore` (the real one) and
+:class:`MemoryNodeStore` (tests and scratch work).
+
+A commit is atomic: either every put and delete of the batch is visible after
+it, or none is. LMDB gives exactly that with one write transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import struct
+import threading
+from typing import Iterable, Iterator, Protocol
+
+import lmdb
+
+from vdisk.errors import IntegrityError, NoSpace, ReadOnly
+
+_NODE_KEY = struct.Struct(">Q")  # big-endian: LMDB keeps node ids in numeric order
+
+
+class NodeStore(Protocol):
+    readonly: bool
+
+    def load(self, node_id: int) -> bytes | None: ...
+
+    def meta_get(self, key: bytes) -> bytes | None: ...
+
+    def meta_items(self, prefix: bytes) -> list[tuple[bytes, bytes]]: ...
+
+    def commit(self, puts: dict[int, bytes], deletes: Iterable[int],
+               meta: dict[bytes, bytes | None]) -> None: ...
+
+    def node_ids(self) -> Iterator[int]: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryNodeStore:
+    """A store in a dict; commits are atomic because they are one update."""
+
+    def __init__(self):
+        self.readonly = False
+        self.nodes: dict[int, bytes] = {}
+        self.meta: dict[bytes, bytes] = {}
+
+    def load(self, node_id):
+        return self.nodes.get(node_id)
+
+    def meta_get(self, key):
+        return self.meta.get(key)
+
+    def meta_items(self, prefix):
+        return sorted((k, v) for k, v in self.meta.items() if k.startswith(prefix))
+
+    def commit(self, puts, deletes, meta):
+        nodes = dict(self.nodes)
+        nodes.update(puts)
+        for node_id in deletes:
+            nodes.pop(node_id, None)
+        new_meta = dict(self.meta)
+        for k, v in meta.items():
+            if v is None:
+                new_meta.pop(k, None)
+            else:
+                new_meta[k] = v
+        self.nodes, self.meta = nodes, new_meta
+
+    def node_ids(self):
+        return iter(sorted(self.nodes))
+
+    def close(self):
+        pass
+
+
+class LmdbNodeStore:
+    """Nodes and metadata in one LMDB environment (a directory).
+
+    Named databases: ``nodes`` (node id, big-endian u64 -> encoded node) and
+    ``meta`` (tree roots, counters, and the records of layers above).
+
+    Durability: the environment is opened with LMDB's default ``sync=True``
+    and ``metasync=True``, so every commit is on stable storage when it
+    returns, and a power cut can never corrupt the database (LMDB's no-sync
+    modes can: they let pages of the last durable state be reused before the
+    next fsync). Callers make commits rare instead: one per flush or per
+    bounded batch of work.
+
+    Readers in other processes see only committed state. A read-only store
+    can pin one consistent view for a whole walk with :meth:`read_view`.
+    """
+
+    # Address space only: LMDB grows the file as it fills, up to this bound.
+    DEFAULT_MAP_SIZE = 1 << 40
+
+    def __init__(self, path: str | os.PathLike, readonly: bool = False,
+                 map_size: int = DEFAULT_MAP_SIZE, create: bool = True):
+        self.path = os.fspath(path)
+        self.readonly = readonly
+        if not create and not os.path.exists(os.path.join(self.path, "data.mdb")):
+            raise IntegrityError(f"metadata database {self.path}/data.mdb is missing")
+        try:
+            self.env = lmdb.open(self.path, map_size=map_size, max_dbs=4, readonly=readonly,
+                                 create=create and not readonly, subdir=True, readahead=False,
+                                 lock=True, metasync=True, sync=True)
+            self.nodes_db = self.env.open_db(b"nodes", create=not readonly)
+            self.meta_db = self.env.open_db(b"meta", create=not readonly)
+        except lmdb.Error as e:
+            raise IntegrityError(f"cannot open metadata database {self.path}: {e}") from None
+        self._view = threading.local()
+
+    def _txn(self):
+        return getattr(self._view, "txn", None)
+
+    @contextlib.contextmanager
+    def read_view(self):
+        """Pin one committed snapshot of the database for every read inside."""
+        if self._txn() is not None:
+            yield
+            return
+        with self.env.begin(buffers=False) as txn:
+            self._view.txn = txn
+            try:
+                yield
+            finally:
+                self._view.txn = None
+
+    def _read(self, key: bytes, db):
+        txn = self._txn()
+        if txn is not None:
+            return txn.get(key, db=db)
+        with self.env.begin(db=db, buffers=False) as t:
+            return t.get(key)
+
+    def load(self, node_id):
+        return self._read(_NODE_KEY.pack(node_id), self.nodes_db)
+
+    def meta_get(self, key):
+        return self._read(key, self.meta_db)
+
+    def meta_items(self, prefix):
+        def collect(txn):
+            out = []
+            cur = txn.cursor(db=self.meta_db)
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    out.append((bytes(k), bytes(v)))
+            return out
+        txn = self._txn()
+        if txn is not None:
+            return collect(txn)
+        with self.env.begin(buffers=False) as t:
+            return collect(t)
+
+    def node_ids(self):
+        with self.env.begin(db=self.nodes_db) as txn:
+            ids = [_NODE_KEY.unpack(k)[0] for k in txn.cursor().iternext(values=False)]
+        return iter(ids)
+
+    def commit(self, puts, deletes, meta):
+        if self.readonly:
+            raise ReadOnly("metadata is open read-only")
+        try:
+            with self.env.begin(write=True) as txn:
+                nodes = self.nodes_db
+                for node_id in sorted(puts):
+                    txn.put(_NODE_KEY.pack(node_id), puts[node_id], db=nodes)
+                for node_id in deletes:
+                    txn.delete(_NODE_KEY.pack(node_id), db=nodes)
+                for k, v in meta.items():
+                    if v is None:
+                        txn.delete(k, db=self.meta_db)
+                    else:
+                        txn.put(k, v, db=self.meta_db)
+        except lmdb.MapFullError:
+            raise NoSpace(f"metadata database {self.path} reached its size limit") from None
+        except lmdb.Error as e:
+            if isinstance(e, lmdb.DiskError) or "No space" in str(e) or getattr(e, "errno", None) == errno.ENOSPC:
+                raise NoSpace(f"no space left for metadata in {self.path}") from None
+            raise
+
+    def sync(self):
+        self.env.sync(True)
+
+    def close(self):
+        self.env.close()

@@ -1,0 +1,690 @@
+"""Copy-on-write B+trees that share nodes, decided by operation sequence numbers.
+
+A :class:`Forest` is a set of named trees in one node store. Trees share
+nodes: a snapshot of a tree is a second tree record pointing at the same root.
+
+The rule that makes sharing safe without reference counts (design notes, 1):
+every change to a tree is one operation with a new sequence number ``seq``
+from the forest's counter, and every node records the seq of the operation
+that last wrote it. Each tree knows ``snap_seq``, the counter's value when the
+newest snapshot (or clone) of it was taken. To change a node:
+
+* ``node.seq > snap_seq``: the node was written after the newest snapshot, so
+  only this tree can reach it. It is modified in place.
+* otherwise it may be shared. It is never modified: it is copied to a new node
+  id (shadowed), the copy is changed, and the parent is made to point at the
+  copy - by the same rule, up to the root.
+
+Every node on the path of a change is stamped with the operation's seq, so a
+child's seq never exceeds its parent's. That invariant is what lets the rule
+look at one node: a node newer than the snapshot has only newer ancestors.
+
+Taking a snapshot is therefore O(1): record root and seq. Node ids are never
+reused, so an id freed by a change cannot be handed out again before the
+commit that frees it is durable (nor after).
+
+Changes live in a write-back cache of decoded nodes until :meth:`Forest.commit`
+writes every dirty node, deletes freed ones and updates the tree records and
+counters in one atomic store transaction.
+
+Trees and the forest are not thread-safe; callers serialise access.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from typing import Iterable, Iterator
+
+from vdisk.errors import AlreadyExists, CorruptNode, IntegrityError, InvalidArgument, NotFound, ReadOnly
+
+from . import format as fmt
+from .format import Layout, TreeRecord
+
+
+class Node:
+    """A decoded node. ``vals`` holds values (leaf) or child node ids (inner)."""
+
+    __slots__ = ("id", "seq", "leaf", "keys", "vals", "layout")
+
+    def __init__(self, node_id: int, seq: int, leaf: bool, keys: list, vals: list, layout: Layout):
+        self.id = node_id
+        self.seq = seq
+        self.leaf = leaf
+        self.keys = keys
+        self.vals = vals
+        self.layout = layout
+
+    def __repr__(self):
+        kind = "leaf" if self.leaf else "inner"
+        return f"<{kind} {self.id} seq={self.seq} n={len(self.keys)}>"
+
+
+_SEQ_KEY = b"counter/seq"
+_NODE_ID_KEY = b"counter/node"
+_TREE_PREFIX = b"tree/"
+
+
+class Forest:
+    """Named copy-on-write B+trees sharing one node store and one seq counter."""
+
+    def __init__(self, store, cache_nodes: int = 250_000):
+        self.store = store
+        self.cache_limit = cache_nodes
+        self._cache: dict[int, Node] = {}
+        self._dirty: set[int] = set()
+        self._freed: set[int] = set()
+        self._meta: dict[bytes, bytes | None] = {}
+        self._trees: dict[str, BTree] = {}
+        self._dirty_trees: set[str] = set()
+        self._load_counters()
+
+    # ----------------------------------------------------------- counters
+
+    def _load_counters(self):
+        header = self.store.meta_get(b"format")
+        if header is None:
+            if self.store.readonly:
+                raise IntegrityError("metadata store is empty: not a vdisk B+tree store")
+            self._meta[b"format"] = fmt.encode_store_header()
+            self.seq = 0
+            self._next_id = 1
+        else:
+            fmt.check_store_header(header)
+            seq = self.store.meta_get(_SEQ_KEY)
+            nid = self.store.meta_get(_NODE_ID_KEY)
+            if seq is None or nid is None:
+                raise IntegrityError("metadata store counters are missing")
+            self.seq = fmt.decode_u64(seq)
+            self._next_id = fmt.decode_u64(nid)
+        self._committed_seq = self.seq
+
+    @property
+    def next_node_id(self) -> int:
+        return self._next_id
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    # ----------------------------------------------------------- nodes
+
+    def node(self, node_id: int) -> Node:
+        n = self._cache.get(node_id)
+        if n is None:
+            n = self._load(node_id)
+        return n
+
+    def _load(self, node_id: int) -> Node:
+        if node_id in self._freed:
+            raise CorruptNode(node_id, "referenced after it was freed")
+        d = fmt.decode_node(node_id, self.store.load(node_id))
+        n = Node(node_id, d.seq, d.leaf, d.keys, d.vals, d.layout)
+        if len(self._cache) >= self.cache_limit:
+            self._evict()
+        self._cache[node_id] = n
+        return n
+
+    def _evict(self):
+        # Oldest-loaded clean nodes go first (dicts keep insertion order);
+        # dirty nodes stay until commit writes them.
+        target = self.cache_limit * 3 // 4
+        drop = []
+        excess = len(self._cache) - target
+        for node_id in self._cache:
+            if excess <= 0:
+                break
+            if node_id not in self._dirty:
+                drop.append(node_id)
+                excess -= 1
+        for node_id in drop:
+            del self._cache[node_id]
+
+    def _new_node(self, seq: int, leaf: bool, keys: list, vals: list, layout: Layout) -> Node:
+        n = Node(self._next_id, seq, leaf, keys, vals, layout)
+        self._next_id += 1
+        self._cache[n.id] = n
+        self._dirty.add(n.id)
+        return n
+
+    def _writable(self, node: Node, seq: int, snap_seq: int) -> Node:
+        """The seq rule: modify in place if newer than the snapshot, else shadow."""
+        if node.seq > snap_seq:
+            node.seq = seq
+            self._dirty.add(node.id)
+            return node
+        return self._new_node(seq, node.leaf, list(node.keys), list(node.vals), node.layout)
+
+    def _free(self, node: Node, snap_seq: int):
+        """Forget a node this tree no longer references; reclaim it if exclusive."""
+        if node.seq > snap_seq:
+            self._freed.add(node.id)
+            self._dirty.discard(node.id)
+            self._cache.pop(node.id, None)
+
+    def free_node_ids(self, node_ids: Iterable[int]):
+        """Reclaim nodes at the next commit (used by snapshot deletion)."""
+        for node_id in node_ids:
+            self._freed.add(node_id)
+            self._dirty.discard(node_id)
+            self._cache.pop(node_id, None)
+
+    # ----------------------------------------------------------- trees
+
+    def _record_key(self, name: str) -> bytes:
+        return _TREE_PREFIX + name.encode()
+
+    def tree_names(self) -> list[str]:
+        names = {k[len(_TREE_PREFIX):].decode() for k, _ in self.store.meta_items(_TREE_PREFIX)}
+        for k, v in self._meta.items():
+            if k.startswith(_TREE_PREFIX):
+                name = k[len(_TREE_PREFIX):].decode()
+                if v is None:
+                    names.discard(name)
+                else:
+                    names.add(name)
+        names.update(self._trees)
+        return sorted(names)
+
+    def has_tree(self, name: str) -> bool:
+        if name in self._trees:
+            return True
+        key = self._record_key(name)
+        if key in self._meta:
+            return self._meta[key] is not None
+        return self.store.meta_get(key) is not None
+
+    def tree(self, name: str) -> "BTree":
+        t = self._trees.get(name)
+        if t is not None:
+            return t
+        key = self._record_key(name)
+        buf = self._meta[key] if key in self._meta else self.store.meta_get(key)
+        if buf is None:
+            raise NotFound(f"no tree named {name!r}")
+        t = BTree(self, name, fmt.decode_tree_record(name, buf))
+        self._trees[name] = t
+        return t
+
+    def create_tree(self, name: str, layout: Layout = Layout()) -> "BTree":
+        self._check_name(name)
+        if self.has_tree(name):
+            raise AlreadyExists(f"tree {name!r} already exists")
+        seq = self.next_seq()
+        root = self._new_node(seq, True, [], [], layout)
+        rec = TreeRecord(root=root.id, height=1, snap_seq=0, count=0, created_seq=seq, layout=layout)
+        t = BTree(self, name, rec)
+        self._trees[name] = t
+        self._dirty_trees.add(name)
+        return t
+
+    def snapshot(self, name: str, snap_name: str) -> "BTree":
+        """Freeze the current contents of tree ``name`` as tree ``snap_name``. O(1)."""
+        self._check_name(snap_name)
+        src = self.tree(name)
+        if self.has_tree(snap_name):
+            raise AlreadyExists(f"tree {snap_name!r} already exists")
+        r = src.rec
+        src.rec.snap_seq = self.seq
+        rec = TreeRecord(root=r.root, height=r.height, snap_seq=self.seq, count=r.count,
+                         created_seq=self.seq, layout=r.layout, frozen=True)
+        snap = BTree(self, snap_name, rec)
+        self._trees[snap_name] = snap
+        self._dirty_trees.update((name, snap_name))
+        return snap
+
+    def clone(self, src_name: str, dst_name: str, replace: bool = False) -> "BTree":
+        """Make ``dst_name`` a writable tree sharing every node of ``src_name``. O(1).
+
+        With ``replace`` an existing ``dst_name`` is overwritten; its exclusive
+        nodes are not reclaimed here (see :meth:`exclusive_nodes`).
+        """
+        self._check_name(dst_name)
+        src = self.tree(src_name)
+        if self.has_tree(dst_name) and not replace:
+            raise AlreadyExists(f"tree {dst_name!r} already exists")
+        r = src.rec
+        if not r.frozen:
+            r.snap_seq = self.seq
+            self._dirty_trees.add(src_name)
+        rec = TreeRecord(root=r.root, height=r.height, snap_seq=self.seq, count=r.count,
+                         created_seq=self.seq, layout=r.layout)
+        t = BTree(self, dst_name, rec)
+        self._trees[dst_name] = t
+        self._dirty_trees.add(dst_name)
+        return t
+
+    def drop_tree(self, name: str):
+        """Forget a tree record. Its nodes are not reclaimed here."""
+        if not self.has_tree(name):
+            raise NotFound(f"no tree named {name!r}")
+        self._trees.pop(name, None)
+        self._dirty_trees.discard(name)
+        self._meta[self._record_key(name)] = None
+
+    @staticmethod
+    def _check_name(name: str):
+        if not name or len(name.encode()) > 200 or "\0" in name:
+            raise InvalidArgument(f"bad tree name {name!r}")
+
+    # ----------------------------------------------------------- meta
+
+    def meta_get(self, key: bytes) -> bytes | None:
+        if key in self._meta:
+            return self._meta[key]
+        return self.store.meta_get(key)
+
+    def meta_put(self, key: bytes, value: bytes | None):
+        """Stage a metadata record (``None`` deletes) for the next commit."""
+        if key.startswith(_TREE_PREFIX) or key in (b"format", _SEQ_KEY, _NODE_ID_KEY):
+            raise InvalidArgument(f"meta key {key!r} is reserved for the B+tree")
+        self._meta[key] = value
+
+    def meta_items(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        items = dict(self.store.meta_items(prefix))
+        for k, v in self._meta.items():
+            if k.startswith(prefix):
+                if v is None:
+                    items.pop(k, None)
+                else:
+                    items[k] = v
+        return sorted(items.items())
+
+    # ----------------------------------------------------------- commit
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._dirty or self._freed or self._meta or self._dirty_trees
+                    or self.seq != self._committed_seq)
+
+    def commit(self):
+        """Write every change since the last commit in one atomic transaction."""
+        if self.store.readonly:
+            raise ReadOnly("metadata is open read-only")
+        if not self.has_changes:
+            return
+        puts = {}
+        cache = self._cache
+        for node_id in self._dirty:
+            n = cache[node_id]
+            puts[node_id] = fmt.encode_node(node_id, n.seq, n.leaf, n.layout, n.keys, n.vals)
+        meta = dict(self._meta)
+        for name in self._dirty_trees:
+            meta[self._record_key(name)] = fmt.encode_tree_record(self._trees[name].rec)
+        meta[_SEQ_KEY] = fmt.encode_u64(self.seq)
+        meta[_NODE_ID_KEY] = fmt.encode_u64(self._next_id)
+        self.store.commit(puts, sorted(self._freed), meta)
+        self._dirty.clear()
+        self._freed.clear()
+        self._meta.clear()
+        self._dirty_trees.clear()
+        self._committed_seq = self.seq
+
+    def rollback(self):
+        """Discard every uncommitted change; open trees reload their records."""
+        self._cache.clear()
+        self._dirty.clear()
+        self._freed.clear()
+        self._meta.clear()
+        self._dirty_trees.clear()
+        self._trees.clear()
+        self._load_counters()
+
+    def refresh(self):
+        """Forget cached state so later reads see the store's newest commit.
+
+        For read-only forests beside a writer in another process: nodes the
+        writer modifies in place would otherwise be served stale.
+        """
+        if self.has_changes and not self.store.readonly:
+            raise InvalidArgument("refresh would discard uncommitted changes")
+        self.rollback()
+
+
+class BTree:
+    """One tree of a :class:`Forest`. Get a handle from the forest, not here."""
+
+    def __init__(self, forest: Forest, name: str, rec: TreeRecord):
+        self.forest = forest
+        self.name = name
+        self.rec = rec
+        self.layout = rec.layout
+        self.leaf_cap = rec.layout.leaf_capacity
+        self.inner_cap = rec.layout.inner_capacity
+        # A node below a quarter full is merged or refilled from a sibling.
+        self.leaf_min = max(1, self.leaf_cap // 4)
+        self.inner_min = max(2, self.inner_cap // 4)
+
+    # ----------------------------------------------------------- properties
+
+    @property
+    def root(self) -> int:
+        return self.rec.root
+
+    @property
+    def height(self) -> int:
+        return self.rec.height
+
+    @property
+    def snap_seq(self) -> int:
+        return self.rec.snap_seq
+
+    @property
+    def frozen(self) -> bool:
+        return self.rec.frozen
+
+    def __len__(self) -> int:
+        return self.rec.count
+
+    def __repr__(self):
+        return f"<BTree {self.name!r} root={self.rec.root} height={self.rec.height} n={self.rec.count}>"
+
+    # ----------------------------------------------------------- reads
+
+    def get(self, key, default=None):
+        cache = self.forest._cache
+        load = self.forest._load
+        node_id = self.rec.root
+        node = cache.get(node_id) or load(node_id)
+        while not node.leaf:
+            i = bisect_right(node.keys, key) - 1
+            node_id = node.vals[i if i > 0 else 0]
+            node = cache.get(node_id) or load(node_id)
+        keys = node.keys
+        j = bisect_left(keys, key)
+        if j < len(keys) and keys[j] == key:
+            return node.vals[j]
+        return default
+
+    def __contains__(self, key) -> bool:
+        return self.get(key, _MISSING) is not _MISSING
+
+    def _descend(self, key) -> tuple[list, Node]:
+        """Path [(inner node, child index)] from the root to the leaf for key."""
+        f = self.forest
+        path = []
+        node = f.node(self.rec.root)
+        while not node.leaf:
+            i = bisect_right(node.keys, key) - 1
+            if i < 0:
+                i = 0
+            path.append((node, i))
+            node = f.node(node.vals[i])
+        return path, node
+
+    def items(self, start=None, stop=None) -> Iterator[tuple]:
+        """Entries with ``start <= key < stop`` in key order (bounds optional).
+
+        The tree must not be changed while the iterator is in use; iterate a
+        snapshot (whose nodes never change) to read beside writes.
+        """
+        f = self.forest
+        stack = []
+        node = f.node(self.rec.root)
+        while not node.leaf:
+            i = 0 if start is None else max(0, bisect_right(node.keys, start) - 1)
+            stack.append([node, i])
+            node = f.node(node.vals[i])
+        j = 0 if start is None else bisect_left(node.keys, start)
+        while True:
+            keys, vals = node.keys, node.vals
+            if stop is None:
+                for idx in range(j, len(keys)):
+                    yield keys[idx], vals[idx]
+            else:
+                for idx in range(j, len(keys)):
+                    k = keys[idx]
+                    if k >= stop:
+                        return
+                    yield k, vals[idx]
+            node = self._next_leaf(stack)
+            if node is None:
+                return
+            j = 0
+
+    def _next_leaf(self, stack) -> Node | None:
+        f = self.forest
+        while stack:
+            top = stack[-1]
+            if top[1] + 1 < len(top[0].vals):
+                top[1] += 1
+                node = f.node(top[0].vals[top[1]])
+                while not node.leaf:
+                    stack.append([node, 0])
+                    node = f.node(node.vals[0])
+                return node
+            stack.pop()
+        return None
+
+    def items_reverse(self, start=None) -> Iterator[tuple]:
+        """Entries with ``key <= start`` (all if None) in descending key order."""
+        f = self.forest
+        stack = []
+        node = f.node(self.rec.root)
+        while not node.leaf:
+            i = len(node.vals) - 1 if start is None else max(0, bisect_right(node.keys, start) - 1)
+            stack.append([node, i])
+            node = f.node(node.vals[i])
+        j = len(node.keys) if start is None else bisect_right(node.keys, start)
+        while True:
+            keys, vals = node.keys, node.vals
+            for idx in range(j - 1, -1, -1):
+                yield keys[idx], vals[idx]
+            node = None
+            while stack:
+                top = stack[-1]
+                if top[1] > 0:
+                    top[1] -= 1
+                    node = f.node(top[0].vals[top[1]])
+                    while not node.leaf:
+                        stack.append([node, len(node.vals) - 1])
+                        node = f.node(node.vals[-1])
+                    break
+                stack.pop()
+            if node is None:
+                return
+            j = len(node.keys)
+
+    def floor(self, key):
+        """The entry with the greatest key <= ``key``, or None."""
+        for item in self.items_reverse(key):
+            return item
+        return None
+
+    def first(self):
+        for item in self.items():
+            return item
+        return None
+
+    def last(self):
+        return self.floor_any()
+
+    def floor_any(self):
+        for item in self.items_reverse():
+            return item
+        return None
+
+    # ----------------------------------------------------------- writes
+
+    def _check_writable(self):
+        if self.rec.frozen:
+            raise ReadOnly(f"tree {self.name!r} is a snapshot and cannot change")
+        if self.forest.store.readonly:
+            raise ReadOnly("metadata is open read-only")
+
+    def _touch(self):
+        self.forest._dirty_trees.add(self.name)
+
+    def _make_path_writable(self, path: list, leaf: Node, seq: int) -> tuple[list, Node]:
+        """Apply the seq rule to the leaf and every ancestor, bottom up."""
+        f = self.forest
+        snap = self.rec.snap_seq
+        leaf = child = f._writable(leaf, seq, snap)
+        new_path = [None] * len(path)
+        for depth in range(len(path) - 1, -1, -1):
+            parent, i = path[depth]
+            wp = f._writable(parent, seq, snap)
+            wp.vals[i] = child.id
+            new_path[depth] = (wp, i)
+            child = wp
+        self.rec.root = child.id
+        self._touch()
+        return new_path, leaf
+
+    def insert(self, key, value):
+        """Insert or update one entry."""
+        self._check_writable()
+        path, leaf = self._descend(key)
+        j = bisect_left(leaf.keys, key)
+        exists = j < len(leaf.keys) and leaf.keys[j] == key
+        if exists and leaf.vals[j] == value:
+            return
+        seq = self.forest.next_seq()
+        path, leaf = self._make_path_writable(path, leaf, seq)
+        if exists:
+            leaf.vals[j] = value
+            return
+        leaf.keys.insert(j, key)
+        leaf.vals.insert(j, value)
+        self.rec.count += 1
+        if len(leaf.keys) > self.leaf_cap:
+            self._split_up(path, leaf, seq)
+
+    def insert_sorted(self, items: Iterable[tuple]):
+        """Insert or update many entries given in strictly ascending key order.
+
+        One operation (one seq) for the whole run; each leaf it touches is
+        merged and split once rather than once per entry.
+        """
+        self._check_writable()
+        items = list(items)
+        if not items:
+            return
+        keys = [k for k, _ in items]
+        for a, b in zip(keys, keys[1:]):
+            if not a < b:
+                raise InvalidArgument("insert_sorted needs strictly ascending keys")
+        seq = self.forest.next_seq()
+        pos = 0
+        n = len(items)
+        while pos < n:
+            path, leaf = self._descend(keys[pos])
+            hi = None
+            for node, i in path:
+                if i + 1 < len(node.keys):
+                    bound = node.keys[i + 1]
+                    if hi is None or bound < hi:
+                        hi = bound
+            end = n if hi is None else bisect_left(keys, hi, pos)
+            path, leaf = self._make_path_writable(path, leaf, seq)
+            run_k, run_v = keys[pos:end], [v for _, v in items[pos:end]]
+            if not leaf.keys or run_k[0] > leaf.keys[-1]:
+                leaf.keys.extend(run_k)
+                leaf.vals.extend(run_v)
+                self.rec.count += len(run_k)
+            else:
+                merged = dict(zip(leaf.keys, leaf.vals))
+                before = len(merged)
+                merged.update(zip(run_k, run_v))
+                self.rec.count += len(merged) - before
+                leaf.keys = sorted(merged)
+                leaf.vals = [merged[k] for k in leaf.keys]
+            if len(leaf.keys) > self.leaf_cap:
+                self._split_up(path, leaf, seq)
+            pos = end
+
+    def _split_parts(self, node: Node, cap: int, seq: int) -> list[Node]:
+        """Split an overfull writable node into as few balanced nodes as fit."""
+        n = len(node.keys)
+        parts = -(-n // cap)
+        f = self.forest
+        bounds = [n * p // parts for p in range(parts + 1)]
+        out = [node]
+        for p in range(1, parts):
+            a, b = bounds[p], bounds[p + 1]
+            out.append(f._new_node(seq, node.leaf, node.keys[a:b], node.vals[a:b], self.layout))
+        del node.keys[bounds[1]:]
+        del node.vals[bounds[1]:]
+        return out
+
+    def _split_up(self, path: list, node: Node, seq: int):
+        f = self.forest
+        while True:
+            cap = self.leaf_cap if node.leaf else self.inner_cap
+            if len(node.keys) <= cap:
+                return
+            parts = self._split_parts(node, cap, seq)
+            if not path:
+                root = f._new_node(seq, False, [p.keys[0] for p in parts], [p.id for p in parts],
+                                   self.layout)
+                self.rec.root = root.id
+                self.rec.height += 1
+                return
+            parent, i = path.pop()
+            parent.keys[i + 1:i + 1] = [p.keys[0] for p in parts[1:]]
+            parent.vals[i + 1:i + 1] = [p.id for p in parts[1:]]
+            node = parent
+
+    def delete(self, key) -> bool:
+        """Remove one entry; returns whether it was there."""
+        self._check_writable()
+        path, leaf = self._descend(key)
+        j = bisect_left(leaf.keys, key)
+        if j >= len(leaf.keys) or leaf.keys[j] != key:
+            return False
+        seq = self.forest.next_seq()
+        path, leaf = self._make_path_writable(path, leaf, seq)
+        del leaf.keys[j]
+        del leaf.vals[j]
+        self.rec.count -= 1
+        self._rebalance(path, leaf, seq)
+        return True
+
+    def _rebalance(self, path: list, node: Node, seq: int):
+        f = self.forest
+        snap = self.rec.snap_seq
+        while path:
+            minimum = self.leaf_min if node.leaf else self.inner_min
+            if len(node.keys) >= minimum:
+                return
+            parent, i = path.pop()
+            s = i - 1 if i > 0 else i + 1
+            if s >= len(parent.vals):
+                return  # a lone child: the root collapse below handles it
+            sib = f.node(parent.vals[s])
+            li = min(i, s)
+            cap = self.leaf_cap if node.leaf else self.inner_cap
+            if len(node.keys) + len(sib.keys) <= cap:
+                # Merge the right node into the left one; only the left is written.
+                if s < i:
+                    left = f._writable(sib, seq, snap)
+                    right = node
+                else:
+                    left, right = node, sib
+                left.keys.extend(right.keys)
+                left.vals.extend(right.vals)
+                parent.vals[li] = left.id
+                del parent.keys[li + 1]
+                del parent.vals[li + 1]
+                f._free(right, snap)
+            else:
+                sib = f._writable(sib, seq, snap)
+                parent.vals[s] = sib.id
+                left, right = (sib, node) if s < i else (node, sib)
+                keys = left.keys + right.keys
+                vals = left.vals + right.vals
+                half = len(keys) // 2
+                left.keys, left.vals = keys[:half], vals[:half]
+                right.keys, right.vals = keys[half:], vals[half:]
+                parent.keys[li + 1] = right.keys[0]
+                return
+            node = parent
+        # At the root: an inner root with one child hands the root down.
+        while not node.leaf and len(node.vals) == 1 and node.id == self.rec.root:
+            child = f.node(node.vals[0])
+            self.rec.root = child.id
+            self.rec.height -= 1
+            f._free(node, snap)
+            node = child
+
+
+_MISSING = object()

@@ -1,0 +1,102 @@
+"""The one exception hierarchy of vdisk.
+
+Every error a user can meet is a :class:`VdiskError`. Its message says what is
+wrong and, where there is something to do, what to do; front ends turn it into
+one line (the CLI), an errno (NBD, FUSE) or an exit code, never a traceback.
+
+Two branches matter to callers:
+
+* :class:`UserError` - the request was wrong (bad size, bad name, I/O out of
+  range, disk busy). Nothing was changed.
+* :class:`IntegrityError` - stored data or metadata is damaged, or written by a
+  newer vdisk. The message names the object; the fix is ``vdisk verify``.
+
+Exit codes (CLI) live here, in one place, so they never collide:
+
+====  =========================================================
+code  meaning
+====  =========================================================
+0     success
+1     verify found problems (reserved for ``vdisk verify``)
+2     usage error or invalid argument (click uses 2 as well)
+3     not found (disk, snapshot)
+4     already exists
+5     busy (disk in use by another process)
+6     read-only (write to a snapshot or a read-only disk)
+7     no space left on the underlying file system
+8     integrity error (corruption, checksum mismatch)
+9     unsupported format version
+====  =========================================================
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class VdiskError(Exception):
+    """Base of every vdisk error."""
+
+    exit_code = 2
+    errno = _errno.EIO
+
+
+class UserError(VdiskError):
+    """The request cannot be carried out as given; nothing was changed."""
+
+
+class InvalidArgument(UserError):
+    """A size, name, offset or length is not acceptable."""
+
+    errno = _errno.EINVAL
+
+
+class NotFound(UserError):
+    exit_code = 3
+    errno = _errno.ENOENT
+
+
+class AlreadyExists(UserError):
+    exit_code = 4
+    errno = _errno.EEXIST
+
+
+class Busy(UserError):
+    exit_code = 5
+    errno = _errno.EBUSY
+
+
+class ReadOnly(UserError):
+    exit_code = 6
+    errno = _errno.EROFS
+
+
+class NoSpace(VdiskError):
+    exit_code = 7
+    errno = _errno.ENOSPC
+
+
+class IntegrityError(VdiskError):
+    """Stored data or metadata is damaged. Run ``vdisk verify`` for a report."""
+
+    exit_code = 8
+    errno = _errno.EIO
+
+
+class CorruptNode(IntegrityError):
+    """A B+tree node failed to decode or validate."""
+
+    def __init__(self, node_id: int, problem: str):
+        self.node_id = node_id
+        self.problem = problem
+        super().__init__(f"metadata node {node_id} is corrupt: {problem}")
+
+
+class ChecksumMismatch(IntegrityError):
+    """Data read back does not match the checksum committed with it."""
+
+
+class UnsupportedVersion(IntegrityError):
+    """Written by a newer (or unknown) vdisk format version."""
+
+    exit_code = 9
