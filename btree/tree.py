@@ -378,6 +378,17 @@ class BTree:
     def __repr__(self):
         return f"<BTree {self.name!r} root={self.rec.root} height={self.rec.height} n={self.rec.count}>"
 
+    def release_snapshot_seq(self, seq: int):
+        """Lower ``snap_seq`` after the snapshot that shared nodes is gone.
+
+        The caller guarantees that no other tree reaches a node of this tree
+        whose seq is above ``seq``; such nodes then change in place again
+        instead of being shadowed (and leaked) on the next write.
+        """
+        if seq < self.rec.snap_seq:
+            self.rec.snap_seq = seq
+            self._touch()
+
     # ----------------------------------------------------------- reads
 
     def get(self, key, default=None):

@@ -1,0 +1,700 @@
+"""The disk engine: a block device stored as copy-on-write B+trees.
+
+Addresses (each name means exactly one thing; see docs/ARCHITECTURE.md):
+
+* ``lba`` - logical block address: block number the user reads and writes.
+* ``vba`` - virtual block address: identity of one written block version.
+  Born once, never reused; snapshots share it by mapping the same VBA.
+* ``pba`` - physical block address: block number in the data file.
+* ``seq`` - B+tree operation sequence number (see :mod:`vdisk.btree.tree`).
+
+Maps: each snapshot and the running point own an LBA -> VBA extent tree
+(sharing unchanged nodes); one VBA -> PBA extent tree says where each virtual
+block lives, and a csum tree holds the blake3 of each VBA's block.
+
+Write path (see docs/ARCHITECTURE.md for the picture):
+
+1. Sub-block edges are read and merged, so whole blocks are written.
+2. New PBAs are allocated (never the PBAs of live data) and the data is
+   written there with ``pwrite``. Data is never overwritten in place, so a
+   crash cannot leave committed metadata pointing at half-new data.
+3. Blocks whose VBA was born after the running point's newest snapshot
+   (``vba >= vba_watermark``) keep their VBA: only VBA -> PBA changes, and the
+   old PBA is released. Others get new VBAs, and the LBA -> VBA tree changes
+   copy-on-write; the old VBAs stay with the snapshot.
+4. Checksums of the new blocks go into the csum tree, keyed by VBA.
+
+Nothing of this is durable until :meth:`Disk.flush`: it ``fdatasync``s the data
+file, then commits every metadata change in one synchronous LMDB transaction
+(and punches holes for PBAs that the commit freed). A crash loses at most the
+writes since the last flush and never corrupts anything committed. Work is
+also committed by itself every ``AUTO_COMMIT_BLOCKS`` written blocks, which
+bounds memory.
+
+A :class:`Disk` is safe to share between threads: one lock serialises calls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+import blake3
+
+from vdisk.btree import Forest, Layout, LmdbNodeStore
+from vdisk.errors import (AlreadyExists, Busy, ChecksumMismatch, IntegrityError, InvalidArgument,
+                          NoSpace, NotFound, ReadOnly, VdiskError)
+
+from . import format as fmt
+from .alloc import Allocator
+from .extents import ExtentMap
+
+log = logging.getLogger("vdisk")
+
+CSUM_BYTES = 16
+SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+AUTO_COMMIT_BLOCKS = 16384
+MAX_DISK_SIZE = 1 << 60
+
+RUNNING_TREE = "lba"
+VBA_TREE = "vba"
+CSUM_TREE = "csum"
+FREE_TREE = "free"
+SNAP_TREE_PREFIX = "snap/"
+SNAP_META_PREFIX = b"disk/snap/"
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_FALLOC_FL_KEEP_SIZE = 1
+_FALLOC_FL_PUNCH_HOLE = 2
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Return the range's space to the file system; False if unsupported."""
+    r = _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                        ctypes.c_int64(offset), ctypes.c_int64(length))
+    return r == 0
+
+
+def checksum(block) -> bytes:
+    return blake3.blake3(block).digest(CSUM_BYTES)
+
+
+@dataclass
+class Extent:
+    """One run of ``block_status``: byte offset, length, and what it holds."""
+
+    offset: int
+    length: int
+    allocated: bool
+    zero: bool
+
+
+@dataclass
+class SnapshotInfo:
+    name: str
+    created: float          # Unix time
+    seq: int
+    size: int               # disk size when taken
+    parent: str | None
+    exclusive_bytes: int | None = None
+
+
+def validate_snapshot_name(name: str):
+    if not isinstance(name, str) or not SNAPSHOT_NAME.match(name):
+        raise InvalidArgument(f"bad snapshot name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+
+
+class _Reader:
+    """The read API shared by the running point and snapshot views."""
+
+    disk: "Disk"
+    size: int
+    block_size: int
+
+    def _lba_map(self) -> ExtentMap:
+        raise NotImplementedError
+
+    def _check_range(self, offset: int, length: int):
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise InvalidArgument(f"I/O range {offset}+{length} is outside the disk (size {self.size})")
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; unmapped ranges read as zeros."""
+        self._check_range(offset, length)
+        if length == 0:
+            return b""
+        d = self.disk
+        with d._lock:
+            d._ensure_view()
+            bs = self.block_size
+            b0 = offset // bs
+            b1 = -(-(offset + length) // bs)
+            buf = d._read_blocks(self._lba_map(), b0, b1 - b0)
+        start = offset - b0 * bs
+        return bytes(buf[start:start + length])
+
+    def block_status(self, offset: int, length: int) -> list[Extent]:
+        """Runs of allocated data and of holes (which read as zeros)."""
+        self._check_range(offset, length)
+        d = self.disk
+        bs = self.block_size
+        out: list[Extent] = []
+
+        def add(start, end, allocated):
+            if start >= end:
+                return
+            if out and out[-1].allocated == allocated and out[-1].offset + out[-1].length == start:
+                out[-1].length += end - start
+            else:
+                out.append(Extent(start, end - start, allocated, not allocated))
+
+        end = offset + length
+        with d._lock:
+            d._ensure_view()
+            b0 = offset // bs
+            b1 = -(-end // bs)
+            pos = offset
+            for s, _vba, n in self._lba_map().pieces(b0, b1 - b0):
+                a, b = max(s * bs, offset), min((s + n) * bs, end)
+                add(pos, a, False)
+                add(a, b, True)
+                pos = b
+            add(pos, end, False)
+        return out
+
+    def allocated_bytes(self) -> int:
+        d = self.disk
+        with d._lock:
+            d._ensure_view()
+            return sum(n for _, _, n in self._lba_map().extents()) * self.block_size
+
+
+class SnapshotView(_Reader):
+    """A read-only view of one snapshot, from :meth:`Disk.open_snapshot`."""
+
+    readonly = True
+
+    def __init__(self, disk: "Disk", name: str, record: fmt.SnapshotRecord):
+        self.disk = disk
+        self.name = name
+        self.size = record.size
+        self.block_size = disk.block_size
+        self._tree_name = SNAP_TREE_PREFIX + name
+
+    def _lba_map(self) -> ExtentMap:
+        try:
+            return ExtentMap(self.disk.forest.tree(self._tree_name))
+        except NotFound:
+            raise NotFound(f"snapshot {self.name!r} no longer exists") from None
+
+    def write(self, offset, data):
+        raise ReadOnly(f"snapshot {self.name!r} is read-only")
+
+    trim = zero = write
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Disk(_Reader):
+    """A virtual disk container. Use :meth:`create` or :meth:`open`."""
+
+    def __init__(self, path: str, readonly: bool, _lock_fd: int | None):
+        self.path = path
+        self.readonly = readonly
+        self.disk = self
+        self._lock = threading.RLock()
+        self._lock_fd = _lock_fd
+        self._closed = False
+        self._view_id = None
+        self._blocks_since_commit = 0
+        try:
+            meta_dir = os.path.join(path, "meta")
+            if not os.path.isdir(meta_dir):
+                raise IntegrityError(f"{path} is not a vdisk disk: {meta_dir} is missing")
+            self.store = LmdbNodeStore(meta_dir, readonly=readonly, create=False)
+            data_path = os.path.join(path, "data")
+            if not os.path.exists(data_path):
+                raise IntegrityError(f"data file {data_path} is missing; the disk cannot be read")
+            self._fd = os.open(data_path, os.O_RDONLY if readonly else os.O_RDWR)
+            self._load()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    # ----------------------------------------------------------- lifecycle
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, size: int, block_size: int = 4096) -> "Disk":
+        """Create a new disk container (a directory) and open it for writing."""
+        path = os.fspath(path)
+        if block_size < 512 or block_size > 65536 or block_size & (block_size - 1):
+            raise InvalidArgument(f"bad block size {block_size}: use a power of two from 512 to 65536")
+        if size <= 0 or size % block_size:
+            raise InvalidArgument(f"bad size {size}: it must be a positive multiple of the block size {block_size}")
+        if size > MAX_DISK_SIZE:
+            raise InvalidArgument(f"size {size} is larger than the limit {MAX_DISK_SIZE}")
+        if os.path.exists(path):
+            raise AlreadyExists(f"{path} already exists")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise NotFound(f"directory {parent} does not exist")
+        os.mkdir(path)
+        try:
+            os.mkdir(os.path.join(path, "meta"))
+            open(os.path.join(path, "data"), "wb").close()
+            open(os.path.join(path, "lock"), "wb").close()
+            store = LmdbNodeStore(os.path.join(path, "meta"))
+            try:
+                forest = Forest(store)
+                extent = Layout("u64", "u64")
+                for name in (RUNNING_TREE, VBA_TREE, FREE_TREE):
+                    forest.create_tree(name, extent)
+                forest.create_tree(CSUM_TREE, Layout("u64", f"bytes:{CSUM_BYTES}"))
+                forest.meta_put(b"disk/config", fmt.encode_config(fmt.Config(block_size, size, time.time_ns())))
+                forest.meta_put(b"disk/state", fmt.encode_state(fmt.State(1, 1, 0, None)))
+                forest.commit()
+            finally:
+                store.close()
+        except OSError as e:
+            _remove_tree(path)
+            if e.errno == errno.ENOSPC:
+                raise NoSpace(f"no space to create {path}") from None
+            raise
+        except BaseException:
+            _remove_tree(path)
+            raise
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, readonly: bool = False) -> "Disk":
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise NotFound(f"no disk at {path}")
+        lock_fd = None if readonly else _take_lock(path)
+        return cls(path, readonly, lock_fd)
+
+    def _load(self):
+        self.forest = Forest(self.store)
+        cfg = fmt.decode_config(self.forest.meta_get(b"disk/config"))
+        self.config = cfg
+        self.block_size = cfg.block_size
+        self.size = cfg.size
+        self.state = fmt.decode_state(self.forest.meta_get(b"disk/state"))
+        for name in (RUNNING_TREE, VBA_TREE, CSUM_TREE, FREE_TREE):
+            if not self.forest.has_tree(name):
+                raise IntegrityError(f"metadata tree {name!r} is missing: the disk is damaged")
+        self._lba = ExtentMap(self.forest.tree(RUNNING_TREE))
+        self._vba = ExtentMap(self.forest.tree(VBA_TREE))
+        self._csum = self.forest.tree(CSUM_TREE)
+        self.alloc = Allocator(self.forest.tree(FREE_TREE), self.state.pba_end)
+
+    def _ensure_view(self):
+        """Read-only openers follow the writer's commits between calls."""
+        if not self.readonly:
+            return
+        with self.store.env.begin() as txn:
+            view = txn.id()
+        if view != self._view_id:
+            self._view_id = view
+            self._load()
+
+    def close(self):
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if not self.readonly:
+                    self.flush()
+            finally:
+                self._closed = True
+                os.close(self._fd)
+                self.store.close()
+                self._release_lock()
+
+    def _release_lock(self):
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _lba_map(self) -> ExtentMap:
+        return self._lba
+
+    def _check_writable(self):
+        if self._closed:
+            raise InvalidArgument("disk is closed")
+        if self.readonly:
+            raise ReadOnly(f"disk {self.path} is open read-only")
+
+    # ----------------------------------------------------------- reads
+
+    def _read_blocks(self, lba_map: ExtentMap, b0: int, n: int) -> bytearray:
+        bs = self.block_size
+        out = bytearray(n * bs)
+        view = memoryview(out)
+        for s, vba, ln in lba_map.pieces(b0, n):
+            self._read_vba(vba, ln, view[(s - b0) * bs:(s - b0 + ln) * bs], s)
+        return out
+
+    def _read_vba(self, vba: int, count: int, out: memoryview, lba: int):
+        bs = self.block_size
+        pos = vba
+        for v, pba, n in self._vba.pieces(vba, count):
+            if v != pos:
+                raise IntegrityError(f"LBA {lba + pos - vba}: VBA {pos} has no physical block: run vdisk verify")
+            dst = out[(v - vba) * bs:(v - vba + n) * bs]
+            got = os.preadv(self._fd, [dst], pba * bs)
+            if got != n * bs:
+                raise IntegrityError(f"LBA {lba + v - vba}: data file is shorter than PBA {pba + got // bs}")
+            pos = v + n
+        if pos != vba + count:
+            raise IntegrityError(f"LBA {lba + pos - vba}: VBA {pos} has no physical block: run vdisk verify")
+        i = 0
+        for v, want in self._csum.items(vba, vba + count):
+            if v != vba + i:
+                break
+            if checksum(out[i * bs:(i + 1) * bs]) != want:
+                log.error("checksum mismatch at LBA %d (VBA %d) of %s", lba + i, v, self.path)
+                raise ChecksumMismatch(f"data at LBA {lba + i} (byte {(lba + i) * bs}) does not match its "
+                                       f"checksum: refusing to return wrong data; run vdisk verify --data")
+            i += 1
+        if i != count:
+            raise IntegrityError(f"LBA {lba + i}: checksum of VBA {vba + i} is missing: run vdisk verify")
+
+    # ----------------------------------------------------------- writes
+
+    def write(self, offset: int, data) -> None:
+        """Write bytes at any offset; acknowledged, durable at the next flush."""
+        self._check_writable()
+        length = len(data)
+        self._check_range(offset, length)
+        if length == 0:
+            return
+        bs = self.block_size
+        with self._lock:
+            b0 = offset // bs
+            b1 = -(-(offset + length) // bs)
+            head = offset - b0 * bs
+            if head or (offset + length) % bs:
+                buf = bytearray(b1 * bs - b0 * bs)
+                # Only the edge blocks need their old contents.
+                buf[:bs] = self._read_blocks(self._lba, b0, 1)
+                if b1 - 1 > b0:
+                    buf[-bs:] = self._read_blocks(self._lba, b1 - 1, 1)
+                buf[head:head + length] = data
+                data = buf
+            self._write_blocks(b0, memoryview(data).cast("B"))
+
+    def _write_blocks(self, b0: int, data: memoryview):
+        bs = self.block_size
+        n = len(data) // bs
+        pieces = self.alloc.allocate(n)
+        try:
+            pos = 0
+            for pba, count in pieces:
+                _pwrite_all(self._fd, data[pos * bs:(pos + count) * bs], pba * bs)
+                pos += count
+        except OSError as e:
+            for pba, count in pieces:
+                self.alloc.release(pba, count)
+            if e.errno == errno.ENOSPC:
+                raise NoSpace(f"no space left on the file system holding {self.path}") from None
+            raise
+        sums = [checksum(data[i * bs:(i + 1) * bs]) for i in range(n)]
+        wm = self.state.vba_watermark
+        csum_items = []
+        # Split [b0, b0+n) into runs that keep their VBA and runs that need new ones.
+        fresh_runs = []
+        pos = b0
+        for s, vba, ln in self._lba.pieces(b0, n):
+            if s > pos:
+                fresh_runs.append((pos, s - pos))
+            if vba >= wm:
+                old = self._vba.punch(vba, ln)
+                for _v, pba, c in old:
+                    self.alloc.release(pba, c)
+                self._map_vbas(vba, _slice_pieces(pieces, s - b0, ln))
+                csum_items.extend(zip(range(vba, vba + ln), sums[s - b0:s - b0 + ln]))
+            else:
+                fresh_runs.append((s, ln))
+            pos = s + ln
+        if pos < b0 + n:
+            fresh_runs.append((pos, b0 + n - pos))
+        for s, ln in _join_runs(fresh_runs):
+            vba = self.state.vba_next
+            self.state.vba_next += ln
+            self._lba.punch(s, ln)
+            self._lba.map(s, vba, ln)
+            self._map_vbas(vba, _slice_pieces(pieces, s - b0, ln))
+            csum_items.extend(zip(range(vba, vba + ln), sums[s - b0:s - b0 + ln]))
+        csum_items.sort()
+        self._csum.insert_sorted(csum_items)
+        self._after_work(n)
+
+    def _map_vbas(self, vba: int, pbas: list[tuple[int, int]]):
+        for pba, count in pbas:
+            self._vba.map(vba, pba, count)
+            vba += count
+
+    def _unmap_blocks(self, b0: int, n: int):
+        wm = self.state.vba_watermark
+        for _s, vba, ln in self._lba.punch(b0, n):
+            if vba >= wm:
+                self._forget_vbas(vba, ln)
+
+    def _forget_vbas(self, vba: int, count: int):
+        """Drop VBAs only the running point holds: their PBAs and checksums."""
+        for _v, pba, c in self._vba.punch(vba, count):
+            self.alloc.release(pba, c)
+        csum = self._csum
+        for v, _ in list(csum.items(vba, vba + count)):
+            csum.delete(v)
+
+    def trim(self, offset: int, length: int) -> None:
+        """Unmap a range; it reads as zeros afterwards (partial blocks are zeroed)."""
+        self.zero(offset, length)
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make a range read as zeros, unmapping whole blocks instead of writing."""
+        self._check_writable()
+        self._check_range(offset, length)
+        if length == 0:
+            return
+        bs = self.block_size
+        with self._lock:
+            end = offset + length
+            first = -(-offset // bs)
+            last = end // bs
+            if first >= last:
+                self.write(offset, bytes(length))
+                return
+            if offset < first * bs:
+                self.write(offset, bytes(first * bs - offset))
+            if end > last * bs:
+                self.write(last * bs, bytes(end - last * bs))
+            self._unmap_blocks(first, last - first)
+            self._after_work(0)
+
+    def _after_work(self, blocks: int):
+        self._blocks_since_commit += blocks
+        if self._blocks_since_commit >= AUTO_COMMIT_BLOCKS:
+            self._commit()
+
+    def flush(self) -> None:
+        """Make every acknowledged write durable."""
+        if self._closed:
+            raise InvalidArgument("disk is closed")
+        if self.readonly:
+            return
+        with self._lock:
+            self._commit()
+
+    def _commit(self):
+        self._blocks_since_commit = 0
+        try:
+            os.fdatasync(self._fd)
+        except OSError as e:
+            self._fail_commit(e)
+        freed = self.alloc.prepare_commit()
+        self.state.pba_end = self.alloc.end
+        self.forest.meta_put(b"disk/state", fmt.encode_state(self.state))
+        try:
+            self.forest.commit()
+        except (VdiskError, OSError) as e:
+            self._fail_commit(e)
+        bs = self.block_size
+        for pba, count in freed:
+            punch_hole(self._fd, pba * bs, count * bs)
+
+    def _fail_commit(self, e: Exception):
+        # The committed state is intact; drop the uncommitted changes (whose
+        # frees may already be in the in-memory free map) and start over from it.
+        self.forest.rollback()
+        self._load()
+        if isinstance(e, NoSpace) or getattr(e, "errno", None) == errno.ENOSPC:
+            raise NoSpace(f"no space left to commit metadata of {self.path}; writes since the "
+                          f"last flush were lost, the disk is consistent") from None
+        if isinstance(e, VdiskError):
+            raise e
+        raise IntegrityError(f"commit failed ({e}); writes since the last flush were lost") from None
+
+    def resize(self, new_size: int) -> None:
+        """Grow the disk (shrinking is refused: it would destroy data)."""
+        self._check_writable()
+        with self._lock:
+            if new_size < self.size:
+                raise InvalidArgument(f"cannot shrink the disk from {self.size} to {new_size} bytes")
+            if new_size % self.block_size or new_size > MAX_DISK_SIZE:
+                raise InvalidArgument(f"bad size {new_size}: use a multiple of {self.block_size}")
+            self.config.size = self.size = new_size
+            self.forest.meta_put(b"disk/config", fmt.encode_config(self.config))
+            self._commit()
+
+    # ----------------------------------------------------------- snapshots
+
+    def _snapshot_record(self, name: str) -> fmt.SnapshotRecord:
+        buf = self.forest.meta_get(SNAP_META_PREFIX + name.encode())
+        if buf is None:
+            raise NotFound(f"no snapshot named {name!r}")
+        return fmt.decode_snapshot(name, buf)
+
+    def _snapshot_records(self) -> list[fmt.SnapshotRecord]:
+        recs = [fmt.decode_snapshot(k[len(SNAP_META_PREFIX):].decode(), v)
+                for k, v in self.forest.meta_items(SNAP_META_PREFIX)]
+        recs.sort(key=lambda r: r.seq)
+        return recs
+
+    def create_snapshot(self, name: str) -> SnapshotInfo:
+        """Freeze every write completed so far under ``name``. O(1)."""
+        validate_snapshot_name(name)
+        self._check_writable()
+        with self._lock:
+            key = SNAP_META_PREFIX + name.encode()
+            if self.forest.meta_get(key) is not None:
+                raise AlreadyExists(f"snapshot {name!r} already exists")
+            self.forest.snapshot(RUNNING_TREE, SNAP_TREE_PREFIX + name)
+            rec = fmt.SnapshotRecord(name, time.time_ns(), self.forest.seq, self.state.vba_next,
+                                     self.size, self.state.parent)
+            self.forest.meta_put(key, fmt.encode_snapshot(rec))
+            self.state.parent = name
+            self.state.vba_watermark = self.state.vba_next
+            self._commit()
+            return self._info(rec)
+
+    def _info(self, rec: fmt.SnapshotRecord, exclusive: int | None = None) -> SnapshotInfo:
+        return SnapshotInfo(rec.name, rec.created_ns / 1e9, rec.seq, rec.size, rec.parent, exclusive)
+
+    def snapshots(self, exclusive: bool = True) -> list[SnapshotInfo]:
+        """Snapshots oldest first, with the bytes each one alone holds."""
+        from vdisk.snapshots.usage import exclusive_blocks
+        with self._lock:
+            self._ensure_view()
+            recs = self._snapshot_records()
+            out = []
+            for rec in recs:
+                excl = exclusive_blocks(self, rec.name) * self.block_size if exclusive else None
+                out.append(self._info(rec, excl))
+            return out
+
+    def open_snapshot(self, name: str) -> SnapshotView:
+        with self._lock:
+            self._ensure_view()
+            return SnapshotView(self, name, self._snapshot_record(name))
+
+    def revert(self, name: str) -> None:
+        """Make the running point read exactly as snapshot ``name``."""
+        self._check_writable()
+        with self._lock:
+            rec = self._snapshot_record(name)
+            from vdisk.snapshots.usage import drop_running_point_exclusive
+            drop_running_point_exclusive(self)
+            self.forest.clone(SNAP_TREE_PREFIX + name, RUNNING_TREE, replace=True)
+            self._lba = ExtentMap(self.forest.tree(RUNNING_TREE))
+            self.state.parent = name
+            self.state.vba_watermark = self.state.vba_next
+            if rec.size != self.size:
+                self.config.size = self.size = rec.size
+                self.forest.meta_put(b"disk/config", fmt.encode_config(self.config))
+            self._commit()
+
+    def delete_snapshot(self, name: str) -> None:
+        """Delete a snapshot, returning the space only it held."""
+        self._check_writable()
+        with self._lock:
+            self._snapshot_record(name)
+            from vdisk.snapshots.delete import delete_snapshot
+            delete_snapshot(self, name)
+
+    # ----------------------------------------------------------- info
+
+    def info(self) -> dict:
+        with self._lock:
+            self._ensure_view()
+            bs = self.block_size
+            return {
+                "path": os.path.abspath(self.path),
+                "size": self.size,
+                "block_size": bs,
+                "format_version": self.config.version,
+                "allocated_bytes": self.allocated_bytes(),
+                "physical_bytes": (self.alloc.end - self.alloc.free_blocks()) * bs,
+                "snapshots": [s.__dict__ for s in self.snapshots(exclusive=False)],
+            }
+
+
+def _slice_pieces(pieces: list[tuple[int, int]], start: int, count: int) -> list[tuple[int, int]]:
+    """The PBAs of blocks [start, start+count) of a write allocated as ``pieces``."""
+    out = []
+    pos = 0
+    for pba, n in pieces:
+        a, b = max(start, pos), min(start + count, pos + n)
+        if a < b:
+            out.append((pba + a - pos, b - a))
+        pos += n
+        if pos >= start + count:
+            break
+    return out
+
+
+def _join_runs(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = []
+    for s, n in runs:
+        if out and out[-1][0] + out[-1][1] == s:
+            out[-1] = (out[-1][0], out[-1][1] + n)
+        else:
+            out.append((s, n))
+    return out
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int):
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
+
+
+def _take_lock(path: str) -> int:
+    lock_path = os.path.join(path, "lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise IntegrityError(f"cannot open lock file {lock_path}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            pid = os.pread(fd, 32, 0).decode().strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise Busy(f"disk {path} is in use by PID {pid}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _remove_tree(path: str):
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,105 @@
+"""Extent maps: ranges of one block address space mapped onto another.
+
+Both disk maps are extent maps over a B+tree whose key is the first address
+of an extent and whose value packs ``(target, length)`` into one u64:
+``target << 24 | length``. So a 1 MiB write costs one entry, not 256, and the
+tree stays small. Lengths are at most ``MAX_LEN`` blocks; longer runs take
+several entries.
+
+Extents never overlap. :meth:`ExtentMap.map` joins a new extent with the one
+before or after it when both source and target are contiguous, so sequential
+writes made in small pieces still end up as one entry.
+"""
+
+from __future__ import annotations
+
+from vdisk.btree import BTree
+
+LEN_BITS = 24
+MAX_LEN = (1 << LEN_BITS) - 1
+
+
+def pack(target: int, length: int) -> int:
+    return target << LEN_BITS | length
+
+
+def unpack(value: int) -> tuple[int, int]:
+    return value >> LEN_BITS, value & MAX_LEN
+
+
+class ExtentMap:
+    """``start -> (target, length)`` extents on one B+tree."""
+
+    __slots__ = ("tree",)
+
+    def __init__(self, tree: BTree):
+        self.tree = tree
+
+    def pieces(self, start: int, count: int) -> list[tuple[int, int, int]]:
+        """Mapped pieces ``(source, target, length)`` inside [start, start+count)."""
+        end = start + count
+        out = []
+        prev = self.tree.floor(start)
+        if prev is not None:
+            k, v = prev
+            t, n = v >> LEN_BITS, v & MAX_LEN
+            if k + n > start:
+                e = min(end, k + n)
+                out.append((start, t + start - k, e - start))
+        for k, v in self.tree.items(start + 1, end):
+            t, n = v >> LEN_BITS, v & MAX_LEN
+            out.append((k, t, min(end, k + n) - k))
+        return out
+
+    def punch(self, start: int, count: int) -> list[tuple[int, int, int]]:
+        """Unmap [start, start+count); return the pieces that were mapped there."""
+        end = start + count
+        tree = self.tree
+        removed = []
+        prev = tree.floor(start)
+        if prev is not None:
+            k, v = prev
+            t, n = v >> LEN_BITS, v & MAX_LEN
+            if k + n > start:
+                removed.append((start, t + start - k, min(end, k + n) - start))
+                if k < start:
+                    tree.insert(k, pack(t, start - k))
+                else:
+                    tree.delete(k)
+                if k + n > end:
+                    tree.insert(end, pack(t + end - k, k + n - end))
+        for k, v in list(tree.items(start + 1, end)):
+            t, n = v >> LEN_BITS, v & MAX_LEN
+            removed.append((k, t, min(end, k + n) - k))
+            tree.delete(k)
+            if k + n > end:
+                tree.insert(end, pack(t + end - k, k + n - end))
+        return removed
+
+    def map(self, start: int, target: int, count: int):
+        """Map [start, start+count) -> [target, ...); the range must be unmapped."""
+        tree = self.tree
+        while count > 0:
+            n = min(count, MAX_LEN)
+            key, t, length = start, target, n
+            prev = tree.floor(start - 1) if start > 0 else None
+            if prev is not None:
+                k, v = prev
+                pt, pn = v >> LEN_BITS, v & MAX_LEN
+                if k + pn == start and pt + pn == target and pn + n <= MAX_LEN:
+                    key, t, length = k, pt, pn + n
+            nxt = tree.get(start + n)
+            if nxt is not None:
+                nt, nn = nxt >> LEN_BITS, nxt & MAX_LEN
+                if nt == target + n and length + nn <= MAX_LEN:
+                    tree.delete(start + n)
+                    length += nn
+            tree.insert(key, pack(t, length))
+            start += n
+            target += n
+            count -= n
+
+    def extents(self, start: int = 0):
+        """Every extent ``(source, target, length)`` from ``start`` on, in order."""
+        for k, v in self.tree.items(start):
+            yield k, v >> LEN_BITS, v & MAX_LEN
