@@ -12,6 +12,33 @@ newer than its parent's (the invariant the seq rule relies on) nor, in a
 snapshot, newer than the snapshot, and it is reached only once. Per tree: all
 leaves at one depth and the entry count matches the record.
 
+Per forest (:func:`check_forest`): a node reached by several trees is not
+newer than the newest snapshot of any writable tree among them (else a write
+to that tree would change it in place under the others), and, when every tree
+is checked, no stored node is left that no tree reaches.
+
+Each :class:`Problem` has a ``kind``, one per sort of damage:
+
+============  ==============================================================
+kind          meaning
+============  ==============================================================
+corrupt       the node does not decode (checksum, magic, length, own id)
+missing       the node is not in the store at all
+version       the node or tree record is from a newer format version
+record        the tree record is damaged
+layout        the node's key/value layout is not its tree's
+key-order     keys do not ascend strictly
+bounds        a key lies outside the separators of the parent
+fanout        more entries than fit, or fewer than the minimum
+depth         leaves at different depths, or not at the record's height
+seq           a node newer than its parent, or than its snapshot
+shared        a node shared with other trees is newer than a writable
+              sharer's newest snapshot, so that tree would change it in place
+count         the record's entry count is not what the tree holds
+shape         a node reached twice within one tree
+leak          stored nodes that no tree reaches
+============  ==============================================================
+
 ``known`` lets a caller skip subtrees verified before: map node id ->
 :class:`Summary` of that subtree, filled by earlier calls. A node found there
 is accepted without reading it or its subtree again; only its summary is held
@@ -23,7 +50,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vdisk.errors import IntegrityError
+from vdisk.errors import IntegrityError, UnsupportedVersion
 
 from .tree import BTree, Forest
 
@@ -74,8 +101,13 @@ def check_tree(forest: Forest, name: str, known: dict | None = None) -> TreeChec
     """Check one tree; record each verified node's summary in ``known``."""
     if known is None:
         known = {}
-    tree = forest.tree(name)
     result = TreeCheck(name)
+    try:
+        tree = forest.tree(name)
+    except IntegrityError as e:
+        kind = "version" if isinstance(e, UnsupportedVersion) else "record"
+        result.problems.append(Problem(name, None, (), kind, str(e)))
+        return result
     rec = tree.rec
     limit_seq = rec.snap_seq if rec.frozen else None
     summary = _walk(forest, tree, rec.root, None, None, 0, (rec.root,), None, limit_seq, known, result)
@@ -84,11 +116,24 @@ def check_tree(forest: Forest, name: str, known: dict | None = None) -> TreeChec
             result.problems.append(Problem(name, rec.root, (rec.root,), "depth",
                                            f"record says height {rec.height}, tree has {summary.level + 1}"))
     total = summary.entries if summary is not None else None
-    if total is not None and total != rec.count:
+    # With part of the tree unreadable the total is unknown, not wrong.
+    unreadable = any(p.kind in _UNREADABLE for p in result.problems)
+    if total is not None and total != rec.count and not unreadable:
         result.problems.append(Problem(name, None, (), "count",
                                        f"record says {rec.count} entries, tree holds {total}"))
     result.entries = total or 0
     return result
+
+
+_UNREADABLE = ("corrupt", "missing", "version", "layout")
+
+
+def _node_failure_kind(forest, node_id, error) -> str:
+    if isinstance(error, UnsupportedVersion):
+        return "version"
+    if node_id in forest._freed or (node_id not in forest._cache and forest.store.load(node_id) is None):
+        return "missing"
+    return "corrupt"
 
 
 def _walk(forest, tree: BTree, node_id, lo, hi, depth, path, parent_seq, limit_seq, known, result):
@@ -111,7 +156,7 @@ def _walk(forest, tree: BTree, node_id, lo, hi, depth, path, parent_seq, limit_s
     try:
         node = forest.node(node_id)
     except IntegrityError as e:
-        problem("corrupt", str(e))
+        problem(_node_failure_kind(forest, node_id, e), str(e))
         return None
     result.nodes_checked += 1
     rec = tree.rec
@@ -121,6 +166,8 @@ def _walk(forest, tree: BTree, node_id, lo, hi, depth, path, parent_seq, limit_s
         problem("depth", f"{'leaf' if node.leaf else 'inner node'} at depth {depth} of a tree of height {rec.height}")
     if node.layout.key != tree.layout.key or (node.leaf and node.layout != tree.layout):
         problem("layout", f"layout {node.layout} does not match the tree's {tree.layout}")
+        if node.layout.key != tree.layout.key:
+            return None  # its keys do not even compare with the tree's
     if parent_seq is not None and node.seq > parent_seq:
         problem("seq", f"seq {node.seq} is newer than its parent's {parent_seq}")
     if limit_seq is not None and node.seq > limit_seq:
@@ -199,6 +246,7 @@ def check_forest(forest: Forest, names: list[str] | None = None, unreferenced: b
     results = []
     for name in names if names is not None else forest.tree_names():
         results.append(check_tree(forest, name, known))
+    _check_sharing(forest, results, known)
     if unreferenced and names is None:
         reached = set().union(*(r.reached for r in results)) if results else set()
         leaked = [i for i in forest.store.node_ids() if i not in reached and i not in forest._freed]
@@ -209,3 +257,28 @@ def check_forest(forest: Forest, names: list[str] | None = None, unreferenced: b
                                          f"{len(leaked)} stored nodes are reached by no tree: {shown}"))
             results.append(leak)
     return results
+
+
+def _check_sharing(forest: Forest, results: list[TreeCheck], known: dict):
+    """A node several trees reach must be old enough that no writable one changes it in place.
+
+    Checking where sharing starts is enough: below a shared node every node is
+    at least as old (the seq check), and is reached by the same trees.
+    """
+    sharers: dict = {}
+    for r in results:
+        for node_id in r.reached:
+            sharers.setdefault(node_id, []).append(r)
+    for node_id, checks in sharers.items():
+        if len(checks) < 2 or node_id not in known:
+            continue
+        seq = known[node_id].seq
+        names = [c.tree for c in checks]
+        for c in checks:
+            rec = forest.tree(c.tree).rec
+            if not rec.frozen and seq > rec.snap_seq:
+                others = ", ".join(repr(n) for n in names if n != c.tree)
+                c.problems.append(Problem(
+                    c.tree, node_id, (node_id,), "shared",
+                    f"seq {seq} is newer than the tree's newest snapshot ({rec.snap_seq}) but the node "
+                    f"is shared with {others}: a write here would change it in place under them"))

@@ -151,6 +151,8 @@ class Forest:
         if node.seq > snap_seq:
             node.seq = seq
             self._dirty.add(node.id)
+            # The cache may have evicted it while it sat clean on the path.
+            self._cache[node.id] = node
             return node
         return self._new_node(seq, node.leaf, list(node.keys), list(node.vals), node.layout)
 
@@ -233,19 +235,20 @@ class Forest:
         return snap
 
     def clone(self, src_name: str, dst_name: str, replace: bool = False) -> "BTree":
-        """Make ``dst_name`` a writable tree sharing every node of ``src_name``. O(1).
+        """Make ``dst_name`` a writable tree sharing every node of snapshot ``src_name``. O(1).
 
         With ``replace`` an existing ``dst_name`` is overwritten; its exclusive
         nodes are not reclaimed here (see :meth:`exclusive_nodes`).
         """
         self._check_name(dst_name)
         src = self.tree(src_name)
+        if not src.rec.frozen:
+            # Two writable trees sharing nodes would each shadow the shared
+            # ones and orphan them: nothing could tell when the last let go.
+            raise InvalidArgument(f"clone needs a snapshot; {src_name!r} is writable (snapshot it first)")
         if self.has_tree(dst_name) and not replace:
             raise AlreadyExists(f"tree {dst_name!r} already exists")
         r = src.rec
-        if not r.frozen:
-            r.snap_seq = self.seq
-            self._dirty_trees.add(src_name)
         rec = TreeRecord(root=r.root, height=r.height, snap_seq=self.seq, count=r.count,
                          created_seq=self.seq, layout=r.layout)
         t = BTree(self, dst_name, rec)
@@ -320,14 +323,24 @@ class Forest:
         self._committed_seq = self.seq
 
     def rollback(self):
-        """Discard every uncommitted change; open trees reload their records."""
+        """Discard every uncommitted change; open trees reload their records.
+
+        A handle whose tree was not committed is detached: using it raises.
+        """
         self._cache.clear()
         self._dirty.clear()
         self._freed.clear()
         self._meta.clear()
         self._dirty_trees.clear()
-        self._trees.clear()
         self._load_counters()
+        for name, t in list(self._trees.items()):
+            buf = self.store.meta_get(self._record_key(name))
+            if buf is None:
+                del self._trees[name]
+                t.rec = TreeRecord(root=0, height=1, snap_seq=0, count=0, created_seq=0,
+                                   layout=t.layout, frozen=True)
+            else:
+                t.rec = fmt.decode_tree_record(name, buf)
 
     def refresh(self):
         """Forget cached state so later reads see the store's newest commit.
@@ -629,7 +642,8 @@ class BTree:
                                    self.layout)
                 self.rec.root = root.id
                 self.rec.height += 1
-                return
+                node = root  # a bulk insert can overfill the new root too
+                continue
             parent, i = path.pop()
             parent.keys[i + 1:i + 1] = [p.keys[0] for p in parts[1:]]
             parent.vals[i + 1:i + 1] = [p.id for p in parts[1:]]

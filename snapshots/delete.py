@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from vdisk import format as fmt
+from vdisk.errors import InvalidArgument
 
 from .usage import exclusive_runs
 
@@ -24,6 +25,15 @@ def delete_snapshot(disk, name: str) -> int:
     forest = disk.forest
     recs = {r.name: r for r in disk._snapshot_records()}
     rec = recs[name]
+    children = [r for r in recs.values() if r.parent == name]
+    if disk.state.parent == name and children:
+        # The running point would then own alone some blocks and nodes still
+        # marked shared, and leak them when it rewrites them (ZFS refuses the
+        # same case: a snapshot with dependent clones).
+        raise InvalidArgument(
+            f"snapshot {name!r} is the base of the running point and of snapshot(s) "
+            f"{', '.join(sorted(c.name for c in children))} (made after a revert); delete "
+            f"those first, or revert the running point elsewhere")
     runs, nodes = exclusive_runs(disk, name)
     runs.sort()
     for vba, count in runs:
@@ -31,7 +41,6 @@ def delete_snapshot(disk, name: str) -> int:
     forest.free_node_ids(nodes)
     forest.drop_tree(SNAP_TREE_PREFIX + name)
     forest.meta_put(SNAP_META_PREFIX + name.encode(), None)
-    children = [r for r in recs.values() if r.parent == name]
     for child in children:
         child.parent = rec.parent
         forest.meta_put(SNAP_META_PREFIX + child.name.encode(), fmt.encode_snapshot(child))

@@ -1,0 +1,28 @@
+"""Shared test settings.
+
+Hypothesis profiles, picked by the environment variable ``HYPOTHESIS_PROFILE``
+(default: ``ci`` when ``CI`` is set, else ``default``):
+
+* ``default`` - a modest random search for a quick local run;
+* ``ci`` - derandomized (the same examples every run, no example database),
+  so a red CI run is reproducible and a green one is not luck;
+* ``nightly`` - many more examples and longer state-machine runs.
+
+Every profile has ``deadline=None``: LMDB commits fsync, and their latency on
+a loaded CI machine says nothing about correctness.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+settings.register_profile("default", max_examples=100, stateful_step_count=50, **_COMMON)
+settings.register_profile("ci", max_examples=100, stateful_step_count=50, derandomize=True,
+                          database=None, print_blob=True, **_COMMON)
+settings.register_profile("nightly", max_examples=1000, stateful_step_count=100, **_COMMON)
+
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))
