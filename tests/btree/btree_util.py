@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
 from dataclasses import dataclass
 
 import lmdb
 
 from vdisk.btree import Forest, Layout
 from vdisk.btree.check import check_forest
+
+
+# LMDB commits fsync; on a memory file system that costs nothing. These tests
+# check logic and crash atomicity (SIGKILL keeps the page cache), not the
+# device. VDISK_TEST_TMPDIR overrides the choice (same rule as tests/engine).
+SCRATCH = os.environ.get("VDISK_TEST_TMPDIR") or (
+    "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None)
+
+
+def scratch_dir(prefix: str = "vdisk-btree-") -> str:
+    return tempfile.mkdtemp(prefix=prefix, dir=SCRATCH)
 
 
 @dataclass(frozen=True)

@@ -108,9 +108,9 @@ def test_node_from_a_newer_format_is_unsupported_not_corrupt():
 
 
 @pytest.fixture
-def stored(tmp_path):
+def stored(scratch):
     """A closed LMDB store: tree 'main' (height >= 3), snapshot 'snap', later writes to 'main'."""
-    path = tmp_path / "meta"
+    path = scratch / "meta"
     store = LmdbNodeStore(path)
     forest = Forest(store)
     model = build_tree(forest, "main", DEEP, 300)

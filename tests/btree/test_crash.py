@@ -92,14 +92,14 @@ def _describe(actual, want) -> str:
 
 
 @pytest.mark.slow
-def test_killed_writer_leaves_exactly_a_reported_commit(tmp_path):
+def test_killed_writer_leaves_exactly_a_reported_commit(scratch):
     master = random.Random(0xB7EE)
     started = time.monotonic()
     done = killed_mid_run = landed_on_unreported = 0
     path = state = None
     while done < ITERATIONS and time.monotonic() - started < BUDGET_S:
         if done % FRESH_EVERY == 0:
-            path = tmp_path / f"meta{done}"
+            path = scratch / f"meta{done}"
             state = _new_store(path)
         seed = master.randrange(1 << 30)
         delay = master.uniform(0, MAX_DELAY_S)

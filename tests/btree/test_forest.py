@@ -9,8 +9,8 @@ from vdisk.btree import Forest, Layout, LmdbNodeStore, MemoryNodeStore
 from vdisk.errors import AlreadyExists, CorruptNode, InvalidArgument, NotFound, ReadOnly
 
 
-def test_commit_is_all_or_nothing_and_survives_reopen(tmp_path):
-    store = LmdbNodeStore(tmp_path / "meta")
+def test_commit_is_all_or_nothing_and_survives_reopen(scratch):
+    store = LmdbNodeStore(scratch / "meta")
     forest = Forest(store)
     model = build_tree(forest, "main", DEEP, 200)
     forest.snapshot("main", "snap")
@@ -20,7 +20,7 @@ def test_commit_is_all_or_nothing_and_survives_reopen(tmp_path):
     forest.meta_put(b"x/y", b"z")
     store.close()
 
-    store = LmdbNodeStore(tmp_path / "meta")
+    store = LmdbNodeStore(scratch / "meta")
     try:
         forest = Forest(store)
         assert forest.tree_names() == ["main", "snap"]
@@ -83,13 +83,13 @@ def test_insert_sorted_rejects_unsorted_runs_without_changing_anything():
     assert dict(tree.items()) == {1: 1, 2: 2} and forest.seq == seq
 
 
-def test_read_only_store_refuses_writes(tmp_path):
-    store = LmdbNodeStore(tmp_path / "meta")
+def test_read_only_store_refuses_writes(scratch):
+    store = LmdbNodeStore(scratch / "meta")
     forest = Forest(store)
     forest.create_tree("a").insert(1, 2)
     forest.commit()
     store.close()
-    store = LmdbNodeStore(tmp_path / "meta", readonly=True)
+    store = LmdbNodeStore(scratch / "meta", readonly=True)
     try:
         forest = Forest(store)
         assert forest.tree("a").get(1) == 2

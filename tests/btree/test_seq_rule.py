@@ -20,7 +20,7 @@ from vdisk.errors import InvalidArgument
 
 
 @pytest.fixture(params=["memory", "lmdb"])
-def open_store(request, tmp_path):
+def open_store(request, scratch):
     """A function that opens the test's store (again), closing the previous LMDB handle."""
     opened = []
     memory = MemoryNodeStore()
@@ -30,7 +30,7 @@ def open_store(request, tmp_path):
             return memory
         if opened:
             opened.pop().close()
-        opened.append(LmdbNodeStore(tmp_path / "meta"))
+        opened.append(LmdbNodeStore(scratch / "meta"))
         return opened[-1]
 
     yield open_

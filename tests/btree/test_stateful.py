@@ -19,14 +19,13 @@ them (a rollback must reload them); only a reopen makes new ones.
 from __future__ import annotations
 
 import shutil
-import tempfile
 
 import pytest
 from hypothesis import event, note
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from btree_util import LAYOUTS, KeyCodec, assert_forest_ok
+from btree_util import LAYOUTS, KeyCodec, assert_forest_ok, scratch_dir
 from vdisk.btree import Forest, LmdbNodeStore, MemoryNodeStore
 from vdisk.errors import InvalidArgument, ReadOnly
 
@@ -49,7 +48,7 @@ class ForestMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.codec = KeyCodec(self.LAYOUT)
-        self.path = tempfile.mkdtemp(prefix="vdisk-btree-stateful-") if self.STORE == "lmdb" else None
+        self.path = scratch_dir("vdisk-btree-stateful-") if self.STORE == "lmdb" else None
         self.store = self._new_store()
         self.forest = Forest(self.store, cache_nodes=self.CACHE_NODES)
         self.handles = {"main": self.forest.create_tree("main", self.LAYOUT)}
