@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from .accounting import assert_consistent
 from .util import pattern, read_in_child
 
@@ -200,3 +202,37 @@ def test_freed_pba_is_punched_after_commit(disk):
         os.close(fd)
     assert disk.info()["physical_bytes"] == 0
     assert_consistent(disk)
+
+
+def _straddling_extent(disk):
+    """Block 0 written before a snapshot, block 1 after: one extent across the watermark."""
+    disk.write(0, pattern(1, BS))
+    disk.create_snapshot("s")
+    disk.write(BS, pattern(2, BS))
+    wm = disk.state.vba_watermark
+    (_, vba, n), = disk._lba.extents()
+    assert n == 2 and vba < wm < vba + n        # joined: LBAs and VBAs are contiguous
+    return vba
+
+
+@pytest.mark.xfail(strict=True, reason="bug: _unmap_blocks forgets a piece's VBAs only if its first "
+                   "VBA is >= the watermark; a piece straddling the watermark leaks the VBAs above it")
+def test_extent_across_the_watermark_is_freed_by_trim(disk):
+    _straddling_extent(disk)
+    disk.trim(0, 2 * BS)
+    disk.flush()
+    assert_consistent(disk)
+    assert disk.info()["physical_bytes"] == BS     # only the snapshot's block
+
+
+@pytest.mark.xfail(strict=True, reason="bug: _write_blocks treats a piece straddling the watermark "
+                   "as shared (first VBA < watermark) and gives it new VBAs, leaking the old VBAs "
+                   "above the watermark and their PBAs")
+def test_extent_across_the_watermark_is_rewritten_in_place(disk):
+    vba = _straddling_extent(disk)
+    disk.write(0, pattern(3, 2 * BS))
+    # Block 1's VBA was born after the snapshot: it must be kept (in place).
+    assert [p[1] for p in disk._lba.pieces(1, 1)] == [vba + 1]
+    disk.flush()
+    assert_consistent(disk)
+    assert disk.info()["physical_bytes"] == 3 * BS

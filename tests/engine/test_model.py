@@ -24,7 +24,7 @@ import shutil
 import pytest
 from hypothesis import note, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, invariant, precondition,
+from hypothesis.stateful import (Bundle, RuleBasedStateMachine, invariant, multiple, precondition,
                                  rule)
 
 from vdisk import Disk
@@ -33,7 +33,7 @@ from vdisk.errors import InvalidArgument, NotFound
 from .accounting import consistency
 from .util import pattern, scratch_dir
 
-CHECK_EVERY = 4
+CHECK_EVERY = 1
 MAX_SNAPSHOTS = 6
 
 # Known engine bug (see the xfail tests at the end): deleting a snapshot with
@@ -45,6 +45,14 @@ MAX_SNAPSHOTS = 6
 # of the children; the machine checks that refusal and does not make the other
 # such deletes while the bug is open. Set this to False once it is fixed.
 AVOID_REPARENT_DELETE_BUG = True
+
+# Known engine bug (see test_cow_rule.py::test_extent_across_the_watermark_*):
+# an LBA extent can straddle the watermark (block b written just before a
+# snapshot, b+1 just after: contiguous LBAs and VBAs, so map() joins them),
+# and write/zero decide "in place or new VBA" / "forget or keep" per extent
+# by its first VBA only, leaking the VBAs at or above the watermark. The
+# machine skips writes and zeroes over such an extent while the bug is open.
+AVOID_WATERMARK_STRADDLE_BUG = True
 
 
 class DiskMachine(RuleBasedStateMachine):
@@ -65,6 +73,7 @@ class DiskMachine(RuleBasedStateMachine):
         self.snaps: dict[str, tuple[bytes, bytes, int]] = {}
         self.counter = 0
         self.steps = 0
+        self.last_start = self.last_end = 0
 
     def teardown(self):
         try:
@@ -78,7 +87,17 @@ class DiskMachine(RuleBasedStateMachine):
         """An (offset, length) that starts/ends on, beside or away from block edges."""
         bs = self.bs
         nblocks = self.size // bs
-        block = data.draw(st.integers(0, nblocks - 1), label="block")
+        where = data.draw(st.sampled_from(["any", "hot", "next", "before"]), label="where")
+        if where == "any":
+            block = data.draw(st.integers(0, nblocks - 1), label="block")
+        elif where == "hot":
+            # Most work in a few blocks, so extents meet, join and split.
+            block = data.draw(st.integers(0, 15), label="block")
+        elif where == "next":
+            # Right after the last range: sequential I/O, extents that join.
+            block = min(self.last_end // bs, nblocks - 1)
+        else:
+            block = max(0, self.last_start // bs - 1)
         delta = data.draw(st.sampled_from([0, 0, 1, bs - 1, bs // 2, None]), label="delta")
         if delta is None:
             delta = data.draw(st.integers(0, bs - 1), label="delta_any")
@@ -95,6 +114,7 @@ class DiskMachine(RuleBasedStateMachine):
         else:
             length = data.draw(st.integers(32, 80)) * bs
         length = max(1, min(length, self.size - offset))
+        self.last_start, self.last_end = offset, offset + length
         return offset, length
 
     def _mark(self, offset, length, *, hole):
@@ -120,26 +140,58 @@ class DiskMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ rules
 
+    def _straddles_watermark(self, offset, length) -> bool:
+        if not AVOID_WATERMARK_STRADDLE_BUG:
+            return False
+        bs, wm = self.bs, self.disk.state.vba_watermark
+        b0, b1 = offset // bs, -(-(offset + length) // bs)
+        if any(v < wm < v + n for _s, v, n in self.disk._lba.pieces(b0, b1 - b0)):
+            note(f"skip {offset}+{length}: an extent straddles the watermark (known bug)")
+            return True
+        return False
+
     @rule(data=st.data(), seed=st.integers(0, 2**32))
     def write(self, data, seed):
         offset, length = self._range(data)
+        if self._straddles_watermark(offset, length):
+            return
         buf = pattern(seed, length)
         note(f"write {offset}+{length}")
         self.disk.write(offset, buf)
         self.model[offset:offset + length] = buf
         self._mark(offset, length, hole=False)
 
+    @precondition(lambda self: len(self.snaps) < MAX_SNAPSHOTS)
+    @rule(target=snapshots, block=st.integers(0, 14), n=st.integers(1, 3), m=st.integers(1, 3),
+          seed=st.integers(0, 2**32))
+    def sequential_across_snapshot(self, block, n, m, seed):
+        """A sequential writer that a snapshot interrupts (a log file, say)."""
+        bs = self.bs
+        if self._straddles_watermark(block * bs, n * bs):
+            return multiple()
+        note(f"write blocks {block}+{n}, snapshot, write blocks {block + n}+{m}")
+        buf = pattern(seed, (n + m) * bs)
+        self.disk.write(block * bs, buf[:n * bs])
+        self.model[block * bs:(block + n) * bs] = buf[:n * bs]
+        self._mark(block * bs, n * bs, hole=False)
+        name = self._snapshot()
+        self.disk.write((block + n) * bs, buf[n * bs:])
+        self.model[(block + n) * bs:(block + n + m) * bs] = buf[n * bs:]
+        self._mark((block + n) * bs, m * bs, hole=False)
+        self.last_start, self.last_end = block * bs, (block + n + m) * bs
+        return name
+
     @rule(data=st.data(), trim=st.booleans())
     def zero(self, data, trim):
         offset, length = self._range(data)
+        if self._straddles_watermark(offset, length):
+            return
         note(f"{'trim' if trim else 'zero'} {offset}+{length}")
         (self.disk.trim if trim else self.disk.zero)(offset, length)
         self.model[offset:offset + length] = bytes(length)
         self._mark(offset, length, hole=True)
 
-    @precondition(lambda self: len(self.snaps) < MAX_SNAPSHOTS)
-    @rule(target=snapshots)
-    def create_snapshot(self):
+    def _snapshot(self):
         self.counter += 1
         name = f"s{self.counter}"
         note(f"create_snapshot {name}")
@@ -147,6 +199,11 @@ class DiskMachine(RuleBasedStateMachine):
         assert info.name == name and info.size == self.size
         self.snaps[name] = (bytes(self.model), bytes(self.mapped), self.size)
         return name
+
+    @precondition(lambda self: len(self.snaps) < MAX_SNAPSHOTS)
+    @rule(target=snapshots)
+    def create_snapshot(self):
+        return self._snapshot()
 
     @rule(name=snapshots)
     def revert(self, name):
