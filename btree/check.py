@@ -262,8 +262,9 @@ def check_forest(forest: Forest, names: list[str] | None = None, unreferenced: b
 def _check_sharing(forest: Forest, results: list[TreeCheck], known: dict):
     """A node several trees reach must be old enough that no writable one changes it in place.
 
-    Checking where sharing starts is enough: below a shared node every node is
-    at least as old (the seq check), and is reached by the same trees.
+    Checking where sharing starts is enough: every node below is at least as
+    old (the seq check), so a subtree first met through a shared node is safe
+    when that node is.
     """
     sharers: dict = {}
     for r in results:

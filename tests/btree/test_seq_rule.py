@@ -182,6 +182,12 @@ def test_nodes_shared_with_a_snapshot_are_never_modified(open_store, seed):
         for node_id, state in states.items():
             cached = forest._cache.get(node_id)
             assert cached is None or node_state(cached) == state, f"shared node {node_id} changed"
+    height = tree.height
+    for k in sorted(model)[::-1]:        # empty most leaves: merges, borrows, root collapses
+        if int.from_bytes(k[:4], "big") % 100:
+            assert tree.delete(k)
+            del model[k]
+    assert tree.height < height
     forest.commit()
     assert dict(tree.items()) == model
 
@@ -191,6 +197,27 @@ def test_nodes_shared_with_a_snapshot_are_never_modified(open_store, seed):
     reopened = Forest(open_store())
     assert dict(reopened.tree("snap").items()) == frozen
     assert_forest_ok(reopened)
+
+
+def test_merges_after_a_snapshot_never_free_shared_nodes(open_store):
+    """Emptying leaves right after a snapshot merges them with siblings the snapshot shares."""
+    store = open_store()
+    forest, model = deep_forest(400, store)
+    forest.snapshot("main", "snap")
+    forest.commit()
+    shared = {n.id for n in reachable(forest, forest.tree("snap").root)}
+    tree = forest.tree("main")
+    for k in sorted(model):
+        if int.from_bytes(k[:4], "big") % 7:
+            assert tree.delete(k)
+            del model[k]
+        assert not shared & forest._freed, "a node the snapshot shares was freed"
+    forest.commit()
+    assert all(store.load(i) is not None for i in shared)
+    forest = Forest(open_store())
+    assert dict(forest.tree("main").items()) == model
+    assert len(forest.tree("snap")) == 400 and len(list(forest.tree("snap").items())) == 400
+    assert_forest_ok(forest)
 
 
 def test_snapshot_taken_before_reopen_still_forces_copies(open_store):
