@@ -26,14 +26,15 @@ def delete_snapshot(disk, name: str) -> int:
     recs = {r.name: r for r in disk._snapshot_records()}
     rec = recs[name]
     children = [r for r in recs.values() if r.parent == name]
-    if disk.state.parent == name and children:
+    holders = len(children) + (disk.state.parent == name)
+    if holders >= 2:
         # The running point would then own alone some blocks and nodes still
         # marked shared, and leak them when it rewrites them (ZFS refuses the
         # same case: a snapshot with dependent clones).
         raise InvalidArgument(
-            f"snapshot {name!r} is the base of the running point and of snapshot(s) "
-            f"{', '.join(sorted(c.name for c in children))} (made after a revert); delete "
-            f"those first, or revert the running point elsewhere")
+            f"snapshot {name!r} is the base of {holders} others ("
+            f"{', '.join(sorted(c.name for c in children) + (['the running point'] if disk.state.parent == name else []))}"
+            f", after a revert); delete all but one of them first")
     runs, nodes = exclusive_runs(disk, name)
     runs.sort()
     for vba, count in runs:
