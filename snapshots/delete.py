@@ -46,12 +46,11 @@ def delete_snapshot(disk, name: str) -> int:
         child.parent = rec.parent
         forest.meta_put(SNAP_META_PREFIX + child.name.encode(), fmt.encode_snapshot(child))
     if disk.state.parent == name:
+        # The running point is the only dependent (others are refused above):
+        # what it shared with the deleted snapshot is now its own.
         disk.state.parent = rec.parent
-        if not children:
-            # The running point was the only child: what it shared with the
-            # deleted snapshot is now its own, so rewrites may free it.
-            parent = recs.get(rec.parent) if rec.parent else None
-            disk.state.vba_watermark = parent.vba_watermark if parent else 1
-            forest.tree(RUNNING_TREE).release_snapshot_seq(parent.seq if parent else 0)
+        parent = recs.get(rec.parent) if rec.parent else None
+        disk.state.vba_watermark = parent.vba_watermark if parent else 1
+        forest.tree(RUNNING_TREE).release_snapshot_seq(parent.seq if parent else 0)
     disk._commit()
     return sum(n for _, n in runs)
