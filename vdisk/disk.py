@@ -429,7 +429,7 @@ class Disk(_Reader):
         # Split [b0, b0+n) into runs that keep their VBA and runs that need new ones.
         fresh_runs = []
         pos = b0
-        for s, vba, ln in self._lba.pieces(b0, n):
+        for s, vba, ln in _split_at_watermark(self._lba.pieces(b0, n), wm):
             if s > pos:
                 fresh_runs.append((pos, s - pos))
             if vba >= wm:
@@ -461,7 +461,7 @@ class Disk(_Reader):
 
     def _unmap_blocks(self, b0: int, n: int):
         wm = self.state.vba_watermark
-        for _s, vba, ln in self._lba.punch(b0, n):
+        for _s, vba, ln in _split_at_watermark(self._lba.punch(b0, n), wm):
             if vba >= wm:
                 self._forget_vbas(vba, ln)
 
@@ -643,6 +643,23 @@ class Disk(_Reader):
                 "physical_bytes": (self.alloc.end - self.alloc.free_blocks()) * bs,
                 "snapshots": [s.__dict__ for s in self.snapshots(exclusive=False)],
             }
+
+
+def _split_at_watermark(pieces, wm: int):
+    """Split (lba, vba, count) pieces whose VBAs straddle the watermark.
+
+    An extent can run across it when a write born after the newest snapshot
+    happens to continue a snapshot's VBAs; its two halves have different
+    owners, so they must be judged separately (judging by the first VBA
+    leaked the newer half, or rewrote snapshot blocks in place).
+    """
+    for s, vba, ln in pieces:
+        if vba < wm < vba + ln:
+            head = wm - vba
+            yield s, vba, head
+            yield s + head, wm, ln - head
+        else:
+            yield s, vba, ln
 
 
 def _slice_pieces(pieces: list[tuple[int, int]], start: int, count: int) -> list[tuple[int, int]]:

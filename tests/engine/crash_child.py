@@ -29,7 +29,7 @@ COMMIT_OPS = ("flush", "snap", "revert", "delete")
 # the stream makes that first birth a write of block 0, which has no left
 # neighbour to join: at the start of every run (a kill may have come between
 # a snapshot and its burn) and after every snapshot and revert.
-AVOID_WATERMARK_STRADDLE_BUG = True
+AVOID_WATERMARK_STRADDLE_BUG = False
 MAX_SNAPSHOTS = 10
 MAX_OPS_BETWEEN_FLUSHES = 60   # far below the engine's auto-commit threshold
 

@@ -215,8 +215,6 @@ def _straddling_extent(disk):
     return vba
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _unmap_blocks forgets a piece's VBAs only if its first "
-                   "VBA is >= the watermark; a piece straddling the watermark leaks the VBAs above it")
 def test_extent_across_the_watermark_is_freed_by_trim(disk):
     _straddling_extent(disk)
     disk.trim(0, 2 * BS)
@@ -225,9 +223,6 @@ def test_extent_across_the_watermark_is_freed_by_trim(disk):
     assert disk.info()["physical_bytes"] == BS     # only the snapshot's block
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _write_blocks treats a piece straddling the watermark "
-                   "as shared (first VBA < watermark) and gives it new VBAs, leaking the old VBAs "
-                   "above the watermark and their PBAs")
 def test_extent_across_the_watermark_is_rewritten_in_place(disk):
     vba = _straddling_extent(disk)
     disk.write(0, pattern(3, 2 * BS))

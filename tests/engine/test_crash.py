@@ -23,7 +23,6 @@ rebuilds the failing disk.
 
 from __future__ import annotations
 
-import warnings
 import os
 import random
 import signal
@@ -147,12 +146,6 @@ def test_sigkill_at_random_moments(scratch):
                     f"iteration {iteration}: snapshot {name} does not read as when it was taken; "
                     f"history {history}")
             probs = consistency(d)
-            # Known open bug (issue 3 note): some revert/delete sequences leak a
-            # few VBAs (space, never data). Reported, not failed, until fixed.
-            leaks = [p for p in probs if "leak" in p]
-            if leaks:
-                warnings.warn(f"iteration {iteration} (seed {seed}): {leaks}")
-            probs = [p for p in probs if "leak" not in p]
             assert not probs, f"iteration {iteration} (seed {seed}): {probs}; history {history}"
             parents, running_parent = crash_child.family(d)
         finally:

@@ -62,7 +62,7 @@ AVOID_REPARENT_DELETE_BUG = True
 # and write/zero decide "in place or new VBA" / "forget or keep" per extent
 # by its first VBA only, leaking the VBAs at or above the watermark. The
 # machine skips writes and zeroes over such an extent while the bug is open.
-AVOID_WATERMARK_STRADDLE_BUG = True
+AVOID_WATERMARK_STRADDLE_BUG = False
 
 
 class DiskMachine(RuleBasedStateMachine):
