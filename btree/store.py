@@ -79,6 +79,62 @@ class MemoryNodeStore:
         pass
 
 
+# LMDB allows one environment per database file per process (a second one
+# would break its locking), so stores of one directory in one process share
+# it: a read-only view of a disk can be opened beside its writer.
+_ENVS: dict[str, list] = {}     # realpath -> [env, nodes_db, meta_db, writable, users]
+_ENVS_LOCK = threading.Lock()
+
+
+def _open_env(key: str, path: str, readonly: bool, create: bool, map_size: int):
+    with _ENVS_LOCK:
+        shared = _ENVS.get(key)
+        if shared is not None:
+            if not readonly and not shared[3]:
+                raise IntegrityError(f"metadata database {path} is already open read-only in this "
+                                     f"process; close that first to open it for writing")
+            shared[4] += 1
+            return shared[0], shared[1], shared[2]
+        try:
+            env = lmdb.open(path, map_size=map_size, max_dbs=4, readonly=readonly,
+                            create=create and not readonly, subdir=True, readahead=False,
+                            lock=True, metasync=True, sync=True)
+        except lmdb.Error as e:
+            raise IntegrityError(f"cannot open metadata database {path}: {e}") from None
+        try:
+            _check_file_size(env, path)
+            nodes_db = env.open_db(b"nodes", create=not readonly)
+            meta_db = env.open_db(b"meta", create=not readonly)
+        except lmdb.Error as e:
+            env.close()
+            raise IntegrityError(f"cannot open metadata database {path}: {e}") from None
+        except BaseException:
+            env.close()
+            raise
+        _ENVS[key] = [env, nodes_db, meta_db, not readonly, 1]
+        return env, nodes_db, meta_db
+
+
+def _release_env(key: str):
+    with _ENVS_LOCK:
+        shared = _ENVS[key]
+        shared[4] -= 1
+        if shared[4] == 0:
+            del _ENVS[key]
+            shared[0].close()
+
+
+def _check_file_size(env, path: str):
+    # LMDB mmaps the file and trusts its meta page: a page past the end of a
+    # truncated file kills the process with SIGBUS on first touch.
+    last = env.info()["last_pgno"]
+    psize = env.stat()["psize"]
+    have = os.path.getsize(os.path.join(path, "data.mdb"))
+    if (last + 1) * psize > have:
+        raise IntegrityError(f"metadata database {path}/data.mdb is truncated: it has {have} "
+                             f"bytes but its last page ends at {(last + 1) * psize}")
+
+
 class LmdbNodeStore:
     """Nodes and metadata in one LMDB environment (a directory).
 
@@ -105,15 +161,12 @@ class LmdbNodeStore:
         self.readonly = readonly
         if not create and not os.path.exists(os.path.join(self.path, "data.mdb")):
             raise IntegrityError(f"metadata database {self.path}/data.mdb is missing")
-        try:
-            self.env = lmdb.open(self.path, map_size=map_size, max_dbs=4, readonly=readonly,
-                                 create=create and not readonly, subdir=True, readahead=False,
-                                 lock=True, metasync=True, sync=True)
-            self.nodes_db = self.env.open_db(b"nodes", create=not readonly)
-            self.meta_db = self.env.open_db(b"meta", create=not readonly)
-        except lmdb.Error as e:
-            raise IntegrityError(f"cannot open metadata database {self.path}: {e}") from None
+        self._key = os.path.realpath(self.path)
+        self.env, self.nodes_db, self.meta_db = _open_env(self._key, self.path, readonly, create, map_size)
         self._view = threading.local()
+
+    def _damaged(self, e: Exception) -> IntegrityError:
+        return IntegrityError(f"metadata database {self.path} is damaged ({e}): run vdisk verify")
 
     def _txn(self):
         return getattr(self._view, "txn", None)
@@ -132,11 +185,14 @@ class LmdbNodeStore:
                 self._view.txn = None
 
     def _read(self, key: bytes, db):
-        txn = self._txn()
-        if txn is not None:
-            return txn.get(key, db=db)
-        with self.env.begin(db=db, buffers=False) as t:
-            return t.get(key)
+        try:
+            txn = self._txn()
+            if txn is not None:
+                return txn.get(key, db=db)
+            with self.env.begin(db=db, buffers=False) as t:
+                return t.get(key)
+        except lmdb.Error as e:
+            raise self._damaged(e) from None
 
     def load(self, node_id):
         return self._read(_NODE_KEY.pack(node_id), self.nodes_db)
@@ -154,15 +210,21 @@ class LmdbNodeStore:
                         break
                     out.append((bytes(k), bytes(v)))
             return out
-        txn = self._txn()
-        if txn is not None:
-            return collect(txn)
-        with self.env.begin(buffers=False) as t:
-            return collect(t)
+        try:
+            txn = self._txn()
+            if txn is not None:
+                return collect(txn)
+            with self.env.begin(buffers=False) as t:
+                return collect(t)
+        except lmdb.Error as e:
+            raise self._damaged(e) from None
 
     def node_ids(self):
-        with self.env.begin(db=self.nodes_db) as txn:
-            ids = [_NODE_KEY.unpack(k)[0] for k in txn.cursor().iternext(values=False)]
+        try:
+            with self.env.begin(db=self.nodes_db) as txn:
+                ids = [_NODE_KEY.unpack(k)[0] for k in txn.cursor().iternext(values=False)]
+        except lmdb.Error as e:
+            raise self._damaged(e) from None
         return iter(ids)
 
     def commit(self, puts, deletes, meta):
@@ -191,4 +253,6 @@ class LmdbNodeStore:
         self.env.sync(True)
 
     def close(self):
-        self.env.close()
+        if self.env is not None:
+            _release_env(self._key)
+            self.env = None

@@ -60,9 +60,11 @@ from .extents import ExtentMap
 log = logging.getLogger("vdisk")
 
 CSUM_BYTES = 16
-SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 AUTO_COMMIT_BLOCKS = 16384
 MAX_DISK_SIZE = 1 << 60
+# Larger than LMDB's reader table for its default 126 readers (about 8 KiB).
+LMDB_LOCK_FILE_RESERVE = 64 << 10
 
 RUNNING_TREE = "lba"
 VBA_TREE = "vba"
@@ -108,7 +110,7 @@ class SnapshotInfo:
 
 
 def validate_snapshot_name(name: str):
-    if not isinstance(name, str) or not SNAPSHOT_NAME.match(name):
+    if not isinstance(name, str) or not SNAPSHOT_NAME.fullmatch(name):
         raise InvalidArgument(f"bad snapshot name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
 
 
@@ -128,12 +130,13 @@ class _Reader:
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``; unmapped ranges read as zeros."""
-        self._check_range(offset, length)
-        if length == 0:
-            return b""
         d = self.disk
         with d._lock:
+            # Refresh first: a read-only opener's size may have grown.
             d._ensure_view()
+            self._check_range(offset, length)
+            if length == 0:
+                return b""
             bs = self.block_size
             b0 = offset // bs
             b1 = -(-(offset + length) // bs)
@@ -143,8 +146,10 @@ class _Reader:
 
     def block_status(self, offset: int, length: int) -> list[Extent]:
         """Runs of allocated data and of holes (which read as zeros)."""
-        self._check_range(offset, length)
         d = self.disk
+        with d._lock:
+            d._ensure_view()
+        self._check_range(offset, length)
         bs = self.block_size
         out: list[Extent] = []
 
@@ -225,6 +230,8 @@ class Disk(_Reader):
         self._closed = False
         self._view_id = None
         self._blocks_since_commit = 0
+        self.store = None
+        self._fd = None
         try:
             meta_dir = os.path.join(path, "meta")
             if not os.path.isdir(meta_dir):
@@ -236,6 +243,12 @@ class Disk(_Reader):
             self._fd = os.open(data_path, os.O_RDONLY if readonly else os.O_RDWR)
             self._load()
         except BaseException:
+            # LMDB allows one environment per file per process: a store left
+            # open here would make every later open of this disk fail.
+            if self._fd is not None:
+                os.close(self._fd)
+            if self.store is not None:
+                self.store.close()
             self._release_lock()
             raise
 
@@ -261,6 +274,7 @@ class Disk(_Reader):
             os.mkdir(os.path.join(path, "meta"))
             open(os.path.join(path, "data"), "wb").close()
             open(os.path.join(path, "lock"), "wb").close()
+            _reserve(os.path.join(path, "meta", "lock.mdb"), LMDB_LOCK_FILE_RESERVE)
             store = LmdbNodeStore(os.path.join(path, "meta"))
             try:
                 forest = Forest(store)
@@ -564,7 +578,8 @@ class Disk(_Reader):
     def _snapshot_records(self) -> list[fmt.SnapshotRecord]:
         recs = [fmt.decode_snapshot(k[len(SNAP_META_PREFIX):].decode(), v)
                 for k, v in self.forest.meta_items(SNAP_META_PREFIX)]
-        recs.sort(key=lambda r: r.seq)
+        # Snapshots taken with no change between them share a seq.
+        recs.sort(key=lambda r: (r.seq, r.created_ns))
         return recs
 
     def create_snapshot(self, name: str) -> SnapshotInfo:
@@ -710,6 +725,20 @@ def _take_lock(path: str) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _reserve(path: str, size: int):
+    """Create ``path`` with ``size`` bytes really allocated.
+
+    LMDB mmaps its reader table (lock.mdb) after growing it sparse; on a full
+    file system the first store into it is a SIGBUS, not an error. Allocating
+    it first turns that into ENOSPC here.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
 
 
 def _remove_tree(path: str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from vdisk.errors import InvalidArgument
 
@@ -16,7 +17,8 @@ def parse_size(text: str | int) -> int:
     m = _SIZE.match(text)
     if not m:
         raise InvalidArgument(f"bad size {text!r}: use a number with an optional unit K, M, G, T (e.g. 10G)")
-    value = float(m.group(1)) * _UNITS[m.group(2).upper()]
+    # Decimal, not float: sizes above 2**53 bytes must not be silently rounded.
+    value = Decimal(m.group(1)) * _UNITS[m.group(2).upper()]
     if value != int(value):
         raise InvalidArgument(f"size {text!r} is not a whole number of bytes")
     return int(value)
