@@ -42,6 +42,14 @@ def _open(path, readonly=False):
     return Disk.open(path, readonly=readonly)
 
 
+def _open_live(path, readonly=False):
+    """The disk, or - when a server (vdisk serve, vdisk mount) holds it - a
+    proxy to that server with the same methods (see vdisk.control.client)."""
+    from vdisk.control.client import find_server
+    server = find_server(path)
+    return server if server is not None else _open(path, readonly)
+
+
 class SizeType(click.ParamType):
     name = "SIZE"
 
@@ -97,7 +105,7 @@ def info(disk, as_json):
 
     Example: vdisk info vm1.vdisk --json
     """
-    with _open(disk, readonly=True) as d:
+    with _open_live(disk, readonly=True) as d:
         data = d.info()
         snaps = d.snapshots()
     data["snapshots"] = [s.__dict__ for s in snaps]
@@ -129,7 +137,7 @@ def snapshot_create(disk, name):
 
     Example: vdisk snapshot create vm1.vdisk before-upgrade
     """
-    with _open(disk) as d:
+    with _open_live(disk) as d:
         s = d.create_snapshot(name)
     click.echo(f"created snapshot {s.name}")
 
@@ -143,7 +151,7 @@ def snapshot_list(disk, as_json):
 
     Example: vdisk snapshot list vm1.vdisk
     """
-    with _open(disk, readonly=True) as d:
+    with _open_live(disk, readonly=True) as d:
         snaps = d.snapshots()
     if as_json:
         click.echo(json.dumps([s.__dict__ for s in snaps], indent=2))
@@ -166,7 +174,7 @@ def snapshot_delete(disk, name):
 
     Example: vdisk snapshot delete vm1.vdisk nightly-2026-11-01
     """
-    with _open(disk) as d:
+    with _open_live(disk) as d:
         before = d.info()["physical_bytes"]
         d.delete_snapshot(name)
         after = d.info()["physical_bytes"]
@@ -182,7 +190,7 @@ def snapshot_revert(disk, name):
 
     Example: vdisk snapshot revert vm1.vdisk before-upgrade
     """
-    with _open(disk) as d:
+    with _open_live(disk) as d:
         d.revert(name)
     click.echo(f"reverted to snapshot {name}")
 
@@ -196,9 +204,15 @@ def resize(disk, size):
 
     Example: vdisk resize vm1.vdisk 20G
     """
-    with _open(disk) as d:
+    with _open_live(disk) as d:
         d.resize(size)
     click.echo(f"resized {disk} to {format_size(size)}")
+
+
+# NBD front end (issue 5): after every command above, so serve.py can import them.
+from vdisk.cli.serve import serve  # noqa: E402
+
+main.add_command(serve)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,212 @@
+"""``vdisk serve``: export a disk over NBD with nbdkit and the vdisk plugin.
+
+nbdkit runs in the foreground as this command's child (``--exit-with-parent``
+so it never outlives us). This process waits until the server is ready,
+prints the NBD URIs, and on Ctrl-C or SIGTERM asks nbdkit to stop, which
+makes the plugin flush the disk, stop its control socket and release the
+writer lock; then it removes the NBD socket, which nbdkit leaves behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+import click
+
+from vdisk.cli.main import disk_argument, engine_errors
+from vdisk.errors import Busy, InvalidArgument, NotFound, VdiskError
+
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 60.0
+DEFAULT_SOCKET = "nbd.sock"
+DEFAULT_BIND = "127.0.0.1"
+
+
+@click.command()
+@disk_argument
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False),
+              help=f"Unix socket to listen on (default: DISK/{DEFAULT_SOCKET}).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Listen on this TCP port instead of a unix socket.")
+@click.option("--bind", help=f"Address to listen on with --port (default {DEFAULT_BIND}).")
+@click.option("--readonly", is_flag=True,
+              help="Serve read-only, without the writer lock (another process may write).")
+@engine_errors
+def serve(disk, socket_path, port, bind, readonly):
+    """Serve DISK over NBD until Ctrl-C: the running point as the default
+    export, each snapshot as a read-only export under its name.
+
+    While it runs, `vdisk snapshot ...`, `vdisk info` and `vdisk resize` on
+    DISK go through the server, so snapshots can be taken live.
+
+    Example: vdisk serve vm1.vdisk    (then: nbdinfo --list 'nbd+unix:///?socket=vm1.vdisk/nbd.sock')
+    """
+    if bind is not None and port is None:
+        raise click.UsageError("--bind needs --port")
+    if socket_path is not None and port is not None:
+        raise click.UsageError("--socket and --port exclude each other")
+    path = os.path.abspath(disk)
+    if not os.path.isdir(path):
+        raise NotFound(f"no disk at {disk}")
+    from vdisk.nbdplugin import NBDKIT, nbdkit_command, nbdkit_env
+    env = nbdkit_env()
+    if shutil.which(NBDKIT, path=env["PATH"]) is None:
+        raise VdiskError("nbdkit is not installed (Debian packages nbdkit and nbdkit-plugin-python; "
+                         "./dev setup installs them)")
+    if not readonly:
+        _refuse_if_served(path)
+    sock = None
+    if port is None:
+        sock = os.path.abspath(socket_path or os.path.join(path, DEFAULT_SOCKET))
+        _prepare_socket_path(sock)
+    tmp = tempfile.mkdtemp(prefix="vdisk-serve-")
+    pidfile = os.path.join(tmp, "nbdkit.pid")
+    argv = nbdkit_command(path, socket=sock, port=port, bind=(bind or DEFAULT_BIND) if port else None,
+                          readonly=readonly, pidfile=pidfile)
+    stopping = []
+
+    def stop(signum, _frame):
+        stopping.append(time.monotonic())
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        _wait_ready(proc, pidfile, path, readonly, stopping)
+        if proc.poll() is None and not stopping:
+            _announce(path, sock, port, bind or DEFAULT_BIND, readonly, proc.pid)
+        code = _wait(proc, stopping)
+    finally:
+        if proc.poll() is None:
+            stopping.append(time.monotonic())
+            proc.send_signal(signal.SIGTERM)
+            _wait(proc, stopping)
+        for s, h in old.items():
+            signal.signal(s, h)
+        if sock is not None:
+            _remove_socket(sock)
+        shutil.rmtree(tmp, ignore_errors=True)
+    if code < 0:
+        raise VdiskError(f"nbdkit was killed by signal {-code}; writes since the last flush may be lost")
+    if code:
+        sys.exit(code)   # nbdkit or the plugin already said why on stderr
+    click.echo(f"stopped serving {path}")
+
+
+def _refuse_if_served(path: str):
+    from vdisk.control.client import find_server
+    live = find_server(path)
+    if live is not None:
+        owner = live.owner
+        live.close()
+        raise Busy(f"disk {path} is already served by {owner}")
+    lock = os.path.join(path, "lock")
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        raise Busy(f"disk {path} is in use by PID {pid}") from None
+    finally:
+        os.close(fd)   # releases the probe; nbdkit takes the lock for real
+
+
+def _prepare_socket_path(sock: str):
+    from vdisk.control import unixsock
+    if len(os.fsencode(sock)) > unixsock.MAX_PATH:
+        raise InvalidArgument(f"socket path {sock} is longer than the {unixsock.MAX_PATH} bytes a unix "
+                              f"socket allows; choose a shorter one with --socket")
+    if not os.path.isdir(os.path.dirname(sock)):
+        raise NotFound(f"directory {os.path.dirname(sock)} does not exist")
+    try:
+        st = os.lstat(sock)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise InvalidArgument(f"{sock} exists and is not a socket")
+    if unixsock.answers(sock):
+        raise Busy(f"another server is listening on {sock}")
+    os.unlink(sock)   # stale: nbdkit never removes its socket
+
+
+def _remove_socket(sock: str):
+    try:
+        if stat.S_ISSOCK(os.lstat(sock).st_mode):
+            os.unlink(sock)
+    except FileNotFoundError:
+        pass
+
+
+def _wait_ready(proc, pidfile: str, path: str, readonly: bool, stopping: list):
+    """Until nbdkit serves (its pidfile exists, and the control socket answers
+    for a writable disk: the plugin opens the disk in after_fork) or exits."""
+    from vdisk.control import unixsock
+    from vdisk.control.protocol import SOCKET_NAME
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None and not stopping:
+        if os.path.exists(pidfile) and (readonly or unixsock.answers(os.path.join(path, SOCKET_NAME))):
+            return
+        time.sleep(0.05)
+    if proc.poll() is None and not stopping:
+        raise VdiskError(f"nbdkit did not become ready within {READY_TIMEOUT:.0f} s")
+
+
+def _wait(proc, stopping: list) -> int:
+    """nbdkit's exit status. Serving lasts until a signal; after one, nbdkit
+    gets STOP_TIMEOUT seconds to flush and exit before it is killed."""
+    while True:
+        try:
+            return proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if stopping and time.monotonic() - stopping[0] > STOP_TIMEOUT:
+                proc.kill()
+                return proc.wait()
+
+
+def _announce(path, sock, port, bind, readonly, pid):
+    names = _snapshot_names(path, readonly)
+    mode = "read-only" if readonly else "read-write"
+    click.echo(f"serving {path} over NBD (nbdkit PID {pid}); stop with Ctrl-C")
+    rows = [(export_uri(sock, port, bind, ""), f"running point ({mode})")]
+    rows += [(export_uri(sock, port, bind, n), f"snapshot {n} (read-only)") for n in names]
+    width = max(len(u) for u, _ in rows)
+    for uri, what in rows:
+        click.echo(f"  {uri:<{width}}  {what}")
+    click.echo("snapshots taken while serving become exports under their own names")
+    sys.stdout.flush()
+
+
+def _snapshot_names(path, readonly) -> list[str]:
+    from vdisk.control.client import find_server
+    try:
+        live = None if readonly else find_server(path)
+        if live is not None:
+            with live:
+                return [s.name for s in live.snapshots(exclusive=False)]
+        from vdisk import Disk
+        with Disk.open(path, readonly=True) as d:
+            return [s.name for s in d.snapshots(exclusive=False)]
+    except VdiskError as e:
+        click.echo(f"vdisk: warning: cannot list snapshots: {e}", err=True)
+        return []
+
+
+def export_uri(sock: str | None, port: int | None, bind: str, name: str) -> str:
+    """The NBD URI of export ``name`` (see the NBD URI specification)."""
+    quoted = urllib.parse.quote(name, safe="")
+    if sock is not None:
+        return f"nbd+unix:///{quoted}?socket={urllib.parse.quote(sock, safe='/')}"
+    host = f"[{bind}]" if ":" in bind else bind
+    return f"nbd://{host}:{port}/{quoted}"

@@ -1,0 +1,443 @@
+"""nbdkit Python plugin (API version 2) serving a vdisk disk over NBD.
+
+Run by Debian's nbdkit python plugin, normally through ``vdisk serve``::
+
+    nbdkit -f -U SOCK python /path/to/nbdplugin/plugin.py disk=DISK [sitedir=DIR] [control=on|off]
+
+Keys:
+
+* ``disk`` (required) - the disk directory.
+* ``sitedir`` - a site-packages directory holding vdisk and its dependencies
+  (``vdisk serve`` passes its own). Without it the plugin looks beside itself:
+  an installed ``.../site-packages/vdisk/nbdplugin/plugin.py`` or a source
+  tree's ``.venv``. See docs/NBD.md for why this is needed at all.
+* ``readonly`` - ``on`` opens the disk read-only, without the writer lock,
+  beside any writer (give nbdkit ``-r`` too). Per-export read-only (snapshots)
+  comes from ``can_write``, not from this.
+* ``control`` - ``on`` (default for a writable server) runs the live-control
+  socket ``DISK/control.sock``; ``off`` does not.
+* ``owner`` - how the control socket's ``hello`` names this server.
+
+Exports: ``""`` (the default) is the running point, read-write unless nbdkit
+runs with ``-r``; every snapshot is a read-only export under its own name,
+listed (with a description) by ``nbdinfo --list``. Names are looked up at
+each connection, so a snapshot created while serving is reachable at once.
+
+Thread model: ``SERIALIZE_ALL_REQUESTS``. Every request ends in one
+:class:`vdisk.Disk` whose lock serialises calls anyway, and the engine is
+pure Python under the GIL: letting nbdkit run requests in parallel buys no
+concurrency and costs lock hand-offs between threads (measured in
+bench/nbd_bench.py, docs/NBD.md).
+
+The disk and the control thread are created in ``after_fork``: nbdkit forks
+when it daemonizes, threads do not survive a fork, and LMDB environments must
+not be used across one.
+"""
+
+import errno
+import io
+import os
+import sys
+import threading
+
+import nbdkit
+
+API_VERSION = 2
+
+# Largest request the plugin accepts, matching what it advertises in
+# block_size(); nbdkit itself refuses requests over 64 MiB.
+MAX_REQUEST = 32 << 20
+
+# nbdkit runs this file like a script and removes __file__ once it has run.
+_PLUGIN_FILE = os.path.realpath(__file__)
+
+
+class _Config:
+    disk_path = None
+    sitedir = None
+    readonly = False        # open the disk read-only (no writer lock); use with nbdkit -r
+    control = None          # None: on for a writable server
+    owner = "vdisk serve (nbdkit)"
+
+
+_cfg = _Config()
+_state = None   # _Server, created in after_fork
+VdiskError = None   # vdisk.errors.VdiskError once config_complete imported vdisk
+
+
+# ---------------------------------------------------------------- locating vdisk
+
+def _venv_python_version(site_packages):
+    """(major, minor) of the venv holding site_packages, or None if unknown."""
+    venv = os.path.dirname(os.path.dirname(os.path.dirname(site_packages)))
+    try:
+        with io.open(os.path.join(venv, "pyvenv.cfg")) as f:   # open() below is the NBD callback
+            for line in f:
+                key, _, value = line.partition("=")
+                if key.strip() in ("version", "version_info"):
+                    return tuple(int(x) for x in value.strip().split(".")[:2])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _candidate_sitedirs():
+    if _cfg.sitedir:
+        return [_cfg.sitedir]
+    here = os.path.dirname(_PLUGIN_FILE)
+    out = []
+    pkg_parent = os.path.dirname(os.path.dirname(here))   # installed: site-packages/vdisk/nbdplugin
+    if os.path.basename(pkg_parent) in ("site-packages", "dist-packages"):
+        out.append(pkg_parent)
+    root = os.path.dirname(here)                            # source tree: ROOT/nbdplugin
+    out.append(os.path.join(root, ".venv", "lib", "python%d.%d" % sys.version_info[:2], "site-packages"))
+    return out
+
+
+def _import_vdisk():
+    """Put vdisk's environment on sys.path, then import it.
+
+    nbdkit embeds the system interpreter, whose sys.path knows nothing of the
+    project's venv. site.addsitedir reads the venv's .pth files too (the
+    editable install's finder lives there). Its directories go first so that
+    a Debian package of the same name cannot shadow the version vdisk was
+    installed with.
+    """
+    import site
+    for sitedir in _candidate_sitedirs():
+        if not os.path.isdir(sitedir):
+            if _cfg.sitedir:
+                raise RuntimeError("sitedir %s does not exist" % sitedir)
+            continue
+        want = _venv_python_version(sitedir)
+        if want is not None and want != sys.version_info[:2]:
+            raise RuntimeError(
+                "the environment at %s is for Python %d.%d but nbdkit embeds Python %d.%d: its compiled "
+                "modules (lmdb, blake3) cannot load; rebuild it with /usr/bin/python3 (./dev setup)"
+                % ((sitedir,) + want + sys.version_info[:2]))
+        before = list(sys.path)
+        site.addsitedir(sitedir)
+        added = [p for p in sys.path if p not in before]
+        sys.path[:] = added + before
+        break
+    try:
+        import vdisk.errors
+    except ImportError as e:
+        raise RuntimeError("cannot import vdisk (%s); tried %s; pass sitedir=.../site-packages"
+                           % (e, ", ".join(_candidate_sitedirs()))) from None
+    global VdiskError
+    VdiskError = vdisk.errors.VdiskError
+
+
+# ---------------------------------------------------------------- configuration
+
+def config(key, value):
+    if key == "disk":
+        _cfg.disk_path = os.path.abspath(value)
+    elif key == "sitedir":
+        _cfg.sitedir = os.path.abspath(value)
+    elif key == "control":
+        _cfg.control = _on_off(key, value)
+    elif key == "readonly":
+        _cfg.readonly = _on_off(key, value)
+    elif key == "owner":
+        _cfg.owner = value
+    else:
+        raise RuntimeError("unknown parameter %r (known: disk, sitedir, readonly, control, owner)" % key)
+
+
+def _on_off(key, value):
+    if value not in ("on", "off"):
+        raise RuntimeError("%s must be on or off, not %r" % (key, value))
+    return value == "on"
+
+
+def config_complete():
+    if _cfg.disk_path is None:
+        raise RuntimeError("missing parameter disk=DISK")
+    _import_vdisk()
+    if not os.path.isdir(os.path.join(_cfg.disk_path, "meta")):
+        raise RuntimeError("%s is not a vdisk disk" % _cfg.disk_path)
+
+
+def thread_model():
+    return nbdkit.THREAD_MODEL_SERIALIZE_ALL_REQUESTS
+
+
+def after_fork():
+    """Open the disk and start the control server in the serving process."""
+    global _state
+    try:
+        _state = _Server(_cfg.disk_path, _cfg.readonly)
+    except VdiskError as e:
+        # A traceback would bury the one line that matters (usually "in use by
+        # PID N"); nothing is served yet, so stop here with the error's code.
+        sys.stderr.write("vdisk: error: %s\n" % e)
+        sys.stderr.flush()
+        os._exit(e.exit_code)
+
+
+def cleanup():
+    global _state
+    if _state is not None:
+        _state.close()
+        _state = None
+
+
+class _Server:
+    """Process-wide state: the disk, the control server, open exports."""
+
+    def __init__(self, path, readonly):
+        from vdisk import Disk
+        self.disk = Disk.open(path, readonly=readonly)
+        self.readonly = readonly
+        self.users = {}                 # export name -> open connections
+        self.users_lock = threading.Lock()
+        self.control = None
+        want_control = _cfg.control if _cfg.control is not None else not readonly
+        if want_control and not readonly:
+            from vdisk.control.server import ControlServer
+            try:
+                self.control = ControlServer(self.disk, _cfg.owner)
+                self.control.guard = self.guard
+                self.control.start()
+            except BaseException:
+                self.disk.close()
+                raise
+
+    def guard(self, op, args):
+        """Refuse changes that would pull data from under connected clients."""
+        from vdisk.errors import Busy
+        with self.users_lock:
+            if op == "snapshot_delete":
+                n = self.users.get(args["name"], 0)
+                if n:
+                    raise Busy("snapshot %r is exported to %d NBD connection(s); disconnect them first"
+                               % (args["name"], n))
+            elif op == "snapshot_revert":
+                n = self.users.get("", 0)
+                if n:
+                    raise Busy("the disk has %d NBD connection(s) to its running point; disconnect them "
+                               "before reverting" % n)
+
+    def connect(self, name):
+        with self.users_lock:
+            self.users[name] = self.users.get(name, 0) + 1
+
+    def disconnect(self, name):
+        with self.users_lock:
+            self.users[name] -= 1
+            if not self.users[name]:
+                del self.users[name]
+
+    def close(self):
+        try:
+            if self.control is not None:
+                self.control.close()
+        finally:
+            self.disk.close()
+
+
+# ---------------------------------------------------------------- exports
+
+class ClientError(Exception):
+    """A request failed; nbdkit logs this one line and sends the errno set with it."""
+
+
+def _refuse(e):
+    """The exception to raise for vdisk error ``e``, its errno chosen for the client.
+
+    Raised ``from None``, so nbdkit's log shows the callback and the one-line
+    reason instead of the engine's whole stack.
+    """
+    nbdkit.set_error(getattr(e, "errno", errno.EIO))
+    return ClientError("%s: %s" % (type(e).__name__, e))
+
+
+def _description(name):
+    d = _state.disk
+    if name == "":
+        mode = "read-only" if d.readonly else "read-write"
+        return "vdisk %s: running point (%s)" % (d.path, mode)
+    import time
+    for s in d.snapshots(exclusive=False):
+        if s.name == name:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created))
+            return "vdisk %s: snapshot %s taken %s (read-only)" % (d.path, name, when)
+    return "vdisk %s: snapshot %s (read-only)" % (d.path, name)
+
+
+def list_exports(readonly, is_tls):
+    try:
+        names = [s.name for s in _state.disk.snapshots(exclusive=False)]
+    except VdiskError as e:
+        raise _refuse(e) from None
+    return [("", _description(""))] + [(n, _description(n)) for n in names]
+
+
+def default_export(readonly, is_tls):
+    return ""
+
+
+class _Handle:
+    __slots__ = ("name", "dev", "writable", "closed")
+
+    def __init__(self, name, dev, writable):
+        self.name = name
+        self.dev = dev
+        self.writable = writable
+        self.closed = False
+
+
+def open(readonly):
+    name = nbdkit.export_name()
+    d = _state.disk
+    try:
+        if name == "":
+            h = _Handle("", d, not readonly and not d.readonly)
+        else:
+            h = _Handle(name, d.open_snapshot(name), False)
+    except VdiskError as e:
+        raise _refuse(e) from None
+    _state.connect(name)
+    return h
+
+
+def close(h):
+    if not h.closed:
+        h.closed = True
+        _state.disconnect(h.name)
+
+
+def export_description(h):
+    return _description(h.name)
+
+
+def get_size(h):
+    return h.dev.size
+
+
+def block_size(h):
+    return (1, _state.disk.block_size, MAX_REQUEST)
+
+
+def is_rotational(h):
+    return False
+
+
+def can_write(h):
+    return h.writable
+
+
+def can_flush(h):
+    return h.writable
+
+
+def can_trim(h):
+    return h.writable
+
+
+def can_zero(h):
+    return h.writable
+
+
+def can_fast_zero(h):
+    # Zeroing whole blocks only unmaps them: never slower than writing.
+    return h.writable
+
+
+def can_fua(h):
+    return nbdkit.FUA_NATIVE if h.writable else nbdkit.FUA_NONE
+
+
+def can_multi_conn(h):
+    # Every connection of this process shares one Disk: a write is visible to
+    # all connections once it returns, and a flush on any connection commits
+    # all of them - exactly the NBD multi-conn consistency rule.
+    return True
+
+
+def can_extents(h):
+    return True
+
+
+def can_cache(h):
+    return nbdkit.CACHE_NONE
+
+
+def _check_request(h, count):
+    if count > MAX_REQUEST:
+        nbdkit.set_error(errno.EINVAL)
+        raise ClientError("request of %d bytes is larger than the %d advertised" % (count, MAX_REQUEST))
+
+
+def pread(h, buf, offset, flags):
+    _check_request(h, len(buf))
+    try:
+        buf[:] = h.dev.read(offset, len(buf))
+    except VdiskError as e:
+        raise _refuse(e) from None
+
+
+def pwrite(h, buf, offset, flags):
+    _check_request(h, len(buf))
+    try:
+        h.dev.write(offset, buf)
+        if flags & nbdkit.FLAG_FUA:
+            h.dev.flush()
+    except VdiskError as e:
+        raise _refuse(e) from None
+
+
+def flush(h, flags):
+    try:
+        h.dev.flush()
+    except VdiskError as e:
+        raise _refuse(e) from None
+
+
+def trim(h, count, offset, flags):
+    try:
+        h.dev.trim(offset, count)
+        if flags & nbdkit.FLAG_FUA:
+            h.dev.flush()
+    except VdiskError as e:
+        raise _refuse(e) from None
+
+
+def zero(h, count, offset, flags):
+    try:
+        if flags & nbdkit.FLAG_MAY_TRIM:
+            h.dev.zero(offset, count)
+        else:
+            # NBD_CMD_FLAG_NO_HOLE: the client wants the range allocated, so
+            # zeros are written; that is no faster than a write.
+            if flags & nbdkit.FLAG_FAST_ZERO:
+                nbdkit.set_error(errno.ENOTSUP)
+                raise ClientError("fast zero refused: NO_HOLE zeroing writes blocks")
+            _write_zeros(h.dev, offset, count)
+        if flags & nbdkit.FLAG_FUA:
+            h.dev.flush()
+    except VdiskError as e:
+        raise _refuse(e) from None
+
+
+def _write_zeros(dev, offset, count):
+    chunk = bytes(min(count, 4 << 20))
+    end = offset + count
+    while offset < end:
+        n = min(len(chunk), end - offset)
+        dev.write(offset, memoryview(chunk)[:n])
+        offset += n
+
+
+def extents(h, count, offset, flags):
+    try:
+        runs = h.dev.block_status(offset, count)
+    except VdiskError as e:
+        raise _refuse(e) from None
+    out = [(e.offset, e.length, (nbdkit.EXTENT_HOLE if not e.allocated else 0)
+            | (nbdkit.EXTENT_ZERO if e.zero else 0)) for e in runs]
+    if flags & nbdkit.FLAG_REQ_ONE:
+        out = out[:1]
+    return out
