@@ -142,7 +142,9 @@ class _Reader:
             b1 = -(-(offset + length) // bs)
             buf = d._read_blocks(self._lba_map(), b0, b1 - b0)
         start = offset - b0 * bs
-        return bytes(buf[start:start + length])
+        if start == 0 and length == len(buf):
+            return bytes(buf)
+        return bytes(memoryview(buf)[start:start + length])
 
     def block_status(self, offset: int, length: int) -> list[Extent]:
         """Runs of allocated data and of holes (which read as zeros)."""
@@ -365,11 +367,22 @@ class Disk(_Reader):
 
     # ----------------------------------------------------------- reads
 
-    def _read_blocks(self, lba_map: ExtentMap, b0: int, n: int) -> bytearray:
+    def _read_blocks(self, lba_map: ExtentMap, b0: int, n: int) -> bytes | bytearray:
         bs = self.block_size
+        pieces = lba_map.pieces(b0, n)
+        if len(pieces) == 1 and pieces[0][0] == b0 and pieces[0][2] == n:
+            # One extent (the common large read): read straight into a new
+            # bytes object, no zero-filled buffer and no copy afterwards.
+            vba = pieces[0][1]
+            phys = self._vba.pieces(vba, n)
+            if len(phys) == 1 and phys[0][0] == vba and phys[0][2] == n:
+                data = os.pread(self._fd, n * bs, phys[0][1] * bs)
+                if len(data) == n * bs:
+                    self._verify_sums(vba, n, memoryview(data), b0)
+                    return data
         out = bytearray(n * bs)
         view = memoryview(out)
-        for s, vba, ln in lba_map.pieces(b0, n):
+        for s, vba, ln in pieces:
             self._read_vba(vba, ln, view[(s - b0) * bs:(s - b0 + ln) * bs], s)
         return out
 
@@ -386,17 +399,24 @@ class Disk(_Reader):
             pos = v + n
         if pos != vba + count:
             raise IntegrityError(f"LBA {lba + pos - vba}: VBA {pos} has no physical block: run vdisk verify")
-        i = 0
-        for v, want in self._csum.items(vba, vba + count):
-            if v != vba + i:
-                break
-            if checksum(out[i * bs:(i + 1) * bs]) != want:
-                log.error("checksum mismatch at LBA %d (VBA %d) of %s", lba + i, v, self.path)
-                raise ChecksumMismatch(f"data at LBA {lba + i} (byte {(lba + i) * bs}) does not match its "
-                                       f"checksum: refusing to return wrong data; run vdisk verify --data")
-            i += 1
-        if i != count:
+        self._verify_sums(vba, count, out, lba)
+
+    def _verify_sums(self, vba: int, count: int, data: memoryview, lba: int):
+        """Fail unless each block of ``data`` (VBAs vba.., LBAs lba..) matches its checksum."""
+        bs = self.block_size
+        out = data
+        want = list(self._csum.items(vba, vba + count))
+        if len(want) != count or want[0][0] != vba or want[-1][0] != vba + count - 1:
+            have = {v for v, _ in want}
+            i = next(i for i in range(count) if vba + i not in have)
             raise IntegrityError(f"LBA {lba + i}: checksum of VBA {vba + i} is missing: run vdisk verify")
+        h = blake3.blake3
+        got = [h(out[i:i + bs]).digest(CSUM_BYTES) for i in range(0, count * bs, bs)]
+        if got != [w for _, w in want]:
+            i = next(i for i in range(count) if got[i] != want[i][1])
+            log.error("checksum mismatch at LBA %d (VBA %d) of %s", lba + i, vba + i, self.path)
+            raise ChecksumMismatch(f"data at LBA {lba + i} (byte {(lba + i) * bs}) does not match its "
+                                   f"checksum: refusing to return wrong data; run vdisk verify --data")
 
     # ----------------------------------------------------------- writes
 
@@ -437,7 +457,8 @@ class Disk(_Reader):
             if e.errno == errno.ENOSPC:
                 raise NoSpace(f"no space left on the file system holding {self.path}") from None
             raise
-        sums = [checksum(data[i * bs:(i + 1) * bs]) for i in range(n)]
+        h = blake3.blake3
+        sums = [h(data[i:i + bs]).digest(CSUM_BYTES) for i in range(0, n * bs, bs)]
         wm = self.state.vba_watermark
         csum_items = []
         # Split [b0, b0+n) into runs that keep their VBA and runs that need new ones.
