@@ -44,6 +44,11 @@ leak          stored nodes that no tree reaches
 is accepted without reading it or its subtree again; only its summary is held
 against the bounds and depth of its new place. That is how verifying a chain
 of snapshots costs what differs between them (design notes, 3).
+
+``visit(tree, node, lo, hi)`` lets a layer above check what the entries mean
+(extent maps, say) at the same cost: it is called once for each node read and
+verified, never for nodes accepted from ``known``, so a leaf shared by many
+trees is seen once, by the first tree that reaches it.
 """
 
 from __future__ import annotations
@@ -97,7 +102,7 @@ class TreeCheck:
         return not self.problems
 
 
-def check_tree(forest: Forest, name: str, known: dict | None = None) -> TreeCheck:
+def check_tree(forest: Forest, name: str, known: dict | None = None, visit=None) -> TreeCheck:
     """Check one tree; record each verified node's summary in ``known``."""
     if known is None:
         known = {}
@@ -110,7 +115,7 @@ def check_tree(forest: Forest, name: str, known: dict | None = None) -> TreeChec
         return result
     rec = tree.rec
     limit_seq = rec.snap_seq if rec.frozen else None
-    summary = _walk(forest, tree, rec.root, None, None, 0, (rec.root,), None, limit_seq, known, result)
+    summary = _walk(forest, tree, rec.root, None, None, 0, (rec.root,), None, limit_seq, known, result, visit)
     if summary is not None:
         if summary.level != rec.height - 1 and not any(p.kind == "depth" for p in result.problems):
             result.problems.append(Problem(name, rec.root, (rec.root,), "depth",
@@ -136,7 +141,7 @@ def _node_failure_kind(forest, node_id, error) -> str:
     return "corrupt"
 
 
-def _walk(forest, tree: BTree, node_id, lo, hi, depth, path, parent_seq, limit_seq, known, result):
+def _walk(forest, tree: BTree, node_id, lo, hi, depth, path, parent_seq, limit_seq, known, result, visit=None):
     """Verify the subtree at node_id; return its Summary or None if unreadable."""
     name = tree.name
     if node_id in result.reached:
@@ -194,6 +199,10 @@ def _walk(forest, tree: BTree, node_id, lo, hi, depth, path, parent_seq, limit_s
         if hi is not None and keys[-1] >= hi:
             problem("bounds", f"key {keys[-1]!r} is not below the next separator {hi!r}")
 
+    # A leaf whose values are not the tree's layout would hand the visitor garbage.
+    if visit is not None and (not node.leaf or node.layout == tree.layout):
+        visit(tree, node, lo, hi)
+
     if node.leaf:
         s = Summary(node.seq, 0, n, keys[0] if n else None, keys[-1] if n else None)
     else:
@@ -203,7 +212,8 @@ def _walk(forest, tree: BTree, node_id, lo, hi, depth, path, parent_seq, limit_s
         for i, child in enumerate(vals):
             clo = lo if i == 0 else keys[i]
             chi = keys[i + 1] if i + 1 < n else hi
-            cs = _walk(forest, tree, child, clo, chi, depth + 1, path + (child,), node.seq, limit_seq, known, result)
+            cs = _walk(forest, tree, child, clo, chi, depth + 1, path + (child,), node.seq, limit_seq, known,
+                       result, visit)
             if cs is None:
                 continue
             entries += cs.entries
@@ -246,7 +256,7 @@ def check_forest(forest: Forest, names: list[str] | None = None, unreferenced: b
     results = []
     for name in names if names is not None else forest.tree_names():
         results.append(check_tree(forest, name, known))
-    _check_sharing(forest, results, known)
+    check_sharing(forest, results, known)
     if unreferenced and names is None:
         reached = set().union(*(r.reached for r in results)) if results else set()
         leaked = [i for i in forest.store.node_ids() if i not in reached and i not in forest._freed]
@@ -259,7 +269,7 @@ def check_forest(forest: Forest, names: list[str] | None = None, unreferenced: b
     return results
 
 
-def _check_sharing(forest: Forest, results: list[TreeCheck], known: dict):
+def check_sharing(forest: Forest, results: list[TreeCheck], known: dict):
     """A node several trees reach must be old enough that no writable one changes it in place.
 
     Checking where sharing starts is enough: every node below is at least as

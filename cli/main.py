@@ -214,6 +214,9 @@ from vdisk.cli.serve import serve  # noqa: E402
 
 main.add_command(serve)
 
+from .verify import verify  # noqa: E402
+main.add_command(verify)
+
 
 if __name__ == "__main__":
     main()
