@@ -22,33 +22,47 @@ import urllib.parse
 
 import click
 
-from vdisk.cli.main import disk_argument, engine_errors
 from vdisk.errors import Busy, InvalidArgument, NotFound, VdiskError
 
 READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 60.0
+# nbdkit exits on SIGTERM only once its clients disconnect; after this long
+# the disk is flushed and closed over the control socket and nbdkit killed.
+CLIENT_GRACE = 3.0
 DEFAULT_SOCKET = "nbd.sock"
 DEFAULT_BIND = "127.0.0.1"
 
 
-@click.command()
-@disk_argument
-@click.option("--socket", "socket_path", type=click.Path(dir_okay=False),
-              help=f"Unix socket to listen on (default: DISK/{DEFAULT_SOCKET}).")
-@click.option("--port", type=click.IntRange(1, 65535), help="Listen on this TCP port instead of a unix socket.")
-@click.option("--bind", help=f"Address to listen on with --port (default {DEFAULT_BIND}).")
-@click.option("--readonly", is_flag=True,
-              help="Serve read-only, without the writer lock (another process may write).")
-@engine_errors
-def serve(disk, socket_path, port, bind, readonly):
-    """Serve DISK over NBD until Ctrl-C: the running point as the default
-    export, each snapshot as a read-only export under its name.
+def command(disk_argument, engine_errors) -> click.Command:
+    """The ``serve`` command, built with the CLI's shared decorators.
 
-    While it runs, `vdisk snapshot ...`, `vdisk info` and `vdisk resize` on
-    DISK go through the server, so snapshots can be taken live.
-
-    Example: vdisk serve vm1.vdisk    (then: nbdinfo --list 'nbd+unix:///?socket=vm1.vdisk/nbd.sock')
+    A factory rather than an import of vdisk.cli.main, so that running
+    ``python -m vdisk.cli.main`` (which imports this module) has no cycle.
     """
+    @click.command()
+    @disk_argument
+    @click.option("--socket", "socket_path", type=click.Path(dir_okay=False),
+                  help=f"Unix socket to listen on (default: DISK/{DEFAULT_SOCKET}).")
+    @click.option("--port", type=click.IntRange(1, 65535), help="Listen on this TCP port instead of a unix socket.")
+    @click.option("--bind", help=f"Address to listen on with --port (default {DEFAULT_BIND}).")
+    @click.option("--readonly", is_flag=True,
+                  help="Serve read-only, without the writer lock (another process may write).")
+    @engine_errors
+    def serve(disk, socket_path, port, bind, readonly):
+        """Serve DISK over NBD until Ctrl-C: the running point as the default
+        export, each snapshot as a read-only export under its name.
+
+        While it runs, `vdisk snapshot ...`, `vdisk info` and `vdisk resize` on
+        DISK go through the server, so snapshots can be taken live.
+
+        Example: vdisk serve vm1.vdisk    (then: nbdinfo --list 'nbd+unix:///?socket=vm1.vdisk/nbd.sock')
+        """
+        run(disk, socket_path, port, bind, readonly)
+
+    return serve
+
+
+def run(disk, socket_path=None, port=None, bind=None, readonly=False):
+    """Serve until a signal; engine errors propagate (the command maps them)."""
     if bind is not None and port is None:
         raise click.UsageError("--bind needs --port")
     if socket_path is not None and port is not None:
@@ -56,6 +70,8 @@ def serve(disk, socket_path, port, bind, readonly):
     path = os.path.abspath(disk)
     if not os.path.isdir(path):
         raise NotFound(f"no disk at {disk}")
+    if not os.path.isdir(os.path.join(path, "meta")):
+        raise InvalidArgument(f"{disk} is not a vdisk disk (it has no meta/ directory)")
     from vdisk.nbdplugin import NBDKIT, nbdkit_command, nbdkit_env
     env = nbdkit_env()
     if shutil.which(NBDKIT, path=env["PATH"]) is None:
@@ -84,12 +100,12 @@ def serve(disk, socket_path, port, bind, readonly):
         _wait_ready(proc, pidfile, path, readonly, stopping)
         if proc.poll() is None and not stopping:
             _announce(path, sock, port, bind or DEFAULT_BIND, readonly, proc.pid)
-        code = _wait(proc, stopping)
+        code = _wait(proc, stopping, path, readonly)
     finally:
         if proc.poll() is None:
             stopping.append(time.monotonic())
             proc.send_signal(signal.SIGTERM)
-            _wait(proc, stopping)
+            _wait(proc, stopping, path, readonly)
         for s, h in old.items():
             signal.signal(s, h)
         if sock is not None:
@@ -163,16 +179,45 @@ def _wait_ready(proc, pidfile: str, path: str, readonly: bool, stopping: list):
         raise VdiskError(f"nbdkit did not become ready within {READY_TIMEOUT:.0f} s")
 
 
-def _wait(proc, stopping: list) -> int:
-    """nbdkit's exit status. Serving lasts until a signal; after one, nbdkit
-    gets STOP_TIMEOUT seconds to flush and exit before it is killed."""
+def _wait(proc, stopping: list, path: str, readonly: bool) -> int:
+    """nbdkit's exit status (0 when it was stopped on purpose).
+
+    Serving lasts until a signal. nbdkit then stops accepting, but exits only
+    when its clients disconnect, which a kernel nbd-client never does; so
+    after CLIENT_GRACE seconds the disk is flushed and closed through the
+    control socket and nbdkit is killed. Nothing acknowledged is lost: the
+    plugin fails every request after the close.
+    """
     while True:
         try:
-            return proc.wait(timeout=0.5)
+            return proc.wait(timeout=0.25)
         except subprocess.TimeoutExpired:
-            if stopping and time.monotonic() - stopping[0] > STOP_TIMEOUT:
-                proc.kill()
-                return proc.wait()
+            if stopping and time.monotonic() - stopping[0] > CLIENT_GRACE:
+                return _stop_with_clients(proc, path, readonly)
+
+
+def _stop_with_clients(proc, path: str, readonly: bool) -> int:
+    from vdisk.control import unixsock
+    from vdisk.control.client import find_server, socket_path
+    code = 0
+    if not readonly:
+        try:
+            live = find_server(path)
+            if live is None:
+                raise VdiskError("its control socket is gone")
+            with live:
+                live.shutdown()
+            click.echo("clients are still connected: flushed and closed the disk, stopping nbdkit", err=True)
+        except VdiskError as e:
+            click.echo(f"vdisk: error: cannot flush the disk before stopping nbdkit ({e}); "
+                       f"writes since the clients' last flush may be lost", err=True)
+            code = 1
+    proc.kill()
+    proc.wait()
+    control = socket_path(path)
+    if os.path.exists(control) and not unixsock.answers(control):
+        _remove_socket(control)
+    return code
 
 
 def _announce(path, sock, port, bind, readonly, pid):

@@ -13,7 +13,7 @@
 :class:`ControlClient` has the method names of :class:`vdisk.Disk` for the
 operations the control protocol carries (``info``, ``snapshots``,
 ``create_snapshot``, ``delete_snapshot``, ``revert``, ``resize``, ``flush``,
-``close``), so CLI code runs unchanged on either. Server errors come back as
+``close``; plus ``shutdown``), so CLI code runs unchanged on either. Server errors come back as
 the same :mod:`vdisk.errors` class with the same message and exit code.
 """
 
@@ -115,6 +115,10 @@ class ControlClient:
 
     def flush(self) -> None:
         self.call("flush")
+
+    def shutdown(self) -> None:
+        """Ask the front end to flush, close the disk and stop serving I/O."""
+        self.call("shutdown")
 
     def close(self):
         if self._sock is not None:

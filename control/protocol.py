@@ -44,6 +44,11 @@ op                   args                    result
 ``snapshot_revert``  ``{"name": str}``       ``null``
 ``resize``           ``{"size": int}``       ``null``
 ``flush``            ``{}``                  ``null``
+``shutdown``         ``{}``                  ``null`` once the disk is flushed
+                                             and closed; the front end stops
+                                             serving I/O (``vdisk serve``
+                                             uses it to stop an nbdkit whose
+                                             clients stay connected)
 ===================  ======================  ==================================
 
 A snapshot object has the fields of :class:`vdisk.disk.SnapshotInfo`
@@ -67,7 +72,7 @@ MAX_LINE = 1 << 20
 SOCKET_NAME = "control.sock"
 
 OPS = ("hello", "info", "snapshot_list", "snapshot_create", "snapshot_delete",
-       "snapshot_revert", "resize", "flush")
+       "snapshot_revert", "resize", "flush", "shutdown")
 
 
 class ProtocolError(errors.InvalidArgument):

@@ -13,6 +13,8 @@ API (shared by every front end; keep it stable)::
                                     # create/delete/revert and resize
     server.guard = check            # optional: check(op, args) may raise a
                                     # VdiskError to refuse a change
+    server.on_shutdown = stop       # optional: op "shutdown" calls stop(),
+                                    # which must flush and close the disk
     server.start()                  # bind DISK/control.sock (0600), serve in
                                     # a daemon thread
     ...
@@ -62,6 +64,7 @@ class ControlServer:
         self.path = os.path.join(os.path.abspath(disk.path), protocol.SOCKET_NAME)
         self.on_change = None
         self.guard = None
+        self.on_shutdown = None
         self._sock: socket.socket | None = None
         self._ident: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
@@ -195,6 +198,12 @@ class ControlServer:
             _check_args(op, args, ())
             d.flush()
             return None
+        if op == "shutdown":
+            _check_args(op, args, ())
+            if self.on_shutdown is None:
+                raise InvalidArgument(f"{self.owner} cannot be shut down over the control socket")
+            self.on_shutdown()
+            return None
         if op in ("snapshot_create", "snapshot_delete", "snapshot_revert"):
             _check_args(op, args, ("name",), required=("name",))
             name = args["name"]
@@ -220,7 +229,7 @@ class ControlServer:
             d.resize(size)
             self._changed(op)
             return None
-        raise protocol.ProtocolError(f"unknown control operation {op!r}")
+        raise protocol.ProtocolError(f"unknown control operation {op!r} (known: {', '.join(protocol.OPS)})")
 
     def _check_guard(self, op, args):
         if self.guard is not None:

@@ -185,12 +185,18 @@ def cleanup():
 
 
 class _Server:
-    """Process-wide state: the disk, the control server, open exports."""
+    """Process-wide state: the disk, the control server, open exports.
+
+    ``io`` is held by every request and by :meth:`shutdown`, so that a stop
+    requested over the control socket never closes the disk under a request
+    (nbdkit serialises requests, so the lock is otherwise uncontended).
+    """
 
     def __init__(self, path, readonly):
         from vdisk import Disk
         self.disk = Disk.open(path, readonly=readonly)
-        self.readonly = readonly
+        self.io = threading.Lock()
+        self.closed = False
         self.users = {}                 # export name -> open connections
         self.users_lock = threading.Lock()
         self.control = None
@@ -200,6 +206,7 @@ class _Server:
             try:
                 self.control = ControlServer(self.disk, _cfg.owner)
                 self.control.guard = self.guard
+                self.control.on_shutdown = self.shutdown
                 self.control.start()
             except BaseException:
                 self.disk.close()
@@ -230,29 +237,59 @@ class _Server:
             if not self.users[name]:
                 del self.users[name]
 
+    def shutdown(self):
+        """Flush and close the disk now; later requests fail with ESHUTDOWN.
+
+        nbdkit stops only when every client has disconnected, and a kernel
+        client never does by itself; ``vdisk serve`` calls this (control op
+        ``shutdown``) before it kills such an nbdkit, so no acknowledged
+        write is lost and the writer lock is released.
+        """
+        with self.io:
+            if self.closed:
+                return
+            self.closed = True
+            self.disk.close()
+
     def close(self):
         try:
             if self.control is not None:
                 self.control.close()
         finally:
-            self.disk.close()
+            with self.io:
+                self.closed = True
+                self.disk.close()
 
 
-# ---------------------------------------------------------------- exports
+# ---------------------------------------------------------------- requests
 
 class ClientError(Exception):
     """A request failed; nbdkit logs this one line and sends the errno set with it."""
 
 
-def _refuse(e):
-    """The exception to raise for vdisk error ``e``, its errno chosen for the client.
+def _request(fn):
+    """Run one NBD request under the I/O lock, with vdisk errors mapped to errnos.
 
-    Raised ``from None``, so nbdkit's log shows the callback and the one-line
-    reason instead of the engine's whole stack.
+    A vdisk error is re-raised as a one-line ClientError ``from None``, so
+    nbdkit's log shows the reason instead of the engine's whole stack, and
+    the client gets the errno the error class carries.
     """
-    nbdkit.set_error(getattr(e, "errno", errno.EIO))
-    return ClientError("%s: %s" % (type(e).__name__, e))
+    def run(h, *args):
+        with _state.io:
+            if _state.closed:
+                nbdkit.set_error(errno.ESHUTDOWN)
+                raise ClientError("the server is shutting down")
+            try:
+                return fn(h, *args)
+            except VdiskError as e:
+                nbdkit.set_error(getattr(e, "errno", errno.EIO))
+                raise ClientError("%s: %s" % (type(e).__name__, e)) from None
+    run.__name__ = fn.__name__
+    run.__doc__ = fn.__doc__
+    return run
 
+
+# ---------------------------------------------------------------- exports
 
 def _description(name):
     d = _state.disk
@@ -267,12 +304,14 @@ def _description(name):
     return "vdisk %s: snapshot %s (read-only)" % (d.path, name)
 
 
-def list_exports(readonly, is_tls):
-    try:
-        names = [s.name for s in _state.disk.snapshots(exclusive=False)]
-    except VdiskError as e:
-        raise _refuse(e) from None
+@_request
+def _list_exports(_h):
+    names = [s.name for s in _state.disk.snapshots(exclusive=False)]
     return [("", _description(""))] + [(n, _description(n)) for n in names]
+
+
+def list_exports(readonly, is_tls):
+    return _list_exports(None)
 
 
 def default_export(readonly, is_tls):
@@ -289,18 +328,19 @@ class _Handle:
         self.closed = False
 
 
-def open(readonly):
-    name = nbdkit.export_name()
+@_request
+def _open(_h, readonly, name):
     d = _state.disk
-    try:
-        if name == "":
-            h = _Handle("", d, not readonly and not d.readonly)
-        else:
-            h = _Handle(name, d.open_snapshot(name), False)
-    except VdiskError as e:
-        raise _refuse(e) from None
+    if name == "":
+        h = _Handle("", d, not readonly and not d.readonly)
+    else:
+        h = _Handle(name, d.open_snapshot(name), False)
     _state.connect(name)
     return h
+
+
+def open(readonly):
+    return _open(None, readonly, nbdkit.export_name())
 
 
 def close(h):
@@ -309,6 +349,7 @@ def close(h):
         _state.disconnect(h.name)
 
 
+@_request
 def export_description(h):
     return _description(h.name)
 
@@ -318,6 +359,8 @@ def get_size(h):
 
 
 def block_size(h):
+    # Any alignment works (the engine merges partial blocks), but whole
+    # blocks avoid a read-modify-write, hence the preferred size.
     return (1, _state.disk.block_size, MAX_REQUEST)
 
 
@@ -365,79 +408,64 @@ def can_cache(h):
     return nbdkit.CACHE_NONE
 
 
-def _check_request(h, count):
+def _check_size(count):
     if count > MAX_REQUEST:
         nbdkit.set_error(errno.EINVAL)
         raise ClientError("request of %d bytes is larger than the %d advertised" % (count, MAX_REQUEST))
 
 
+@_request
 def pread(h, buf, offset, flags):
-    _check_request(h, len(buf))
-    try:
-        buf[:] = h.dev.read(offset, len(buf))
-    except VdiskError as e:
-        raise _refuse(e) from None
+    _check_size(len(buf))
+    buf[:] = h.dev.read(offset, len(buf))
 
 
+@_request
 def pwrite(h, buf, offset, flags):
-    _check_request(h, len(buf))
-    try:
-        h.dev.write(offset, buf)
-        if flags & nbdkit.FLAG_FUA:
-            h.dev.flush()
-    except VdiskError as e:
-        raise _refuse(e) from None
-
-
-def flush(h, flags):
-    try:
+    _check_size(len(buf))
+    h.dev.write(offset, buf)
+    if flags & nbdkit.FLAG_FUA:
         h.dev.flush()
-    except VdiskError as e:
-        raise _refuse(e) from None
 
 
+@_request
+def flush(h, flags):
+    h.dev.flush()
+
+
+@_request
 def trim(h, count, offset, flags):
-    try:
-        h.dev.trim(offset, count)
-        if flags & nbdkit.FLAG_FUA:
-            h.dev.flush()
-    except VdiskError as e:
-        raise _refuse(e) from None
+    h.dev.trim(offset, count)
+    if flags & nbdkit.FLAG_FUA:
+        h.dev.flush()
 
 
+@_request
 def zero(h, count, offset, flags):
-    try:
-        if flags & nbdkit.FLAG_MAY_TRIM:
-            h.dev.zero(offset, count)
-        else:
-            # NBD_CMD_FLAG_NO_HOLE: the client wants the range allocated, so
-            # zeros are written; that is no faster than a write.
-            if flags & nbdkit.FLAG_FAST_ZERO:
-                nbdkit.set_error(errno.ENOTSUP)
-                raise ClientError("fast zero refused: NO_HOLE zeroing writes blocks")
-            _write_zeros(h.dev, offset, count)
-        if flags & nbdkit.FLAG_FUA:
-            h.dev.flush()
-    except VdiskError as e:
-        raise _refuse(e) from None
+    if flags & nbdkit.FLAG_MAY_TRIM:
+        h.dev.zero(offset, count)
+    elif flags & nbdkit.FLAG_FAST_ZERO:
+        # NBD_CMD_FLAG_NO_HOLE wants the range allocated, so zeros would be
+        # written: no faster than a write, which is what fast-zero asks.
+        nbdkit.set_error(errno.ENOTSUP)
+        raise ClientError("fast zero refused: zeroing without holes writes blocks")
+    else:
+        _write_zeros(h.dev, offset, count)
+    if flags & nbdkit.FLAG_FUA:
+        h.dev.flush()
 
 
 def _write_zeros(dev, offset, count):
-    chunk = bytes(min(count, 4 << 20))
+    chunk = memoryview(bytes(min(count, 4 << 20)))
     end = offset + count
     while offset < end:
         n = min(len(chunk), end - offset)
-        dev.write(offset, memoryview(chunk)[:n])
+        dev.write(offset, chunk[:n])
         offset += n
 
 
+@_request
 def extents(h, count, offset, flags):
-    try:
-        runs = h.dev.block_status(offset, count)
-    except VdiskError as e:
-        raise _refuse(e) from None
-    out = [(e.offset, e.length, (nbdkit.EXTENT_HOLE if not e.allocated else 0)
-            | (nbdkit.EXTENT_ZERO if e.zero else 0)) for e in runs]
-    if flags & nbdkit.FLAG_REQ_ONE:
-        out = out[:1]
-    return out
+    out = [(e.offset, e.length, (0 if e.allocated else nbdkit.EXTENT_HOLE) | (nbdkit.EXTENT_ZERO if e.zero else 0))
+           for e in h.dev.block_status(offset, count)]
+    return out[:1] if flags & nbdkit.FLAG_REQ_ONE else out
