@@ -1,26 +1,76 @@
-"""Snapshot deletion by sorted VBA sweep (design notes, 2).
+"""Snapshot deletion by sorted VBA sweep (design notes, 2), online and resumable.
 
-1. Find the VBAs that only the snapshot maps (:mod:`.usage`): its entries
-   outside the subtrees its children share, above its parent's watermark, and
-   mapped by no other tree that could hold them.
-2. Buffer them, sort by VBA, and remove the VBA -> PBA and checksum entries in
-   one ascending pass, so the shared VBA tree is swept in order instead of
-   edited at random; the PBAs go back to the allocator.
-3. Free the tree nodes only the snapshot reached, re-parent its children, and
-   commit everything in one transaction: a crash leaves either the snapshot
-   whole or gone, and no space leaks either way.
+Deleting snapshot S runs in three steps; only the first is one long step, and
+it costs what S alone holds, never the disk size.
+
+1. **Begin** (one commit, under the disk lock). Find the B+tree nodes only S
+   reaches: S's nodes outside the subtrees its child still shares (found by
+   seq, without reading shared subtrees) and newer than its parent. Write a
+   ``disk/deleting`` record listing them, remove S's record and tree,
+   re-parent its child (or the running point) to S's parent. From this
+   commit on, S is gone for users; its nodes and blocks wait for the sweep.
+2. **Scan** (batches). Read S's exclusive leaves; each entry at or above the
+   parent's watermark that no live tree maps identically is a VBA run only S
+   held. The runs go into a :class:`RunBuffer`, which spills sorted runs to
+   files past its memory bound and merges them back in VBA order.
+3. **Sweep** (batches), then **finish** (one commit). Walk the sorted runs,
+   removing VBA -> PBA and checksum entries in one ascending pass and
+   releasing their PBAs; then free the listed nodes, delete the record, and
+   commit.
+
+Every batch holds the disk lock for at most ``stall`` seconds, so reads and
+writes (over NBD, or from other threads) keep flowing in between.
+
+Why batches can interleave with writes: ownership only ever moves one way.
+No tree gains a VBA it did not map (VBAs are never reused, and nothing can
+revert to S any more), so a run found exclusive stays exclusive. A VBA still
+shared when scanned belongs to the live tree that maps it, which frees it
+itself when it drops it. Removing a VBA twice is a no-op, so a crash at any
+point is safe: the next open finds the record and runs steps 2 and 3 again
+(run files are scratch and are rebuilt).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+
 from vdisk import format as fmt
 from vdisk.errors import InvalidArgument
+from vdisk.extents import MAX_LEN, ExtentMap
 
-from .usage import exclusive_runs
+from .runbuffer import DEFAULT_LIMIT_BYTES, RunBuffer, remove_stale
+from .usage import _unshared, exclusive_nodes, shared_roots, snapshot_neighbours
+
+log = logging.getLogger("vdisk")
+
+DELETING_KEY = b"disk/deleting"
+# Longest time one batch holds the disk lock (issue bar: no stall over 50 ms).
+DEFAULT_STALL = 0.02
+# Commit the sweep's changes once this many tree nodes are dirty, so the
+# commit itself stays short and memory stays bounded.
+COMMIT_DIRTY_NODES = 2000
 
 
-def delete_snapshot(disk, name: str) -> int:
+def delete_snapshot(disk, name: str, buffer_bytes: int = DEFAULT_LIMIT_BYTES,
+                    stall: float = DEFAULT_STALL) -> int:
     """Delete snapshot ``name``; returns the number of blocks freed."""
+    with disk._delete_lock:
+        with disk._lock:
+            if disk.forest.meta_get(DELETING_KEY) is not None:
+                pending = True
+            else:
+                pending = False
+                disk._snapshot_record(name)
+        if pending:
+            run_pending(disk, buffer_bytes, stall)
+        with disk._lock:
+            begin(disk, name)
+        return run_pending(disk, buffer_bytes, stall)
+
+
+def begin(disk, name: str):
+    """Step 1: hide the snapshot and record what it alone reaches (one commit)."""
     from vdisk.disk import RUNNING_TREE, SNAP_META_PREFIX, SNAP_TREE_PREFIX
     forest = disk.forest
     recs = {r.name: r for r in disk._snapshot_records()}
@@ -28,18 +78,21 @@ def delete_snapshot(disk, name: str) -> int:
     children = [r for r in recs.values() if r.parent == name]
     holders = len(children) + (disk.state.parent == name)
     if holders >= 2:
-        # The running point would then own alone some blocks and nodes still
-        # marked shared, and leak them when it rewrites them (ZFS refuses the
-        # same case: a snapshot with dependent clones).
-        raise InvalidArgument(
-            f"snapshot {name!r} is the base of {holders} others ("
-            f"{', '.join(sorted(c.name for c in children) + (['the running point'] if disk.state.parent == name else []))}"
-            f", after a revert); delete all but one of them first")
-    runs, nodes = exclusive_runs(disk, name)
-    runs.sort()
-    for vba, count in runs:
-        disk._forget_vbas(vba, count)
-    forest.free_node_ids(nodes)
+        # Its dependents would then be siblings sharing blocks and nodes newer
+        # than their new parent, which the ownership rules (one parent, one
+        # watermark) cannot express (ZFS refuses the same case: a snapshot
+        # with dependent clones).
+        deps = sorted(c.name for c in children) + (["the running point"] if disk.state.parent == name else [])
+        raise InvalidArgument(f"snapshot {name!r} is the base of {holders} others ({', '.join(deps)}, "
+                              f"after a revert); delete all but one of them first")
+    _rec, parent, child_trees, _others = snapshot_neighbours(disk, name)
+    shared = set()
+    for child in child_trees:
+        shared |= shared_roots(forest, child, rec.seq)
+    parent_seq = parent.seq if parent else None
+    nodes = [n.id for n in exclusive_nodes(forest, SNAP_TREE_PREFIX + name, parent_seq, shared)]
+    forest.meta_put(DELETING_KEY, fmt.encode_deletion(fmt.DeletionRecord(
+        name, parent.vba_watermark if parent else 0, parent_seq, nodes)))
     forest.drop_tree(SNAP_TREE_PREFIX + name)
     forest.meta_put(SNAP_META_PREFIX + name.encode(), None)
     for child in children:
@@ -49,8 +102,108 @@ def delete_snapshot(disk, name: str) -> int:
         # The running point is the only dependent (others are refused above):
         # what it shared with the deleted snapshot is now its own.
         disk.state.parent = rec.parent
-        parent = recs.get(rec.parent) if rec.parent else None
         disk.state.vba_watermark = parent.vba_watermark if parent else 1
-        forest.tree(RUNNING_TREE).release_snapshot_seq(parent.seq if parent else 0)
+        forest.tree(RUNNING_TREE).release_snapshot_seq(parent_seq if parent else 0)
     disk._commit()
-    return sum(n for _, n in runs)
+
+
+def pending_deletion(disk) -> fmt.DeletionRecord | None:
+    buf = disk.forest.meta_get(DELETING_KEY)
+    return None if buf is None else fmt.decode_deletion(buf)
+
+
+def run_pending(disk, buffer_bytes: int = DEFAULT_LIMIT_BYTES, stall: float = DEFAULT_STALL) -> int:
+    """Steps 2 and 3 of a begun deletion; returns the number of blocks freed."""
+    with disk._lock:
+        rec = pending_deletion(disk)
+    if rec is None:
+        return 0
+    remove_stale(disk.path)
+    with RunBuffer(disk.path, buffer_bytes) as buf:
+        _scan(disk, rec, buf, stall)
+        freed = _sweep(disk, buf, stall)
+    with disk._lock:
+        disk.forest.free_node_ids(rec.node_ids)
+        disk.forest.meta_put(DELETING_KEY, None)
+        disk._commit()
+    log.info("deleted snapshot %s: %d blocks, %d nodes freed", rec.name, freed, len(rec.node_ids))
+    return freed
+
+
+def _live_maps(disk, rec: fmt.DeletionRecord) -> list[ExtentMap]:
+    """Maps of every tree that could share a VBA born after the parent."""
+    from vdisk.disk import RUNNING_TREE, SNAP_TREE_PREFIX
+    since = -1 if rec.parent_seq is None else rec.parent_seq
+    names = [SNAP_TREE_PREFIX + r.name for r in disk._snapshot_records() if r.seq > since]
+    names.append(RUNNING_TREE)
+    return [ExtentMap(disk.forest.tree(n)) for n in names]
+
+
+def _scan(disk, rec: fmt.DeletionRecord, buf: RunBuffer, stall: float):
+    floor = rec.floor_vba
+    ids = rec.node_ids
+    i = 0
+    while i < len(ids):
+        with disk._lock:
+            deadline = time.monotonic() + stall
+            maps = _live_maps(disk, rec)
+            forest = disk.forest
+            while i < len(ids):
+                node = forest.node(ids[i])
+                i += 1
+                if node.leaf:
+                    _scan_leaf(node, floor, maps, buf)
+                if time.monotonic() >= deadline:
+                    break
+        _yield_lock()
+
+
+def _scan_leaf(node, floor: int, maps: list[ExtentMap], buf: RunBuffer):
+    for lba, packed in zip(node.keys, node.vals):
+        vba, count = packed >> 24, packed & MAX_LEN
+        if vba + count <= floor:
+            continue
+        if vba < floor:
+            lba, count, vba = lba + floor - vba, count - (floor - vba), floor
+        for v, n in _unshared(lba, vba, count, maps):
+            buf.add(v, n)
+
+
+def _sweep(disk, buf: RunBuffer, stall: float) -> int:
+    freed = 0
+    runs = buf.sorted_runs()
+    done = False
+    while not done:
+        with disk._lock:
+            deadline = time.monotonic() + stall
+            while True:
+                run = next(runs, None)
+                if run is None:
+                    done = True
+                    break
+                freed += disk._forget_vbas(*run)
+                if time.monotonic() >= deadline:
+                    break
+            if len(disk.forest._dirty) >= COMMIT_DIRTY_NODES:
+                disk._commit()
+        _yield_lock()
+    return freed
+
+
+def _yield_lock():
+    # Python's locks are not fair: without a pause, this thread would take
+    # the lock straight back and starve the I/O waiting for it.
+    time.sleep(0.0005)
+
+
+def resume_on_open(disk):
+    """Finish a deletion a crash interrupted (called by a writable open)."""
+    if disk.forest.meta_get(DELETING_KEY) is None:
+        return
+    try:
+        run_pending(disk)
+    except Exception as e:        # the pending record keeps everything safe; retried later
+        log.warning("could not finish deleting a snapshot in %s (%s); will retry on the next open",
+                    disk.path, e)
+    finally:
+        remove_stale(disk.path)

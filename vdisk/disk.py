@@ -228,6 +228,7 @@ class Disk(_Reader):
         self.readonly = readonly
         self.disk = self
         self._lock = threading.RLock()
+        self._delete_lock = threading.Lock()     # one snapshot deletion at a time
         self._lock_fd = _lock_fd
         self._closed = False
         self._view_id = None
@@ -244,6 +245,9 @@ class Disk(_Reader):
                 raise IntegrityError(f"data file {data_path} is missing; the disk cannot be read")
             self._fd = os.open(data_path, os.O_RDONLY if readonly else os.O_RDWR)
             self._load()
+            if not readonly:
+                from vdisk.snapshots.delete import resume_on_open
+                resume_on_open(self)
         except BaseException:
             # LMDB allows one environment per file per process: a store left
             # open here would make every later open of this disk fail.
@@ -500,13 +504,19 @@ class Disk(_Reader):
             if vba >= wm:
                 self._forget_vbas(vba, ln)
 
-    def _forget_vbas(self, vba: int, count: int):
-        """Drop VBAs only the running point holds: their PBAs and checksums."""
+    def _forget_vbas(self, vba: int, count: int) -> int:
+        """Drop VBAs no tree maps any more: their PBAs and checksums.
+
+        Returns the number of blocks released; VBAs already gone are skipped.
+        """
+        released = 0
         for _v, pba, c in self._vba.punch(vba, count):
             self.alloc.release(pba, c)
+            released += c
         csum = self._csum
         for v, _ in list(csum.items(vba, vba + count)):
             csum.delete(v)
+        return released
 
     def trim(self, offset: int, length: int) -> None:
         """Unmap a range; it reads as zeros afterwards (partial blocks are zeroed)."""
@@ -656,13 +666,17 @@ class Disk(_Reader):
                 self.forest.meta_put(b"disk/config", fmt.encode_config(self.config))
             self._commit()
 
-    def delete_snapshot(self, name: str) -> None:
-        """Delete a snapshot, returning the space only it held."""
+    def delete_snapshot(self, name: str, buffer_bytes: int | None = None) -> int:
+        """Delete a snapshot, returning the space only it held; returns blocks freed.
+
+        Runs in short batches (see :mod:`vdisk.snapshots.delete`), so other
+        threads' reads and writes continue meanwhile. ``buffer_bytes`` bounds
+        the memory of the sort buffer (default 64 MiB); past it, sorted runs
+        spill to files in the disk directory.
+        """
         self._check_writable()
-        with self._lock:
-            self._snapshot_record(name)
-            from vdisk.snapshots.delete import delete_snapshot
-            delete_snapshot(self, name)
+        from vdisk.snapshots.delete import DEFAULT_LIMIT_BYTES, delete_snapshot
+        return delete_snapshot(self, name, buffer_bytes or DEFAULT_LIMIT_BYTES)
 
     # ----------------------------------------------------------- info
 

@@ -40,6 +40,22 @@ integers little-endian.
     32   8     disk size in bytes when taken
     40   2     length of the parent snapshot's name, then the name (UTF-8)
 
+``disk/deleting`` - a snapshot deletion in progress (at most one), version 1.
+Written in the commit that removes the snapshot's record and tree; deleted in
+the commit that frees its last blocks and nodes. While it exists, the nodes
+it lists are still stored and the VBAs their leaves map may still be in the
+VBA -> PBA map: they belong to the deletion, not to any tree::
+
+    0    1     record version (1)
+    1    7     reserved, zero
+    8    8     floor_vba: the deleted snapshot's parent's watermark (0 if none);
+               VBAs below it are the parent's, never candidates
+    16   8     parent_seq + 1: the parent's forest seq plus one (0 if none);
+               trees newer than the parent may share the candidates
+    24   8     number of node ids that follow the name
+    32   2     length of the deleted snapshot's name, then the name (UTF-8)
+    ..   8*n   ids of the nodes only the deleted snapshot reached (u64 each)
+
 The snapshot's LBA -> VBA tree is the B+tree ``snap/<name>``; the running
 point's is ``lba``; ``vba`` maps VBA -> PBA extents, ``csum`` VBA -> blake3
 (16 bytes) per block, ``free`` PBA -> length of free extents.
@@ -47,7 +63,9 @@ point's is ``lba``; ``vba`` maps VBA -> PBA extents, ``csum`` VBA -> blake3
 
 from __future__ import annotations
 
+import array
 import struct
+import sys
 from dataclasses import dataclass
 
 from vdisk.errors import IntegrityError, UnsupportedVersion
@@ -59,6 +77,7 @@ RECORD_VERSION = 1
 _CONFIG = struct.Struct("<8sIIQQ")
 _STATE = struct.Struct("<B7xQQQH")
 _SNAP = struct.Struct("<B7xQQQQH")
+_DELETING = struct.Struct("<B7xQQQH")
 
 
 @dataclass
@@ -144,3 +163,37 @@ def decode_snapshot(name: str, buf) -> SnapshotRecord:
     if version != RECORD_VERSION:
         raise UnsupportedVersion(f"snapshot record {name!r} has version {version}: upgrade vdisk")
     return SnapshotRecord(name, created, seq, wm, size, _read_name(buf, _SNAP.size, n, f"snapshot {name!r}"))
+
+
+@dataclass
+class DeletionRecord:
+    name: str
+    floor_vba: int
+    parent_seq: int | None
+    node_ids: list[int]
+
+
+def encode_deletion(d: DeletionRecord) -> bytes:
+    raw = d.name.encode()
+    pseq = 0 if d.parent_seq is None else d.parent_seq + 1
+    ids = array.array("Q", d.node_ids)
+    if sys.byteorder != "little":
+        ids.byteswap()
+    return _DELETING.pack(RECORD_VERSION, d.floor_vba, pseq, len(ids), len(raw)) + raw + ids.tobytes()
+
+
+def decode_deletion(buf) -> DeletionRecord:
+    if buf is None or len(buf) < _DELETING.size:
+        raise IntegrityError("snapshot deletion record is damaged")
+    buf = bytes(buf)
+    version, floor_vba, pseq, count, n = _DELETING.unpack_from(buf)
+    if version != RECORD_VERSION:
+        raise UnsupportedVersion(f"snapshot deletion record has version {version}: upgrade vdisk")
+    off = _DELETING.size + n
+    if len(buf) != off + 8 * count:
+        raise IntegrityError(f"snapshot deletion record is damaged (length {len(buf)})")
+    ids = array.array("Q")
+    ids.frombytes(buf[off:])
+    if sys.byteorder != "little":
+        ids.byteswap()
+    return DeletionRecord(buf[_DELETING.size:off].decode(), floor_vba, pseq - 1 if pseq else None, list(ids))

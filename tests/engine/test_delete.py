@@ -1,0 +1,153 @@
+"""Snapshot deletion: spilled sort buffers, crash resumption, deletion beside live I/O."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+
+import pytest
+
+from vdisk import Disk
+from vdisk.snapshots import delete as deletion
+from vdisk.snapshots.runbuffer import RunBuffer
+
+from .accounting import assert_consistent
+from .util import pattern, run_child
+
+BS = 4096
+BLOCKS = 2048
+
+
+def _build(path, seed=1, snaps=3, writes=300):
+    """A disk with ``snaps`` snapshots, each followed by scattered rewrites."""
+    rnd = random.Random(seed)
+    model = bytearray(BLOCKS * BS)
+    taken = {}
+    with Disk.create(path, BLOCKS * BS) as d:
+        d.write(0, pattern(seed, BLOCKS * BS))
+        model[:] = pattern(seed, BLOCKS * BS)
+        for s in range(snaps):
+            d.create_snapshot(f"s{s}")
+            taken[f"s{s}"] = bytes(model)
+            for i in range(writes):
+                lba = rnd.randrange(BLOCKS)
+                data = pattern(seed * 1000 + s * writes + i, BS)
+                d.write(lba * BS, data)
+                model[lba * BS:(lba + 1) * BS] = data
+        d.flush()
+    return model, taken
+
+
+def test_run_buffer_spills_and_merges_in_order(tmp_path):
+    rnd = random.Random(7)
+    runs = [(v, rnd.randrange(1, 50)) for v in rnd.sample(range(0, 10**9, 64), 5000)]
+    with RunBuffer(str(tmp_path), limit_bytes=40 * 300) as buf:
+        for v, n in runs:
+            buf.add(v, n)
+        assert buf.spilled_files >= 10
+        assert list(buf.sorted_runs()) == sorted(runs)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("delete-runs-")]
+
+
+@pytest.mark.parametrize("victim", ["s0", "s1", "s2"])
+def test_delete_with_a_tiny_buffer_frees_the_same_as_in_memory(scratch, victim):
+    freed = {}
+    for limit in (64 << 20, 200):
+        path = os.path.join(scratch, f"d{limit}")
+        model, taken = _build(path)
+        with Disk.open(path) as d:
+            before = d.info()["physical_bytes"]
+            freed[limit] = d.delete_snapshot(victim, buffer_bytes=limit)
+            assert d.info()["physical_bytes"] == before - freed[limit] * BS
+            assert d.read(0, BLOCKS * BS) == bytes(model)
+            for name, want in taken.items():
+                if name != victim:
+                    assert d.open_snapshot(name).read(0, BLOCKS * BS) == want
+            assert_consistent(d)
+            assert victim not in [s.name for s in d.snapshots()]
+        assert not [n for n in os.listdir(path) if n.startswith("delete-runs-")]
+    assert freed[200] == freed[64 << 20] > 0
+
+
+KILL_IN_SWEEP = """
+import os, signal, sys
+from vdisk import Disk
+from vdisk.snapshots import delete as deletion
+stage, after = sys.argv[2], int(sys.argv[3])
+count = [0]
+def killer(orig):
+    def wrapped(*a, **k):
+        count[0] += 1
+        if count[0] > after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return orig(*a, **k)
+    return wrapped
+if stage == "sweep":
+    Disk._forget_vbas = killer(Disk._forget_vbas)
+else:
+    deletion._scan = killer(deletion._scan)
+deletion.COMMIT_DIRTY_NODES = 1      # commit after every batch, so a kill lands between commits
+with Disk.open(sys.argv[1]) as d:
+    deletion.delete_snapshot(d, "s1", 400, 0.0)     # one run per batch
+print("not killed")
+"""
+
+
+@pytest.mark.parametrize("stage,after", [("scan", 0), ("sweep", 1), ("sweep", 12)])
+def test_deletion_killed_midway_finishes_on_the_next_open(scratch, stage, after):
+    path = os.path.join(scratch, "d")
+    model, taken = _build(path, seed=3)
+    with Disk.open(path) as d:
+        before = d.info()["physical_bytes"]
+        expect = d.snapshots()[1].exclusive_bytes
+    r = run_child(KILL_IN_SWEEP, path, stage, after)
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stdout, r.stderr[-2000:])
+    with Disk.open(path) as d:            # the open finishes the deletion
+        assert deletion.pending_deletion(d) is None
+        assert [s.name for s in d.snapshots()] == ["s0", "s2"]
+        assert d.read(0, BLOCKS * BS) == bytes(model)
+        for name in ("s0", "s2"):
+            assert d.open_snapshot(name).read(0, BLOCKS * BS) == taken[name]
+        assert_consistent(d)
+        assert d.info()["physical_bytes"] == before - expect
+    assert not [n for n in os.listdir(path) if n.startswith("delete-runs-")]
+
+
+def test_reads_and_writes_continue_during_deletion(scratch, monkeypatch):
+    path = os.path.join(scratch, "d")
+    model, taken = _build(path, seed=5, writes=600)
+    monkeypatch.setattr(deletion, "DEFAULT_STALL", 0.002)     # many batches
+    rnd = random.Random(9)
+    with Disk.open(path) as d:
+        done = threading.Event()
+        errors = []
+        ops = [0]
+
+        def writer():
+            try:
+                while not done.is_set() and ops[0] < 5000:
+                    lba = rnd.randrange(BLOCKS)
+                    data = pattern(10**6 + ops[0], BS)
+                    d.write(lba * BS, data)
+                    model[lba * BS:(lba + 1) * BS] = data
+                    assert d.read(lba * BS, BS) == data
+                    ops[0] += 1
+            except BaseException as e:         # reported by the main thread
+                errors.append(e)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            freed = deletion.delete_snapshot(d, "s1", stall=0.002)
+        finally:
+            done.set()
+            t.join(30)
+        assert not errors, errors
+        assert freed > 0 and ops[0] > 0
+        d.flush()
+        assert d.read(0, BLOCKS * BS) == bytes(model)
+        for name in ("s0", "s2"):
+            assert d.open_snapshot(name).read(0, BLOCKS * BS) == taken[name]
+        assert_consistent(d)
