@@ -53,6 +53,7 @@ trees is seen once, by the first tree that reaches it.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 from vdisk.errors import IntegrityError, UnsupportedVersion
@@ -189,10 +190,13 @@ def _walk(forest, tree: BTree, node_id, lo, hi, depth, path, parent_seq, limit_s
 
     # Key 0 of an inner node carries no meaning (see format.py).
     first = 0 if node.leaf else 1
-    for a in range(first, n - 1):
-        if not keys[a] < keys[a + 1]:
-            problem("key-order", f"key {keys[a + 1]!r} at index {a + 1} is not above {keys[a]!r}")
-            break
+    ordered = keys[first:]
+    # map() compares in C; the index is looked for only when something is wrong.
+    if not all(map(operator.lt, ordered, ordered[1:])):
+        for a in range(first, n - 1):
+            if not keys[a] < keys[a + 1]:
+                problem("key-order", f"key {keys[a + 1]!r} at index {a + 1} is not above {keys[a]!r}")
+                break
     if n > first:
         if lo is not None and keys[first] < lo:
             problem("bounds", f"key {keys[first]!r} is below the separator {lo!r}")

@@ -34,6 +34,10 @@ Phases:
    the running point maps at or above its watermark (the running point would
    rewrite it in place); every stored node is reached by some tree, and a
    node several trees reach is old enough that no writable one changes it.
+   A snapshot deletion in progress (record ``disk/deleting``, see
+   :mod:`.delete`) owns the nodes it lists and may still hold the VBAs their
+   leaves map: those are neither leaks nor missing, but its nodes must still
+   be stored and no live tree may reach them (they are freed when it ends).
 4. With ``data``: every mapped block is read back and checked against its
    blake3. A writer may move or free a block after the view was taken, so a
    mismatch is reported only when a fresh view, taken before and again after
@@ -63,6 +67,8 @@ pba-free      a PBA is both mapped and free
 alloc         allocator totals do not add up: free extents overlap, extents
               past ``pba_end``, PBAs neither mapped nor free
 data          a data block does not match its checksum, or cannot be read
+deletion      the record of a deletion in progress is damaged, or lists a
+              node that is missing or that a live tree still reaches
 ============  ================================================================
 
 Memory: the map of verified nodes (a small summary per node) and one entry per
@@ -83,6 +89,8 @@ from vdisk.disk import (CSUM_BYTES, CSUM_TREE, FREE_TREE, RUNNING_TREE, SNAP_MET
                         SNAP_TREE_PREFIX, VBA_TREE, checksum)
 from vdisk.errors import IntegrityError, NotFound, UnsupportedVersion, VdiskError
 from vdisk.extents import LEN_BITS, MAX_LEN, ExtentMap
+
+from .delete import DELETING_KEY
 
 # Decoded nodes kept by the view's forest: enough for the lookups into parent
 # trees that follow the walk; verified nodes are never read twice otherwise.
@@ -124,6 +132,7 @@ class Report:
     extents: int = 0            # LBA, VBA and free extents checked (each once)
     blocks: int = 0             # VBAs mapped to PBAs
     data_blocks: int = 0        # blocks read back with ``data``
+    data_moved: int = 0         # of those, rewritten or freed by a writer during the check
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)   # checks skipped, and why
     # Per tree, in walk order: {"tree", "nodes_checked", "nodes_shared", "entries"}.
@@ -270,6 +279,8 @@ class _Verifier:
         self.lba_trees: dict[str, _LbaTree] = {}
         self.incomplete: set[str] = set()
         self.suspects: list[tuple[int, int, bytes]] = []         # (vba, pba, checksum) from --data
+        self.deletion = None                                     # fmt.DeletionRecord in progress
+        self.held: list[tuple[int, int]] = []                    # VBA runs the deletion may still hold
         self._seen_overlaps: set = set()
 
     def problem(self, kind: str, where: str, what: str):
@@ -323,6 +334,15 @@ class _Verifier:
                 self.problem("version" if isinstance(e, UnsupportedVersion) else "record",
                              f"record disk/snap/{name}", str(e))
         self.report.snapshots = len(self.records)
+        buf = f.meta_get(DELETING_KEY)
+        if buf is not None:
+            try:
+                self.deletion = fmt.decode_deletion(buf)
+                self.note(f"a deletion of snapshot {self.deletion.name!r} is in progress "
+                          f"({len(self.deletion.node_ids)} nodes still to free)")
+            except IntegrityError as e:
+                self.problem("version" if isinstance(e, UnsupportedVersion) else "deletion",
+                             "record disk/deleting", str(e))
 
         names = set(f.tree_names())
         for name in _CORE_TREES:
@@ -352,7 +372,7 @@ class _Verifier:
             if parent is None:
                 self.problem("snapshot", where, f"its parent {rec.parent!r} does not exist")
             else:
-                if parent.seq >= rec.seq:
+                if parent.seq > rec.seq:
                     self.problem("snapshot", where, f"its parent {rec.parent!r} (seq {parent.seq}) is not older "
                                  f"than it (seq {rec.seq})")
                 if parent.vba_watermark > rec.vba_watermark:
@@ -415,8 +435,19 @@ class _Verifier:
         """Snapshots oldest first (parents before children), then the rest."""
         f = self.forest
         names = set(f.tree_names())
-        order = [SNAP_TREE_PREFIX + r.name for r in sorted(self.records.values(), key=lambda r: (r.seq, r.name))
-                 if SNAP_TREE_PREFIX + r.name in names]
+        # Two snapshots taken with no change between have the same seq, so
+        # seq alone does not put a parent first.
+        by_age = sorted(self.records.values(), key=lambda r: (r.seq, r.created_ns, r.name))
+        snaps: list[str] = []
+        placed: set[str] = set()
+        for rec in by_age:
+            chain = []
+            while rec is not None and rec.name not in placed:
+                placed.add(rec.name)
+                chain.append(rec.name)
+                rec = self.records.get(rec.parent) if rec.parent else None
+            snaps.extend(reversed(chain))
+        order = [SNAP_TREE_PREFIX + n for n in snaps if SNAP_TREE_PREFIX + n in names]
         order += sorted(n for n in names if n not in order and n not in _CORE_TREES)
         order += [n for n in _CORE_TREES if n in names]
         return order
@@ -485,7 +516,37 @@ class _Verifier:
         check_sharing(f, results, known)
         for r, n in zip(results, seen):
             self._add_tree_problems(r.problems[n:])
-        self._check_nodes_stored(results)
+        deleting = self._check_deletion(results)
+        self._check_nodes_stored(results, deleting)
+
+    def _check_deletion(self, results) -> set[int]:
+        """The nodes a deletion in progress still owns; gathers the VBAs they map."""
+        rec = self.deletion
+        if rec is None:
+            return set()
+        f = self.forest
+        where = f"deletion of snapshot {rec.name!r}"
+        reached_by = {}
+        for r in results:
+            for i in r.reached:
+                reached_by.setdefault(i, r.tree)
+        ids = set(rec.node_ids)
+        for node_id in rec.node_ids:
+            if node_id in reached_by:
+                self.problem("deletion", f"{where} node {node_id}", f"is listed for freeing but "
+                             f"{tree_label(reached_by[node_id])} still reaches it: freeing it would break that tree")
+                continue
+            try:
+                node = f.node(node_id)
+            except IntegrityError as e:
+                self.problem("deletion", f"{where} node {node_id}", f"cannot be read: {e}")
+                continue
+            self.report.nodes_checked += 1
+            if node.leaf and node.layout == _EXTENT:
+                for packed in node.vals:
+                    v, n = packed >> LEN_BITS, packed & MAX_LEN
+                    self.held.append((v, v + n))
+        return ids
 
     def _add_tree_problems(self, problems):
         for p in problems:
@@ -496,10 +557,10 @@ class _Verifier:
                     where += " (path " + "/".join(str(x) for x in p.path) + ")"
             self.problem(p.kind, where, p.message)
 
-    def _check_nodes_stored(self, results):
+    def _check_nodes_stored(self, results, deleting: set[int]):
         """Stored nodes that no tree reaches; nodes in use beyond the node counter."""
         f = self.forest
-        reached = set()
+        reached = set(deleting)
         for r in results:
             reached |= r.reached
         limit = f.next_node_id
@@ -727,7 +788,9 @@ class _Verifier:
         else:
             self.note("VBAs without a PBA: not checked, the VBA map cannot be read whole")
         if lba_complete:
-            for s, e in _subtract(mapped, referenced):
+            # VBAs a deletion in progress has not swept yet are its own, not leaked.
+            held = _merge(self.held) if self.held else []
+            for s, e in _subtract(_subtract(mapped, referenced), held):
                 self.problem("vba-leak", f"VBA {_span(s, e)}", f"mapped to {self._pbas_of(s, e)} but no snapshot "
                              f"or running point maps it: the space is never freed")
         else:
@@ -780,14 +843,15 @@ class _Verifier:
     def _check_pbas(self, free_complete: bool):
         state = self.state
         by_pba = sorted((p, p + (e - v), v) for v, e, p in self.mapped)
-        reach_end, reach_vba = -1, None
+        reach_end, reach_p, reach_vba = -1, 0, None
         for p, pe, v in by_pba:
             if p < reach_end:
                 a, b = p, min(pe, reach_end)
-                self.problem("pba-double", f"PBA {_span(a, b)}", f"is mapped by VBA {v + a - p} and by VBA extent "
-                             f"{reach_vba}: a write to one changes the other")
+                self.problem("pba-double", f"PBA {_span(a, b)}", f"is mapped by VBA {_span(v, v + b - a)} and by "
+                             f"VBA {_span(reach_vba + a - reach_p, reach_vba + b - reach_p)}: a write to one "
+                             f"changes the other")
             if pe > reach_end:
-                reach_end, reach_vba = pe, v
+                reach_end, reach_p, reach_vba = pe, p, v
         if not free_complete:
             self.note("PBAs both mapped and free, and allocator totals: not checked, the free map or the "
                       "running point record cannot be read")
@@ -890,9 +954,11 @@ class _Verifier:
                     except VdiskError:
                         before = None
                     if before is None:
-                        break          # no longer live: rewritten or trimmed meanwhile
+                        self.report.data_moved += 1     # no longer live: trimmed or deleted meanwhile
+                        break
                     block = self._read_block(fd, before[0])
                     if len(block) == bs and checksum(block) == before[1]:
+                        self.report.data_moved += (before[0], before[1]) != (pba, want)
                         break
                     try:
                         after = self._lookup(vba)

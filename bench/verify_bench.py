@@ -1,0 +1,214 @@
+"""Verify benchmark: 1 snapshot vs 32 of a fragmented disk, beside qemu-img check.
+
+    .venv/bin/python bench/verify_bench.py [--quick] [--runs 5] [--dir DIR] [--data]
+
+The disk (4 GiB, 4 KiB blocks) is filled in chunks of 1-48 blocks written in
+a shuffled order, so neighbouring chunks get unrelated VBAs and the running
+point's map holds one extent per chunk (at least 30,000). Then, for each
+snapshot: take it, and rewrite 1% of the disk in 4 contiguous runs at random
+places (as real workloads cluster their writes).
+
+``vdisk verify`` (metadata, through the Python API; the disk closed) is timed
+with 1 snapshot and again with 32 on the same disk: target
+verify(32) <= 2 x verify(1). Beside it, the same chunks, snapshots and runs
+are written to a qcow2 image with ``qemu-io`` and ``qemu-img snapshot -c``,
+and ``qemu-img check`` is timed at 1 and 32 internal snapshots. With
+``--data``, ``verify --data`` (every block read back and checksummed) is
+timed once at 32 snapshots too.
+
+Figures are medians of ``--runs`` runs, from the page cache (both tools).
+``--quick`` uses a 512 MiB disk (about 4,000 extents) for a first look.
+Scratch space: about 1.35 x the disk size for each of vdisk and qcow2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from vdisk import Disk
+from vdisk.snapshots.verify import verify
+
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+BS = 4 * KIB
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def plan(size: int, snapshots: int, seed: int):
+    """The chunks of the fill, and the 4 rewrite runs after each snapshot (byte ranges)."""
+    rng = random.Random(seed)
+    blocks = size // BS
+    chunks = []
+    pos = 0
+    while pos < blocks:
+        n = min(rng.randrange(1, 49), blocks - pos)
+        chunks.append((pos * BS, n * BS))
+        pos += n
+    rng.shuffle(chunks)
+    run_blocks = max(1, blocks // 100 // 4)
+    rewrites = [[(rng.randrange(blocks - run_blocks) * BS, run_blocks * BS) for _ in range(4)]
+                for _ in range(snapshots)]
+    return chunks, rewrites
+
+
+def median_time(fn, runs: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+# ------------------------------------------------------------------ vdisk
+
+def build_vdisk(path, size, chunks, rewrites, pool, on_snapshots):
+    """Write the plan; call ``on_snapshots(n)`` (disk closed) after 1 and after all snapshots."""
+    t = time.perf_counter()
+    d = Disk.create(path, size, BS)
+    for i, (off, n) in enumerate(chunks):
+        d.write(off, pool[i % 997 * BS:i % 997 * BS + n])
+    d.flush()
+    print(f"  vdisk fill: {len(chunks)} chunks in {time.perf_counter() - t:.1f} s", flush=True)
+    for s, runs in enumerate(rewrites):
+        d.create_snapshot(f"s{s}")
+        for j, (off, n) in enumerate(runs):
+            d.write(off, pool[(s * 4 + j) % 997 * BS:(s * 4 + j) % 997 * BS + n])
+        if s == 0 or s == len(rewrites) - 1:
+            d.close()
+            on_snapshots(s + 1)
+            d = Disk.open(path)
+    d.close()
+
+
+def lba_extents(path) -> int:
+    with Disk.open(path, readonly=True) as d:
+        return len(d.forest.tree("lba"))
+
+
+# ------------------------------------------------------------------ qcow2
+
+def qemu_io(img, commands):
+    p = subprocess.run(["qemu-io", "-f", "qcow2", "-t", "unsafe", img], input="\n".join(commands) + "\n",
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"qemu-io failed: {p.stderr.strip()}")
+
+
+def qemu_check(img):
+    p = subprocess.run(["qemu-img", "check", img], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"qemu-img check found problems: {p.stdout.strip()} {p.stderr.strip()}")
+
+
+def build_qcow2(img, size, chunks, rewrites, on_snapshots):
+    t = time.perf_counter()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", img, str(size)], check=True)
+    qemu_io(img, [f"write -P {0x20 + i % 200} {off} {n}" for i, (off, n) in enumerate(chunks)])
+    print(f"  qcow2 fill: {len(chunks)} chunks in {time.perf_counter() - t:.1f} s", flush=True)
+    for s, runs in enumerate(rewrites):
+        subprocess.run(["qemu-img", "snapshot", "-c", f"s{s}", img], check=True)
+        qemu_io(img, [f"write -P {0x30 + (s * 4 + j) % 200} {off} {n}" for j, (off, n) in enumerate(runs)])
+        if s == 0 or s == len(rewrites) - 1:
+            on_snapshots(s + 1)
+
+
+# ------------------------------------------------------------------ main
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="512 MiB disk instead of 4 GiB")
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per row (median)")
+    ap.add_argument("--snapshots", type=int, default=32)
+    ap.add_argument("--dir", default=None, help="scratch directory (default: the system temp dir)")
+    ap.add_argument("--data", action="store_true", help="also time verify --data at the last snapshot")
+    ap.add_argument("--no-qemu", action="store_true", help="skip the qcow2 peer")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    size = 512 * MIB if args.quick else 4 * GIB
+    chunks, rewrites = plan(size, args.snapshots, args.seed)
+    pool = random.Random(args.seed).randbytes(1061 * BS)      # slices of it are the data written
+    qemu = not args.no_qemu and shutil.which("qemu-img") and shutil.which("qemu-io")
+    tmp = tempfile.mkdtemp(prefix="vdisk-verify-bench-", dir=args.dir)
+    print(f"verify benchmark, {datetime.date.today()}, {machine()}")
+    print(f"disk {size // MIB} MiB, {len(chunks)} chunks, {args.snapshots} snapshots, 4 runs of "
+          f"{rewrites[0][0][1] // KIB} KiB rewritten after each, {args.runs} runs per row, scratch {tmp}",
+          flush=True)
+    rows = {}
+    extents = {}
+    try:
+        path = os.path.join(tmp, "disk")
+
+        def measure_vdisk(n):
+            t, r = median_time(lambda: verify(path), args.runs)
+            if not r.ok:
+                raise RuntimeError("verify found problems: " + "; ".join(str(p) for p in r.problems[:5]))
+            rows[("vdisk", n)] = (t, r)
+            extents[n] = lba_extents(path)
+            print(f"  vdisk verify, {n} snapshot(s): {t:.3f} s ({r.nodes_checked} nodes checked, "
+                  f"{r.nodes_shared} shared accepted, {r.extents} extents read; running point map "
+                  f"{extents[n]} extents)", flush=True)
+            if n == args.snapshots and args.data:
+                td, rd = median_time(lambda: verify(path, data=True), 1)
+                rows[("vdisk-data", n)] = (td, rd)
+                print(f"  vdisk verify --data, {n} snapshots: {td:.2f} s ({rd.data_blocks} blocks)", flush=True)
+
+        build_vdisk(path, size, chunks, rewrites, pool, measure_vdisk)
+        disk_bytes = sum(e.stat().st_blocks for e in os.scandir(path) if e.is_file()) * 512
+        shutil.rmtree(path)
+        if qemu:
+            img = os.path.join(tmp, "disk.qcow2")
+
+            def measure_qemu(n):
+                t, _ = median_time(lambda: qemu_check(img), args.runs)
+                rows[("qemu", n)] = (t, None)
+                print(f"  qemu-img check, {n} internal snapshot(s): {t:.3f} s", flush=True)
+
+            build_qcow2(img, size, chunks, rewrites, measure_qemu)
+            os.unlink(img)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    n = args.snapshots
+    v1, r1 = rows[("vdisk", 1)]
+    vn, rn = rows[("vdisk", n)]
+    print()
+    print(f"running point map: {extents[1]} extents at 1 snapshot, {extents[n]} at {n}; "
+          f"vdisk files {disk_bytes / GIB:.2f} GiB")
+    print(f"| row | 1 snapshot | {n} snapshots | ratio {n}/1 | target |")
+    print("|---|---|---|---|---|")
+    print(f"| vdisk verify | {v1:.3f} s | {vn:.3f} s | {vn / v1:.2f} | <= 2.00: {'pass' if vn <= 2 * v1 else 'miss'} |")
+    print(f"| nodes read (shared accepted) | {r1.nodes_checked} ({r1.nodes_shared}) | "
+          f"{rn.nodes_checked} ({rn.nodes_shared}) | {rn.nodes_checked / r1.nodes_checked:.2f} | - |")
+    if ("qemu", 1) in rows:
+        q1, qn = rows[("qemu", 1)][0], rows[("qemu", n)][0]
+        print(f"| qemu-img check (qcow2, internal snapshots) | {q1:.3f} s | {qn:.3f} s | {qn / q1:.2f} | - |")
+        print(f"| vdisk / qemu-img | {v1 / q1:.2f} | {vn / qn:.2f} | | |")
+    if ("vdisk-data", n) in rows:
+        td, rd = rows[("vdisk-data", n)]
+        print(f"| vdisk verify --data | | {td:.2f} s ({rd.data_blocks * BS / MIB / td:.0f} MiB/s) | | - |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
