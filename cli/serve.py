@@ -28,6 +28,8 @@ READY_TIMEOUT = 60.0
 # nbdkit exits on SIGTERM only once its clients disconnect; after this long
 # the disk is flushed and closed over the control socket and nbdkit killed.
 CLIENT_GRACE = 3.0
+# A last resort only: a final flush can take long on a big disk.
+STOP_TIMEOUT = 600.0
 DEFAULT_SOCKET = "nbd.sock"
 DEFAULT_BIND = "127.0.0.1"
 
@@ -183,41 +185,56 @@ def _wait(proc, stopping: list, path: str, readonly: bool) -> int:
     """nbdkit's exit status (0 when it was stopped on purpose).
 
     Serving lasts until a signal. nbdkit then stops accepting, but exits only
-    when its clients disconnect, which a kernel nbd-client never does; so
+    when its clients disconnect, which a kernel nbd-client never does. So
     after CLIENT_GRACE seconds the disk is flushed and closed through the
-    control socket and nbdkit is killed. Nothing acknowledged is lost: the
-    plugin fails every request after the close.
+    control socket (the plugin fails every request after that) and then
+    nbdkit is killed: nothing acknowledged is lost. If the control socket is
+    already gone, nbdkit is in its own final flush; it is left to finish.
     """
     while True:
         try:
             return proc.wait(timeout=0.25)
         except subprocess.TimeoutExpired:
-            if stopping and time.monotonic() - stopping[0] > CLIENT_GRACE:
-                return _stop_with_clients(proc, path, readonly)
+            pass
+        if not stopping:
+            continue
+        waited = time.monotonic() - stopping[0]
+        if waited > CLIENT_GRACE and (readonly or _close_disk_over_control(path)):
+            proc.kill()
+            proc.wait()
+            _remove_stale_control(path)
+            return 0
+        if waited > STOP_TIMEOUT:
+            proc.kill()
+            proc.wait()
+            _remove_stale_control(path)
+            click.echo(f"vdisk: error: nbdkit did not stop within {STOP_TIMEOUT:.0f} s; killed it; writes "
+                       f"since the clients' last flush may be lost", err=True)
+            return 1
 
 
-def _stop_with_clients(proc, path: str, readonly: bool) -> int:
+def _close_disk_over_control(path: str) -> bool:
+    """True once the server has flushed and closed the disk at our request."""
+    from vdisk.control.client import find_server
+    try:
+        live = find_server(path)
+        if live is None:
+            return False
+        with live:
+            live.shutdown()
+    except VdiskError:
+        return False
+    click.echo(f"nbdkit did not exit within {CLIENT_GRACE:.0f} s (clients still connected): "
+               f"flushed and closed the disk, stopping nbdkit", err=True)
+    return True
+
+
+def _remove_stale_control(path: str):
     from vdisk.control import unixsock
-    from vdisk.control.client import find_server, socket_path
-    code = 0
-    if not readonly:
-        try:
-            live = find_server(path)
-            if live is None:
-                raise VdiskError("its control socket is gone")
-            with live:
-                live.shutdown()
-            click.echo("clients are still connected: flushed and closed the disk, stopping nbdkit", err=True)
-        except VdiskError as e:
-            click.echo(f"vdisk: error: cannot flush the disk before stopping nbdkit ({e}); "
-                       f"writes since the clients' last flush may be lost", err=True)
-            code = 1
-    proc.kill()
-    proc.wait()
+    from vdisk.control.client import socket_path
     control = socket_path(path)
     if os.path.exists(control) and not unixsock.answers(control):
         _remove_socket(control)
-    return code
 
 
 def _announce(path, sock, port, bind, readonly, pid):

@@ -34,6 +34,7 @@ when it daemonizes, threads do not survive a fork, and LMDB environments must
 not be used across one.
 """
 
+import contextlib
 import errno
 import io
 import os
@@ -47,6 +48,10 @@ API_VERSION = 2
 # Largest request the plugin accepts, matching what it advertises in
 # block_size(); nbdkit itself refuses requests over 64 MiB.
 MAX_REQUEST = 32 << 20
+
+# Longest a request waits for a pending control operation before it competes
+# for the lock anyway (a snapshot deletion can take longer than this).
+CONTROL_WAIT = 10.0
 
 # nbdkit runs this file like a script and removes __file__ once it has run.
 _PLUGIN_FILE = os.path.realpath(__file__)
@@ -187,15 +192,20 @@ def cleanup():
 class _Server:
     """Process-wide state: the disk, the control server, open exports.
 
-    ``io`` is held by every request and by :meth:`shutdown`, so that a stop
-    requested over the control socket never closes the disk under a request
-    (nbdkit serialises requests, so the lock is otherwise uncontended).
+    ``io`` is held by every request and by every control operation, so a
+    stop requested over the control socket never closes the disk under a
+    request. Python locks are not fair: a request stream that takes ``io``
+    again right after releasing it starved snapshot creation for seconds.
+    So a pending control operation raises ``control_waiting`` and requests
+    wait for it (:meth:`control_turn`) before they take ``io``.
     """
 
     def __init__(self, path, readonly):
         from vdisk import Disk
         self.disk = Disk.open(path, readonly=readonly)
-        self.io = threading.Lock()
+        self.io = threading.RLock()
+        self.control_waiting = 0
+        self.control_done = threading.Condition(threading.Lock())
         self.closed = False
         self.users = {}                 # export name -> open connections
         self.users_lock = threading.Lock()
@@ -207,6 +217,7 @@ class _Server:
                 self.control = ControlServer(self.disk, _cfg.owner)
                 self.control.guard = self.guard
                 self.control.on_shutdown = self.shutdown
+                self.control.exclusive = self.control_turn
                 self.control.start()
             except BaseException:
                 self.disk.close()
@@ -226,6 +237,22 @@ class _Server:
                 if n:
                     raise Busy("the disk has %d NBD connection(s) to its running point; disconnect them "
                                "before reverting" % n)
+
+    @contextlib.contextmanager
+    def control_turn(self):
+        with self.control_done:
+            self.control_waiting += 1
+        try:
+            with self.io:
+                yield
+        finally:
+            with self.control_done:
+                self.control_waiting -= 1
+                self.control_done.notify_all()
+
+    def wait_for_control(self):
+        with self.control_done:
+            self.control_done.wait_for(lambda: not self.control_waiting, timeout=CONTROL_WAIT)
 
     def connect(self, name):
         with self.users_lock:
@@ -275,6 +302,8 @@ def _request(fn):
     the client gets the errno the error class carries.
     """
     def run(h, *args):
+        if _state.control_waiting:
+            _state.wait_for_control()
         with _state.io:
             if _state.closed:
                 nbdkit.set_error(errno.ESHUTDOWN)
