@@ -112,6 +112,8 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False):
             signal.signal(s, h)
         if sock is not None:
             _remove_socket(sock)
+        if not readonly:
+            _remove_stale_control(path)
         shutil.rmtree(tmp, ignore_errors=True)
     if code < 0:
         raise VdiskError(f"nbdkit was killed by signal {-code}; writes since the last flush may be lost")

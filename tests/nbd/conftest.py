@@ -42,4 +42,5 @@ def serve():
     yield start
     for s in servers:
         s.stop()
-        assert not os.path.exists(s.socket), "vdisk serve left its NBD socket behind"
+    for s in servers:
+        assert not os.path.exists(s.socket), f"vdisk serve left its NBD socket {s.socket} behind"

@@ -105,3 +105,14 @@ def pattern(seed: int, length: int) -> bytes:
     """Distinct, recognisable bytes for a write: the seed repeated as 8-byte words."""
     word = seed.to_bytes(8, "little")
     return (word * (length // 8 + 1))[:length]
+
+
+def nbdkit_argv(disk: str, sock: str) -> list[str]:
+    """nbdkit with the vdisk plugin, started by hand (past vdisk serve's checks)."""
+    from vdisk.nbdplugin import nbdkit_command
+    return nbdkit_command(disk, socket=sock)
+
+
+def nbdkit_env() -> dict:
+    from vdisk.nbdplugin import nbdkit_env as env
+    return env()
