@@ -217,6 +217,10 @@ main.add_command(serve)
 from .verify import verify  # noqa: E402
 main.add_command(verify)
 
+from .mount import mount, umount  # noqa: E402
+main.add_command(mount)
+main.add_command(umount)
+
 
 if __name__ == "__main__":
     main()
