@@ -178,10 +178,10 @@ def verify_open_disk(disk, data: bool = False, progress=None) -> Report:
 
     Checks its committed state, so call ``disk.flush()`` first to include
     every write. LMDB cannot open one environment twice in a process, hence
-    this variant reuses the disk's own store.
+    this variant reuses the disk's own store. It takes no lock: its view is
+    its own read transaction, so other threads keep reading and writing.
     """
-    with disk._lock:
-        return _Verifier(disk.path, disk.store, progress).run(data)
+    return _Verifier(disk.path, disk.store, progress).run(data)
 
 
 # ------------------------------------------------------------------ intervals
@@ -601,43 +601,48 @@ class _Verifier:
             label = ctx.label
             keys, vals = node.keys, node.vals
             self.report.extents += len(keys)
+            size, born, parent_map, parent_wm = ctx.size_blocks, ctx.born_before, ctx.parent_map, ctx.parent_wm
+            refs = self.refs
             prev_end = None
             prev_key = None
             clipped = []
             for k, packed in zip(keys, vals):
                 v, n = packed >> LEN_BITS, packed & MAX_LEN
-                where = f"{label} LBA {_span(k, k + max(n, 1))}"
-                if n == 0:
-                    self.problem("extent", where, f"empty extent (VBA {v}, length 0) in node {node.id}")
-                    continue
-                if prev_end is not None and k < prev_end:
-                    self.problem("extent", where, f"overlaps the extent at LBA {prev_key} in node {node.id}")
-                prev_end, prev_key = k + n, k
-                if ctx.size_blocks is not None and k + n > ctx.size_blocks:
-                    self.problem("extent", where, f"ends past the disk size ({ctx.size_blocks} blocks) "
-                                 f"in node {node.id}")
-                if v == 0:
-                    self.problem("extent", where, "maps VBA 0, which is never handed out")
-                if ctx.born_before is not None and v + n > ctx.born_before:
-                    if ctx.is_snapshot:
-                        self.problem("ownership", where, f"maps VBA {_span(v, v + n)}, born after the snapshot "
-                                     f"was taken (its watermark is {ctx.born_before})")
-                    else:
-                        self.problem("counter", where, f"maps VBA {_span(v, v + n)}, not below vba_next "
-                                     f"{ctx.born_before}")
-                self.refs.append((v, v + n, label, k))
-                if ctx.parent_map is not None and v < ctx.parent_wm:
-                    m = min(n, ctx.parent_wm - v)
-                    clipped.append((k, v, m))
+                refs.append((v, v + n, label, k))
+                if parent_map is not None and v < parent_wm:
+                    clipped.append((k, v, min(n, parent_wm - v)))
                 if ctx.is_snapshot and rp_wm is not None and v + n > rp_wm:
                     head = max(0, rp_wm - v)
                     self.rp_shared.append((label, k + head, v + head, n - head))
+                # Everything below is rare: the message is built only for a problem.
+                if (n == 0 or v == 0 or (prev_end is not None and k < prev_end)
+                        or (size is not None and k + n > size) or (born is not None and v + n > born)):
+                    self._lba_extent_problems(ctx, node, k, v, n, prev_end, prev_key)
+                prev_end, prev_key = k + n, k
             if clipped:
                 self._check_parent_holds(ctx, node, clipped)
             if keys:
                 self._check_neighbours(ctx, tree, keys, vals)
 
         return self._node_visitor(leaf)
+
+    def _lba_extent_problems(self, ctx: _LbaTree, node, k, v, n, prev_end, prev_key):
+        where = f"{ctx.label} LBA {_span(k, k + max(n, 1))}"
+        if n == 0:
+            self.problem("extent", where, f"empty extent (VBA {v}, length 0) in node {node.id}")
+            return
+        if prev_end is not None and k < prev_end:
+            self.problem("extent", where, f"overlaps the extent at LBA {prev_key} in node {node.id}")
+        if ctx.size_blocks is not None and k + n > ctx.size_blocks:
+            self.problem("extent", where, f"ends past the disk size ({ctx.size_blocks} blocks) in node {node.id}")
+        if v == 0:
+            self.problem("extent", where, "maps VBA 0, which is never handed out")
+        if ctx.born_before is not None and v + n > ctx.born_before:
+            if ctx.is_snapshot:
+                self.problem("ownership", where, f"maps VBA {_span(v, v + n)}, born after the snapshot was "
+                             f"taken (its watermark is {ctx.born_before})")
+            else:
+                self.problem("counter", where, f"maps VBA {_span(v, v + n)}, not below vba_next {ctx.born_before}")
 
     def _check_parent_holds(self, ctx: _LbaTree, node, runs):
         """VBAs below the parent's watermark were born before it: it maps them too."""
@@ -705,27 +710,37 @@ class _Verifier:
 
     def _vba_visitor(self):
         state = self.state
-        prev = [None]
+        vba_next = state.vba_next if state is not None else None
+        pba_end = state.pba_end if state is not None else None
+        prev_end = [0]
+        mapped = self.mapped
 
         def leaf(tree, node):
             self.report.extents += len(node.keys)
             for v, packed in zip(node.keys, node.vals):
                 p, n = packed >> LEN_BITS, packed & MAX_LEN
-                where = f"VBA {_span(v, v + max(n, 1))}"
-                if n == 0:
-                    self.problem("extent", where, f"empty VBA -> PBA extent (PBA {p}) in node {node.id}")
-                    continue
-                if prev[0] is not None and v < prev[0][1]:
-                    self.problem("extent", where, f"overlaps the VBA extent at {prev[0][0]} in node {node.id}")
-                prev[0] = (v, v + n)
-                if state is not None:
-                    if v + n > state.vba_next:
-                        self.problem("counter", where, f"is mapped but not below vba_next {state.vba_next}")
-                    if p + n > state.pba_end:
-                        self.problem("alloc", where, f"maps PBA {_span(p, p + n)}, past the end of the PBA space "
-                                     f"({state.pba_end} blocks)")
-                self.mapped.append((v, v + n, p))
+                if n == 0 or v < prev_end[0] or (state is not None and (v + n > vba_next or p + n > pba_end)):
+                    self._vba_extent_problems(node, v, p, n, prev_end[0])
+                    if n == 0:
+                        continue
+                prev_end[0] = v + n
+                mapped.append((v, v + n, p))
         return self._node_visitor(leaf)
+
+    def _vba_extent_problems(self, node, v, p, n, prev_end):
+        where = f"VBA {_span(v, v + max(n, 1))}"
+        state = self.state
+        if n == 0:
+            self.problem("extent", where, f"empty VBA -> PBA extent (PBA {p}) in node {node.id}")
+            return
+        if v < prev_end:
+            self.problem("extent", where, f"overlaps the VBA extent ending at {prev_end - 1} in node {node.id}")
+        if state is not None:
+            if v + n > state.vba_next:
+                self.problem("counter", where, f"is mapped but not below vba_next {state.vba_next}")
+            if p + n > state.pba_end:
+                self.problem("alloc", where, f"maps PBA {_span(p, p + n)}, past the end of the PBA space "
+                             f"({state.pba_end} blocks)")
 
     def _csum_visitor(self):
         runs = self.csum_runs

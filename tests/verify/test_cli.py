@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from click.testing import CliRunner
 
@@ -102,3 +103,35 @@ def test_installed_command_runs(template):
     out = subprocess.run([*_command(), "verify", template], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == "no problems found" and not out.stderr
+
+
+def test_progress_bar_only_on_a_terminal(template):
+    """On a pseudo-terminal the bar is drawn (on stderr); through a pipe it is not."""
+    import pty
+    import select
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([*_command(), "verify", "--data", template], stdout=slave, stderr=slave)
+        os.close(slave)
+        slave = None
+        out = b""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:          # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif p.poll() is not None:
+                break
+        assert p.wait(timeout=30) == 0, out
+    finally:
+        os.close(master)
+        if slave is not None:
+            os.close(slave)
+    text = out.decode(errors="replace")
+    assert "metadata trees" in text and "data blocks" in text and "no problems found" in text
