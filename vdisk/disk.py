@@ -65,6 +65,8 @@ AUTO_COMMIT_BLOCKS = 16384
 MAX_DISK_SIZE = 1 << 60
 # Larger than LMDB's reader table for its default 126 readers (about 8 KiB).
 LMDB_LOCK_FILE_RESERVE = 64 << 10
+# Free runs shorter than this stay in the data file for reuse (see _punch_free_runs).
+PUNCH_MIN_BYTES = 64 << 10
 
 RUNNING_TREE = "lba"
 VBA_TREE = "vba"
@@ -489,8 +491,11 @@ class Disk(_Reader):
             self._lba.map(s, vba, ln)
             self._map_vbas(vba, _slice_pieces(pieces, s - b0, ln))
             csum_items.extend(zip(range(vba, vba + ln), sums[s - b0:s - b0 + ln]))
-        csum_items.sort()
-        self._csum.insert_sorted(csum_items)
+        if len(csum_items) == 1:
+            self._csum.insert(*csum_items[0])
+        else:
+            csum_items.sort()
+            self._csum.insert_sorted(csum_items)
         self._after_work(n)
 
     def _map_vbas(self, vba: int, pbas: list[tuple[int, int]]):
@@ -570,9 +575,32 @@ class Disk(_Reader):
             self.forest.commit()
         except (VdiskError, OSError) as e:
             self._fail_commit(e)
+        self._punch_free_runs(freed)
+
+    def _punch_free_runs(self, freed: list[tuple[int, int]]):
+        """Give the file system back free runs of at least PUNCH_MIN_BYTES.
+
+        Each punch costs a journal transaction (and a device discard on a
+        file system mounted with ``discard``): 250-400 us for one 4 KiB block
+        here, which capped random overwrites at ~3,000/s when every freed
+        block was punched. Scattered single blocks instead stay in the file as
+        free space the allocator hands out again; a freed block that joins
+        free neighbours into a long enough run is punched with them.
+        """
         bs = self.block_size
+        min_blocks = max(1, PUNCH_MIN_BYTES // bs)
+        free = self.alloc.free
+        done = set()
         for pba, count in freed:
-            punch_hole(self._fd, pba * bs, count * bs)
+            if count >= min_blocks:
+                run = (pba, count)
+            else:
+                run = free.floor(pba)
+                if run is None or run[0] + run[1] < pba + count or run[1] < min_blocks:
+                    continue
+            if run not in done:
+                done.add(run)
+                punch_hole(self._fd, run[0] * bs, run[1] * bs)
 
     def _fail_commit(self, e: Exception):
         # The committed state is intact; drop the uncommitted changes (whose
@@ -691,6 +719,7 @@ class Disk(_Reader):
                 "format_version": self.config.version,
                 "allocated_bytes": self.allocated_bytes(),
                 "physical_bytes": (self.alloc.end - self.alloc.free_blocks()) * bs,
+                "file_bytes": os.fstat(self._fd).st_blocks * 512,
                 "snapshots": [s.__dict__ for s in self.snapshots(exclusive=False)],
             }
 

@@ -231,3 +231,23 @@ def test_extent_across_the_watermark_is_rewritten_in_place(disk):
     disk.flush()
     assert_consistent(disk)
     assert disk.info()["physical_bytes"] == 3 * BS
+
+
+def test_isolated_freed_block_stays_in_the_file_for_reuse(disk):
+    # Punching costs a journal transaction per call; single scattered blocks
+    # are left for the allocator to hand out again (PUNCH_MIN_BYTES).
+    disk.write(0, pattern(1, 64 * BS))
+    disk.flush()
+    old = pba_of(disk, 10)
+    disk.write(10 * BS, pattern(2, BS))
+    disk.flush()
+    assert old in free_pbas(disk)
+    fd = os.open(os.path.join(disk.path, "data"), os.O_RDONLY)
+    try:
+        assert os.pread(fd, BS, old * BS) == pattern(1, 64 * BS)[10 * BS:11 * BS]
+    finally:
+        os.close(fd)
+    info = disk.info()
+    assert info["physical_bytes"] == 64 * BS
+    assert info["file_bytes"] >= 65 * BS
+    assert_consistent(disk)
