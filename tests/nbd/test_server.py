@@ -81,6 +81,11 @@ def test_cli_commands_go_through_the_server(disk, serve):
     h.pwrite(pattern(9, 8192), 0)
     info = json.loads(run_vdisk("info", disk, "--json").stdout)
     assert info["allocated_bytes"] == 8192 and [x["name"] for x in info["snapshots"]] == ["a"]
+    # verify reads the committed state beside the writer (no control socket needed).
+    run_vdisk("snapshot", "create", disk, "b")
+    run_vdisk("snapshot", "delete", disk, "b")
+    r = run_vdisk("verify", disk, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
     listed = json.loads(run_vdisk("snapshot", "list", disk, "--json").stdout)
     assert listed[0]["name"] == "a" and listed[0]["exclusive_bytes"] == 8192
     # Refusals name the reason and leave everything as it was.
