@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import struct
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -300,7 +301,11 @@ class _Verifier:
         with self.store.read_view():
             # A fresh forest reads counters, records and nodes inside the view
             # only, never another process's newer commit.
-            self.forest = Forest(self.store, cache_nodes=CACHE_NODES)
+            try:
+                self.forest = Forest(self.store, cache_nodes=CACHE_NODES)
+            except struct.error:
+                # Forest decodes its counters without a length check.
+                raise IntegrityError("the B+tree store's counters (counter/seq, counter/node) are damaged") from None
             self._check_records()
             self._walk_trees()
             self._cross_check()
@@ -313,36 +318,50 @@ class _Verifier:
 
     # ------------------------------------------------------------ records
 
+    def _decode(self, where: str, decode, *args):
+        """A decoded record, or None with the problem reported."""
+        try:
+            return decode(*args)
+        except IntegrityError as e:
+            self.problem("version" if isinstance(e, UnsupportedVersion) else "record", where, str(e))
+        except UnicodeDecodeError:
+            # vdisk.format decodes the names in records without catching this.
+            self.problem("record", where, "a name in the record is not UTF-8: the record is damaged")
+        return None
+
     def _check_records(self):
         f = self.forest
         try:
-            self.config = fmt.decode_config(f.meta_get(b"disk/config"))
-            self.block_size = self.config.block_size
+            fmt.decode_config(f.meta_get(b"disk/config"))
         except UnsupportedVersion:
-            raise
-        except IntegrityError as e:
-            self.problem("record", "record disk/config", str(e))
-        try:
-            self.state = fmt.decode_state(f.meta_get(b"disk/state"))
-        except IntegrityError as e:
-            self.problem("version" if isinstance(e, UnsupportedVersion) else "record", "record disk/state", str(e))
+            raise           # a newer disk cannot be verified by this vdisk at all
+        except IntegrityError:
+            pass
+        self.config = self._decode("record disk/config", fmt.decode_config, f.meta_get(b"disk/config"))
+        if self.config is not None:
+            bs = self.config.block_size
+            if bs < 512 or bs > 65536 or bs & (bs - 1):
+                # decode_config does not check it; nothing sized by it can be trusted.
+                self.problem("record", "record disk/config", f"block size {bs} is not a power of two from 512 "
+                             f"to 65536: the record is damaged")
+                self.config = None
+            else:
+                self.block_size = bs
+        self.state = self._decode("record disk/state", fmt.decode_state, f.meta_get(b"disk/state"))
         for key, buf in f.meta_items(SNAP_META_PREFIX):
             name = key[len(SNAP_META_PREFIX):].decode(errors="replace")
-            try:
-                self.records[name] = fmt.decode_snapshot(name, buf)
-            except IntegrityError as e:
-                self.problem("version" if isinstance(e, UnsupportedVersion) else "record",
-                             f"record disk/snap/{name}", str(e))
+            rec = self._decode(f"record disk/snap/{name}", fmt.decode_snapshot, name, buf)
+            if rec is not None:
+                self.records[name] = rec
         self.report.snapshots = len(self.records)
         buf = f.meta_get(DELETING_KEY)
         if buf is not None:
-            try:
-                self.deletion = fmt.decode_deletion(buf)
+            self.deletion = self._decode("record disk/deleting", fmt.decode_deletion, buf)
+            if self.deletion is not None:
                 self.note(f"a deletion of snapshot {self.deletion.name!r} is in progress "
                           f"({len(self.deletion.node_ids)} nodes still to free)")
-            except IntegrityError as e:
-                self.problem("version" if isinstance(e, UnsupportedVersion) else "deletion",
-                             "record disk/deleting", str(e))
+            elif self.problems[-1].kind == "record":
+                self.problems[-1].kind = "deletion"
 
         names = set(f.tree_names())
         for name in _CORE_TREES:

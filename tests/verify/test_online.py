@@ -1,7 +1,7 @@
 """verify beside a writer: one committed view, no pause, no false alarms.
 
 The writer is another process holding the disk open for writing (and its
-lock) while it writes, trims, flushes, snapshots and deletes; verify opens
+lock) while it writes, trims, flushes, snapshots, reverts and deletes; verify opens
 the metadata read-only and must find every state it sees clean. Blocks a
 writer moves or frees while ``--data`` reads them must not be reported.
 """
@@ -43,6 +43,8 @@ while time.monotonic() < end:
     if i % 4 == 0:
         d.flush()
         commits += 1
+    if i % 70 == 0 and snaps:
+        d.revert(snaps[-1])
     if i % 40 == 0:
         name = f"w{i}"
         d.create_snapshot(name)
