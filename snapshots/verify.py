@@ -274,6 +274,7 @@ class _Verifier:
         self.records: dict[str, fmt.SnapshotRecord] = {}
         self.refs: list[tuple[int, int, str, int]] = []          # (vba, end, tree label, lba)
         self.mapped: list[tuple[int, int, int]] = []             # (vba, end, pba)
+        self._mapped_sorted = None
         self.csum_runs: list[tuple[int, int]] = []
         self.free_runs: list[tuple[int, int]] = []
         self.rp_shared: list[tuple[str, int, int, int]] = []     # (label, lba, vba, count)
@@ -559,6 +560,7 @@ class _Verifier:
                 node = f.node(node_id)
             except IntegrityError as e:
                 self.problem("deletion", f"{where} node {node_id}", f"cannot be read: {e}")
+                self.incomplete.add(DELETING_KEY.decode())   # the VBAs it holds are not all known
                 continue
             self.report.nodes_checked += 1
             if node.leaf and node.layout == _EXTENT:
@@ -809,7 +811,8 @@ class _Verifier:
     def _cross_check(self):
         lba_names = set(self.lba_trees) | {n for n in self.forest.tree_names()
                                            if n == RUNNING_TREE or n.startswith(SNAP_TREE_PREFIX)}
-        lba_complete = not (lba_names & self.incomplete) and RUNNING_TREE in lba_names
+        lba_complete = (not (lba_names & self.incomplete) and RUNNING_TREE in lba_names
+                        and DELETING_KEY.decode() not in self.incomplete)
         vba_complete = VBA_TREE not in self.incomplete
         csum_complete = CSUM_TREE not in self.incomplete
         free_complete = FREE_TREE not in self.incomplete and self.state is not None
@@ -853,7 +856,7 @@ class _Verifier:
 
     @property
     def mapped_sorted(self):
-        if not hasattr(self, "_mapped_sorted"):
+        if self._mapped_sorted is None:
             self._mapped_sorted = sorted(self.mapped)
         return self._mapped_sorted
 
