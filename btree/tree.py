@@ -32,6 +32,7 @@ Trees and the forest are not thread-safe; callers serialise access.
 
 from __future__ import annotations
 
+import dataclasses
 from bisect import bisect_left, bisect_right
 from typing import Iterable, Iterator
 
@@ -42,7 +43,13 @@ from .format import Layout, TreeRecord
 
 
 class Node:
-    """A decoded node. ``vals`` holds values (leaf) or child node ids (inner)."""
+    """A decoded node. ``vals`` holds values (leaf) or child node ids (inner).
+
+    A leaf keeps each u64 field in an array('Q') and each bytes field in a
+    list; an inner node keeps lists. Code that changes a node keeps those
+    types (slices and copies of a sequence have its type), because encoding
+    relies on them (see :func:`leaf_fields`).
+    """
 
     __slots__ = ("id", "seq", "leaf", "keys", "vals", "layout")
 
@@ -57,6 +64,12 @@ class Node:
     def __repr__(self):
         kind = "leaf" if self.leaf else "inner"
         return f"<{kind} {self.id} seq={self.seq} n={len(self.keys)}>"
+
+
+def leaf_fields(layout: Layout):
+    """The constructors of a leaf's key and value sequences for ``layout``."""
+    return (fmt.u64_array if layout.key_type[0] == fmt.T_U64 else list,
+            fmt.u64_array if layout.value_type[0] == fmt.T_U64 else list)
 
 
 _SEQ_KEY = b"counter/seq"
@@ -154,7 +167,7 @@ class Forest:
             # The cache may have evicted it while it sat clean on the path.
             self._cache[node.id] = node
             return node
-        return self._new_node(seq, node.leaf, list(node.keys), list(node.vals), node.layout)
+        return self._new_node(seq, node.leaf, node.keys[:], node.vals[:], node.layout)
 
     def _free(self, node: Node, snap_seq: int):
         """Forget a node this tree no longer references; reclaim it if exclusive."""
@@ -212,7 +225,8 @@ class Forest:
         if self.has_tree(name):
             raise AlreadyExists(f"tree {name!r} already exists")
         seq = self.next_seq()
-        root = self._new_node(seq, True, [], [], layout)
+        new_keys, new_vals = leaf_fields(layout)
+        root = self._new_node(seq, True, new_keys(), new_vals(), layout)
         rec = TreeRecord(root=root.id, height=1, snap_seq=0, count=0, created_seq=seq, layout=layout)
         t = BTree(self, name, rec)
         self._trees[name] = t
@@ -255,6 +269,18 @@ class Forest:
         self._trees[dst_name] = t
         self._dirty_trees.add(dst_name)
         return t
+
+    def rename_tree(self, name: str, new_name: str):
+        """Give tree ``name`` the name ``new_name``; nodes and seqs are untouched. O(1)."""
+        self._check_name(new_name)
+        src = self.tree(name)
+        if self.has_tree(new_name):
+            raise AlreadyExists(f"tree {new_name!r} already exists")
+        moved = BTree(self, new_name, dataclasses.replace(src.rec))
+        self.drop_tree(name)
+        self._trees[new_name] = moved
+        self._dirty_trees.add(new_name)
+        return moved
 
     def drop_tree(self, name: str):
         """Forget a tree record. Its nodes are not reclaimed here."""
@@ -366,6 +392,13 @@ class BTree:
         # A node below a quarter full is merged or refilled from a sibling.
         self.leaf_min = max(1, self.leaf_cap // 4)
         self.inner_min = max(2, self.inner_cap // 4)
+        self._new_keys, self._new_vals = leaf_fields(rec.layout)
+        # Widths of bytes fields (0 for u64): checked on the way in, because
+        # a wrong-width entry would shift every entry after it on disk.
+        kt, kw = rec.layout.key_type
+        vt, vw = rec.layout.value_type
+        self._key_bytes = kw if kt == fmt.T_BYTES else 0
+        self._val_bytes = vw if vt == fmt.T_BYTES else 0
 
     # ----------------------------------------------------------- properties
 
@@ -425,14 +458,17 @@ class BTree:
     def _descend(self, key) -> tuple[list, Node]:
         """Path [(inner node, child index)] from the root to the leaf for key."""
         f = self.forest
+        cache = f._cache
         path = []
-        node = f.node(self.rec.root)
+        node_id = self.rec.root
+        node = cache.get(node_id) or f._load(node_id)
         while not node.leaf:
             i = bisect_right(node.keys, key) - 1
             if i < 0:
                 i = 0
             path.append((node, i))
-            node = f.node(node.vals[i])
+            node_id = node.vals[i]
+            node = cache.get(node_id) or f._load(node_id)
         return path, node
 
     def items(self, start=None, stop=None) -> Iterator[tuple]:
@@ -450,16 +486,13 @@ class BTree:
             node = f.node(node.vals[i])
         j = 0 if start is None else bisect_left(node.keys, start)
         while True:
-            keys, vals = node.keys, node.vals
-            if stop is None:
-                for idx in range(j, len(keys)):
-                    yield keys[idx], vals[idx]
+            keys = node.keys
+            if stop is None or not keys or keys[-1] < stop:
+                yield from zip(keys[j:], node.vals[j:])
             else:
-                for idx in range(j, len(keys)):
-                    k = keys[idx]
-                    if k >= stop:
-                        return
-                    yield k, vals[idx]
+                end = bisect_left(keys, stop, j)
+                yield from zip(keys[j:end], node.vals[j:end])
+                return
             node = self._next_leaf(stack)
             if node is None:
                 return
@@ -479,6 +512,20 @@ class BTree:
             stack.pop()
         return None
 
+    def _prev_leaf(self, stack) -> Node | None:
+        f = self.forest
+        while stack:
+            top = stack[-1]
+            if top[1] > 0:
+                top[1] -= 1
+                node = f.node(top[0].vals[top[1]])
+                while not node.leaf:
+                    stack.append([node, len(node.vals) - 1])
+                    node = f.node(node.vals[-1])
+                return node
+            stack.pop()
+        return None
+
     def items_reverse(self, start=None) -> Iterator[tuple]:
         """Entries with ``key <= start`` (all if None) in descending key order."""
         f = self.forest
@@ -493,26 +540,34 @@ class BTree:
             keys, vals = node.keys, node.vals
             for idx in range(j - 1, -1, -1):
                 yield keys[idx], vals[idx]
-            node = None
-            while stack:
-                top = stack[-1]
-                if top[1] > 0:
-                    top[1] -= 1
-                    node = f.node(top[0].vals[top[1]])
-                    while not node.leaf:
-                        stack.append([node, len(node.vals) - 1])
-                        node = f.node(node.vals[-1])
-                    break
-                stack.pop()
+            node = self._prev_leaf(stack)
             if node is None:
                 return
             j = len(node.keys)
 
     def floor(self, key):
         """The entry with the greatest key <= ``key``, or None."""
-        for item in self.items_reverse(key):
-            return item
-        return None
+        # items_reverse without the generator: the extent maps call this on
+        # every disk request.
+        f = self.forest
+        cache = f._cache
+        stack = []
+        node_id = self.rec.root
+        node = cache.get(node_id) or f._load(node_id)
+        while not node.leaf:
+            i = bisect_right(node.keys, key) - 1
+            if i < 0:
+                i = 0
+            stack.append([node, i])
+            node_id = node.vals[i]
+            node = cache.get(node_id) or f._load(node_id)
+        j = bisect_right(node.keys, key)
+        while not j:
+            node = self._prev_leaf(stack)
+            if node is None:
+                return None
+            j = len(node.keys)
+        return node.keys[j - 1], node.vals[j - 1]
 
     def first(self):
         for item in self.items():
@@ -538,10 +593,35 @@ class BTree:
     def _touch(self):
         self.forest._dirty_trees.add(self.name)
 
+    @staticmethod
+    def _bytes_field(x, width: int, what: str) -> bytes:
+        if not isinstance(x, (bytes, bytearray, memoryview)):
+            raise InvalidArgument(f"B+tree {what} must be {width} bytes, got {type(x).__name__}")
+        x = bytes(x)  # a caller's bytearray must not change a leaf later
+        if len(x) != width:
+            raise InvalidArgument(f"B+tree {what} must be {width} bytes, got {len(x)}")
+        return x
+
+    def _check_entry(self, key, value):
+        """Validate a bytes key or value the arrays do not check themselves."""
+        if self._key_bytes and (type(key) is not bytes or len(key) != self._key_bytes):
+            key = self._bytes_field(key, self._key_bytes, "key")
+        if self._val_bytes and (type(value) is not bytes or len(value) != self._val_bytes):
+            value = self._bytes_field(value, self._val_bytes, "value")
+        return key, value
+
     def _make_path_writable(self, path: list, leaf: Node, seq: int) -> tuple[list, Node]:
         """Apply the seq rule to the leaf and every ancestor, bottom up."""
         f = self.forest
         snap = self.rec.snap_seq
+        if leaf.seq > snap:
+            for node, _i in path:
+                if node.seq <= snap:
+                    break
+            else:
+                # Every node is exclusive: no copies, no parent pointers to fix.
+                self._stamp(path, leaf, seq)
+                return path, leaf
         leaf = child = f._writable(leaf, seq, snap)
         new_path = [None] * len(path)
         for depth in range(len(path) - 1, -1, -1):
@@ -554,24 +634,93 @@ class BTree:
         self._touch()
         return new_path, leaf
 
+    def _stamp(self, path: list, leaf: Node, seq: int):
+        """Mark an exclusive path written by operation ``seq``.
+
+        The whole path gets the seq, so no child is ever newer than its parent.
+        """
+        f = self.forest
+        cache, dirty = f._cache, f._dirty
+        leaf.seq = seq
+        dirty.add(leaf.id)
+        # Loading a node lower on the path may have evicted a clean one.
+        cache[leaf.id] = leaf
+        for node, _i in path:
+            node.seq = seq
+            dirty.add(node.id)
+            cache[node.id] = node
+        f._dirty_trees.add(self.name)
+
     def insert(self, key, value):
         """Insert or update one entry."""
-        self._check_writable()
-        path, leaf = self._descend(key)
-        j = bisect_left(leaf.keys, key)
-        exists = j < len(leaf.keys) and leaf.keys[j] == key
-        if exists and leaf.vals[j] == value:
+        # The hot path of every writer: descent, checks and the in-place
+        # change are inlined (each method call would cost about as much as
+        # the bisect it wraps).
+        rec = self.rec
+        f = self.forest
+        if rec.frozen or f.store.readonly:
+            self._check_writable()
+        if self._key_bytes or self._val_bytes:
+            key, value = self._check_entry(key, value)
+        cache = f._cache
+        node_id = rec.root
+        node = cache.get(node_id) or f._load(node_id)
+        path = []
+        while not node.leaf:
+            i = bisect_right(node.keys, key) - 1
+            if i < 0:
+                i = 0
+            path.append((node, i))
+            node_id = node.vals[i]
+            node = cache.get(node_id) or f._load(node_id)
+        keys = node.keys
+        j = bisect_left(keys, key)
+        exists = j < len(keys) and keys[j] == key
+        if exists and node.vals[j] == value:
             return
-        seq = self.forest.next_seq()
-        path, leaf = self._make_path_writable(path, leaf, seq)
-        if exists:
-            leaf.vals[j] = value
-            return
-        leaf.keys.insert(j, key)
-        leaf.vals.insert(j, value)
+        f.seq = seq = f.seq + 1
+        snap = rec.snap_seq
+        if node.seq > snap and (exists or len(keys) < self.leaf_cap):
+            for p, _i in path:
+                if p.seq <= snap:
+                    break
+            else:
+                # The common case: an exclusive leaf that does not split
+                # changes in place; the seq stamps go up the path (no child
+                # is newer than its parent) and no node is copied.
+                self._put_entry(node, j, key, value, exists)
+                dirty = f._dirty
+                node.seq = seq
+                dirty.add(node_id)
+                # Loading a lower node may have evicted a clean one above.
+                cache[node_id] = node
+                for p, _i in path:
+                    p.seq = seq
+                    dirty.add(p.id)
+                    cache[p.id] = p
+                return
+        path, node = self._make_path_writable(path, node, seq)
+        self._put_entry(node, j, key, value, exists)
+        if len(node.keys) > self.leaf_cap:
+            self._split_up(path, node, seq)
+
+    def _put_entry(self, leaf: Node, j: int, key, value, exists: bool):
+        """Store one entry at index j; a bad u64 leaves the leaf unchanged."""
+        try:
+            if exists:
+                leaf.vals[j] = value
+                return
+            leaf.keys.insert(j, key)
+            try:
+                leaf.vals.insert(j, value)
+            except BaseException:
+                del leaf.keys[j]
+                raise
+        except (TypeError, OverflowError):
+            raise InvalidArgument(f"bad B+tree entry {key!r} -> {value!r}: {self.layout.key} keys and "
+                                  f"{self.layout.value} values expected") from None
         self.rec.count += 1
-        if len(leaf.keys) > self.leaf_cap:
-            self._split_up(path, leaf, seq)
+        self.forest._dirty_trees.add(self.name)
 
     def insert_sorted(self, items: Iterable[tuple]):
         """Insert or update many entries given in strictly ascending key order.
@@ -584,12 +733,29 @@ class BTree:
         if not items:
             return
         keys = [k for k, _ in items]
+        vals = [v for _, v in items]
+        # Convert and check every entry before the first change.
+        kb, vb = self._key_bytes, self._val_bytes
+        try:
+            if kb:
+                keys = [k if type(k) is bytes and len(k) == kb else self._bytes_field(k, kb, "key")
+                        for k in keys]
+            else:
+                keys = self._new_keys(keys)
+            if vb:
+                vals = [v if type(v) is bytes and len(v) == vb else self._bytes_field(v, vb, "value")
+                        for v in vals]
+            else:
+                vals = self._new_vals(vals)
+        except (TypeError, OverflowError):
+            raise InvalidArgument(f"bad B+tree entry: {self.layout.key} keys and "
+                                  f"{self.layout.value} values expected") from None
         for a, b in zip(keys, keys[1:]):
             if not a < b:
                 raise InvalidArgument("insert_sorted needs strictly ascending keys")
         seq = self.forest.next_seq()
         pos = 0
-        n = len(items)
+        n = len(keys)
         while pos < n:
             path, leaf = self._descend(keys[pos])
             hi = None
@@ -600,7 +766,7 @@ class BTree:
                         hi = bound
             end = n if hi is None else bisect_left(keys, hi, pos)
             path, leaf = self._make_path_writable(path, leaf, seq)
-            run_k, run_v = keys[pos:end], [v for _, v in items[pos:end]]
+            run_k, run_v = keys[pos:end], vals[pos:end]
             if not leaf.keys or run_k[0] > leaf.keys[-1]:
                 leaf.keys.extend(run_k)
                 leaf.vals.extend(run_v)
@@ -610,8 +776,9 @@ class BTree:
                 before = len(merged)
                 merged.update(zip(run_k, run_v))
                 self.rec.count += len(merged) - before
-                leaf.keys = sorted(merged)
-                leaf.vals = [merged[k] for k in leaf.keys]
+                order = sorted(merged)
+                leaf.keys = self._new_keys(order)
+                leaf.vals = self._new_vals([merged[k] for k in order])
             if len(leaf.keys) > self.leaf_cap:
                 self._split_up(path, leaf, seq)
             pos = end

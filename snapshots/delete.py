@@ -54,19 +54,78 @@ COMMIT_DIRTY_NODES = 2000
 
 def delete_snapshot(disk, name: str, buffer_bytes: int = DEFAULT_LIMIT_BYTES,
                     stall: float = DEFAULT_STALL) -> int:
-    """Delete snapshot ``name``; returns the number of blocks freed."""
+    """Delete snapshot ``name``; returns the number of blocks freed now.
+
+    A snapshot that is the base of two or more others (a child snapshot and
+    the running point after a revert, say) is deferred: it disappears for
+    users at once, and its space returns when at most one dependent is left.
+    """
     with disk._delete_lock:
         with disk._lock:
-            if disk.forest.meta_get(DELETING_KEY) is not None:
-                pending = True
-            else:
-                pending = False
+            pending = disk.forest.meta_get(DELETING_KEY) is not None
+            if not pending:
                 disk._snapshot_record(name)
-        if pending:
-            run_pending(disk, buffer_bytes, stall)
+        freed = run_pending(disk, buffer_bytes, stall) if pending else 0
         with disk._lock:
+            rec = disk._snapshot_record(name)
+            if _holders(disk, name) >= 2:
+                _defer(disk, rec)
+                return freed
             begin(disk, name)
-        return run_pending(disk, buffer_bytes, stall)
+        freed += run_pending(disk, buffer_bytes, stall)
+        return freed + _reap(disk, buffer_bytes, stall)
+
+
+def reap_deferred(disk, buffer_bytes: int = DEFAULT_LIMIT_BYTES, stall: float = DEFAULT_STALL) -> int:
+    """Delete deferred snapshots that have at most one dependent left."""
+    with disk._delete_lock:
+        return _reap(disk, buffer_bytes, stall)
+
+
+def _holders(disk, name: str) -> int:
+    children = sum(1 for r in disk._snapshot_records() if r.parent == name)
+    return children + (disk.state.parent == name)
+
+
+def _defer(disk, rec: fmt.SnapshotRecord):
+    """Rename the snapshot out of the users' namespace; keep every block and node.
+
+    Its dependents become siblings once it is gone, sharing blocks and nodes
+    newer than their next ancestor, which one parent and one watermark per
+    tree cannot express. Kept whole, the snapshot stays their common parent
+    and every ownership rule holds unchanged (ZFS's deferred destroy of a
+    snapshot with clones works the same way).
+    """
+    from vdisk.disk import DEFERRED_PREFIX, SNAP_META_PREFIX, SNAP_TREE_PREFIX
+    forest = disk.forest
+    hidden = f"{DEFERRED_PREFIX}{rec.name}.{rec.created_ns}"
+    forest.rename_tree(SNAP_TREE_PREFIX + rec.name, SNAP_TREE_PREFIX + hidden)
+    forest.meta_put(SNAP_META_PREFIX + rec.name.encode(), None)
+    old = rec.name
+    rec.name = hidden
+    forest.meta_put(SNAP_META_PREFIX + hidden.encode(), fmt.encode_snapshot(rec))
+    for child in disk._snapshot_records():
+        if child.parent == old:
+            child.parent = hidden
+            forest.meta_put(SNAP_META_PREFIX + child.name.encode(), fmt.encode_snapshot(child))
+    if disk.state.parent == old:
+        disk.state.parent = hidden
+    disk._commit()
+    log.info("snapshot %s is the base of several others: deleted for users, its space returns "
+             "when at most one of them is left", old)
+
+
+def _reap(disk, buffer_bytes: int, stall: float) -> int:
+    from vdisk.disk import DEFERRED_PREFIX
+    freed = 0
+    while True:
+        with disk._lock:
+            ready = [r.name for r in disk._snapshot_records()
+                     if r.name.startswith(DEFERRED_PREFIX) and _holders(disk, r.name) <= 1]
+            if not ready:
+                return freed
+            begin(disk, ready[0])
+        freed += run_pending(disk, buffer_bytes, stall)
 
 
 def begin(disk, name: str):
@@ -76,15 +135,8 @@ def begin(disk, name: str):
     recs = {r.name: r for r in disk._snapshot_records()}
     rec = recs[name]
     children = [r for r in recs.values() if r.parent == name]
-    holders = len(children) + (disk.state.parent == name)
-    if holders >= 2:
-        # Its dependents would then be siblings sharing blocks and nodes newer
-        # than their new parent, which the ownership rules (one parent, one
-        # watermark) cannot express (ZFS refuses the same case: a snapshot
-        # with dependent clones).
-        deps = sorted(c.name for c in children) + (["the running point"] if disk.state.parent == name else [])
-        raise InvalidArgument(f"snapshot {name!r} is the base of {holders} others ({', '.join(deps)}, "
-                              f"after a revert); delete all but one of them first")
+    if len(children) + (disk.state.parent == name) >= 2:
+        raise InvalidArgument(f"internal: snapshot {name!r} has several dependents; defer it")
     _rec, parent, child_trees, _others = snapshot_neighbours(disk, name)
     shared = set()
     for child in child_trees:
@@ -198,10 +250,10 @@ def _yield_lock():
 
 def resume_on_open(disk):
     """Finish a deletion a crash interrupted (called by a writable open)."""
-    if disk.forest.meta_get(DELETING_KEY) is None:
-        return
     try:
-        run_pending(disk)
+        if disk.forest.meta_get(DELETING_KEY) is not None:
+            run_pending(disk)
+        _reap(disk, DEFAULT_LIMIT_BYTES, DEFAULT_STALL)
     except Exception as e:        # the pending record keeps everything safe; retried later
         log.warning("could not finish deleting a snapshot in %s (%s); will retry on the next open",
                     disk.path, e)

@@ -74,6 +74,9 @@ CSUM_TREE = "csum"
 FREE_TREE = "free"
 SNAP_TREE_PREFIX = "snap/"
 SNAP_META_PREFIX = b"disk/snap/"
+# Snapshots deleted while they were the base of several others; users cannot
+# name them (see snapshots/delete.py).
+DEFERRED_PREFIX = "~"
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _FALLOC_FL_KEEP_SIZE = 1
@@ -667,21 +670,30 @@ class Disk(_Reader):
         with self._lock:
             self._ensure_view()
             recs = self._snapshot_records()
+            by_name = {r.name: r for r in recs}
             out = []
             for rec in recs:
+                if rec.name.startswith(DEFERRED_PREFIX):
+                    continue
+                # A deferred parent is an implementation detail: show the
+                # nearest ancestor users know.
+                while rec.parent and rec.parent.startswith(DEFERRED_PREFIX):
+                    rec.parent = by_name[rec.parent].parent
                 excl = exclusive_blocks(self, rec.name) * self.block_size if exclusive else None
                 out.append(self._info(rec, excl))
             return out
 
     def open_snapshot(self, name: str) -> SnapshotView:
+        validate_snapshot_name(name)
         with self._lock:
             self._ensure_view()
             return SnapshotView(self, name, self._snapshot_record(name))
 
     def revert(self, name: str) -> None:
         """Make the running point read exactly as snapshot ``name``."""
+        validate_snapshot_name(name)
         self._check_writable()
-        with self._lock:
+        with self._delete_lock, self._lock:
             rec = self._snapshot_record(name)
             from vdisk.snapshots.usage import drop_running_point_exclusive
             drop_running_point_exclusive(self)
@@ -693,6 +705,10 @@ class Disk(_Reader):
                 self.config.size = self.size = rec.size
                 self.forest.meta_put(b"disk/config", fmt.encode_config(self.config))
             self._commit()
+        # The running point left its old base, which may have been waiting
+        # for that to be deleted.
+        from vdisk.snapshots.delete import reap_deferred
+        reap_deferred(self)
 
     def delete_snapshot(self, name: str, buffer_bytes: int | None = None) -> int:
         """Delete a snapshot, returning the space only it held; returns blocks freed.
@@ -702,6 +718,7 @@ class Disk(_Reader):
         the memory of the sort buffer (default 64 MiB); past it, sorted runs
         spill to files in the disk directory.
         """
+        validate_snapshot_name(name)
         self._check_writable()
         from vdisk.snapshots.delete import DEFAULT_LIMIT_BYTES, delete_snapshot
         return delete_snapshot(self, name, buffer_bytes or DEFAULT_LIMIT_BYTES)

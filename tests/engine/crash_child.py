@@ -22,42 +22,38 @@ import sys
 
 COMMIT_OPS = ("flush", "snap", "revert", "delete")
 
-# Known engine bug (test_cow_rule.py::test_extent_across_the_watermark_*): an
-# LBA extent that straddles the watermark leaks VBAs when rewritten or
-# trimmed. Such an extent forms when the first VBA born after a snapshot (or a
-# revert) joins the extent holding the last VBA born before it. With this flag
-# the stream makes that first birth a write of block 0, which has no left
-# neighbour to join: at the start of every run (a kill may have come between
-# a snapshot and its burn) and after every snapshot and revert.
-AVOID_WATERMARK_STRADDLE_BUG = False
 MAX_SNAPSHOTS = 10
 MAX_OPS_BETWEEN_FLUSHES = 60   # far below the engine's auto-commit threshold
 
 
 def family(disk):
-    """(snapshot name -> parent, running point's parent) as the generator needs."""
-    return {r.name: r.parent for r in disk._snapshot_records()}, disk.state.parent
+    """(snapshot name -> parent, running point's parent) as the generator needs.
+
+    Deferred deletions (snapshots deleted while the base of several others)
+    are left out: users cannot name them.
+    """
+    from vdisk.disk import DEFERRED_PREFIX
+    recs = {r.name: r.parent for r in disk._snapshot_records()}
+
+    def visible(name):
+        while name is not None and name.startswith(DEFERRED_PREFIX):
+            name = recs[name]
+        return name
+    return ({n: visible(p) for n, p in recs.items() if not n.startswith(DEFERRED_PREFIX)},
+            visible(disk.state.parent))
 
 
 def operations(seed: int, size: int, block_size: int, parents: dict, running_parent):
     """Endless deterministic stream of operations.
 
-    Deletes are made only of snapshots with at most one child (the running
-    point counts): deleting one with more hits a known engine bug (see
-    test_model.py) that is not what this test is about.
+    Deletes are made of any snapshot; one that is the base of several others
+    is deferred by the engine (see snapshots/delete.py).
     """
     rng = random.Random(seed)
     parents = dict(parents)
     since_flush = 0
     i = 0
-    burn = AVOID_WATERMARK_STRADDLE_BUG
     while True:
-        if burn:
-            burn = False
-            yield ("write", 0, rng.randbytes(block_size))
-            i += 1
-            since_flush += 1
-            continue
         r = rng.random()
         if since_flush >= MAX_OPS_BETWEEN_FLUSHES:
             r = 0.80
@@ -87,8 +83,7 @@ def operations(seed: int, size: int, block_size: int, parents: dict, running_par
             running_parent = name
             op = ("revert", name)
         elif parents:
-            candidates = [n for n in sorted(parents)
-                          if sum(1 for p in parents.values() if p == n) + (running_parent == n) <= 1]
+            candidates = sorted(parents)
             if not candidates:
                 op = ("flush",)
             else:
@@ -103,7 +98,6 @@ def operations(seed: int, size: int, block_size: int, parents: dict, running_par
         else:
             op = ("flush",)
         since_flush = 0 if op[0] in COMMIT_OPS else since_flush + 1
-        burn = AVOID_WATERMARK_STRADDLE_BUG and op[0] in ("snap", "revert")
         yield op
         i += 1
 

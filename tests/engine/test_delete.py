@@ -151,3 +151,48 @@ def test_reads_and_writes_continue_during_deletion(scratch, monkeypatch):
         for name in ("s0", "s2"):
             assert d.open_snapshot(name).read(0, BLOCKS * BS) == taken[name]
         assert_consistent(d)
+
+
+def test_base_of_two_dependents_is_deferred_until_one_is_left(make_disk):
+    d = make_disk(64 * BS)
+    d.write(0, pattern(1, 8 * BS))
+    d.create_snapshot("base")
+    d.write(0, pattern(2, 4 * BS))          # the child owns these alone
+    d.create_snapshot("child")
+    d.revert("base")                         # base: dependents child + running point
+    d.write(4 * BS, pattern(3, BS))
+    before = d.info()["physical_bytes"]
+    assert d.delete_snapshot("base") == 0    # deferred: no block may go yet
+    assert [s.name for s in d.snapshots()] == ["child"]
+    assert d.snapshots()[0].parent is None   # the deferred base is not shown
+    with pytest.raises(Exception):
+        d.open_snapshot("base")
+    assert d.open_snapshot("child").read(0, 8 * BS) == pattern(2, 4 * BS) + pattern(1, 8 * BS)[4 * BS:]
+    d.create_snapshot("base")                # the name is free again
+    d.delete_snapshot("base")
+    d.flush()
+    assert_consistent(d)
+    # Deleting the child leaves the deferred base one dependent: both go.
+    d.delete_snapshot("child")
+    d.flush()
+    assert d.snapshots() == []
+    assert not [r for r in d._snapshot_records()]
+    assert d.read(0, 8 * BS) == pattern(1, 8 * BS)[:4 * BS] + pattern(3, BS) + pattern(1, 8 * BS)[5 * BS:]
+    assert d.info()["physical_bytes"] < before
+    assert_consistent(d)
+
+
+def test_revert_away_from_a_deferred_base_reaps_it(make_disk):
+    d = make_disk(64 * BS)
+    d.write(0, pattern(1, 8 * BS))
+    d.create_snapshot("a")
+    d.write(0, pattern(2, 8 * BS))
+    d.create_snapshot("b")
+    d.revert("a")
+    d.delete_snapshot("a")                   # base of b and the running point: deferred
+    assert len(d._snapshot_records()) == 2
+    d.revert("b")                            # the running point leaves a's deferred tree
+    assert [r.name for r in d._snapshot_records()] == ["b"]
+    assert d.read(0, 8 * BS) == pattern(2, 8 * BS)
+    d.flush()
+    assert_consistent(d)

@@ -19,9 +19,6 @@ after or before the previous range, so that extents meet, join and split.
 interrupts. Other rules: snapshot, revert, delete, flush, close and reopen
 (with a read-only peek in between), grow.
 
-Known engine bugs are avoided by the two ``AVOID_*`` switches below (each
-has xfail tests that reproduce it); set them to False once fixed.
-
 The machine runs for 4 KiB blocks (2 MiB disk) and 512-byte blocks
 (256 KiB disk, so that a write covers many blocks).
 """
@@ -34,7 +31,7 @@ import shutil
 import pytest
 from hypothesis import note, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, invariant, multiple, precondition,
+from hypothesis.stateful import (Bundle, RuleBasedStateMachine, invariant, precondition,
                                  rule)
 
 from vdisk import Disk
@@ -46,23 +43,9 @@ from .util import pattern, scratch_dir
 CHECK_EVERY = 1
 MAX_SNAPSHOTS = 6
 
-# Known engine bug (see the xfail tests at the end): deleting a snapshot with
-# two or more children re-parents them to the snapshot's parent, and from then
-# on they are siblings sharing blocks and B+tree nodes newer than their new
-# parent, which the ownership rules (watermarks, snap seqs, exclusive_runs) do
-# not expect: sibling snapshots change in place, shared nodes are freed while
-# still reachable. The engine refuses the case where the running point is one
-# of the children; the machine checks that refusal and does not make the other
-# such deletes while the bug is open. Set this to False once it is fixed.
-AVOID_REPARENT_DELETE_BUG = True
-
-# Known engine bug (see test_cow_rule.py::test_extent_across_the_watermark_*):
-# an LBA extent can straddle the watermark (block b written just before a
-# snapshot, b+1 just after: contiguous LBAs and VBAs, so map() joins them),
-# and write/zero decide "in place or new VBA" / "forget or keep" per extent
-# by its first VBA only, leaking the VBAs at or above the watermark. The
-# machine skips writes and zeroes over such an extent while the bug is open.
-AVOID_WATERMARK_STRADDLE_BUG = False
+def _deferred(disk) -> list[str]:
+    from vdisk.disk import DEFERRED_PREFIX
+    return [r.name for r in disk._snapshot_records() if r.name.startswith(DEFERRED_PREFIX)]
 
 
 class DiskMachine(RuleBasedStateMachine):
@@ -151,21 +134,9 @@ class DiskMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ rules
 
-    def _straddles_watermark(self, offset, length) -> bool:
-        if not AVOID_WATERMARK_STRADDLE_BUG:
-            return False
-        bs, wm = self.bs, self.disk.state.vba_watermark
-        b0, b1 = offset // bs, -(-(offset + length) // bs)
-        if any(v < wm < v + n for _s, v, n in self.disk._lba.pieces(b0, b1 - b0)):
-            note(f"skip {offset}+{length}: an extent straddles the watermark (known bug)")
-            return True
-        return False
-
     @rule(data=st.data(), seed=st.integers(0, 2**32))
     def write(self, data, seed):
         offset, length = self._range(data)
-        if self._straddles_watermark(offset, length):
-            return
         buf = pattern(seed, length)
         note(f"write {offset}+{length}")
         self.disk.write(offset, buf)
@@ -178,8 +149,6 @@ class DiskMachine(RuleBasedStateMachine):
     def sequential_across_snapshot(self, block, n, m, seed):
         """A sequential writer that a snapshot interrupts (a log file, say)."""
         bs = self.bs
-        if self._straddles_watermark(block * bs, n * bs):
-            return multiple()
         note(f"write blocks {block}+{n}, snapshot, write blocks {block + n}+{m}")
         buf = pattern(seed, (n + m) * bs)
         self.disk.write(block * bs, buf[:n * bs])
@@ -195,8 +164,6 @@ class DiskMachine(RuleBasedStateMachine):
     @rule(data=st.data(), trim=st.booleans())
     def zero(self, data, trim):
         offset, length = self._range(data)
-        if self._straddles_watermark(offset, length):
-            return
         note(f"{'trim' if trim else 'zero'} {offset}+{length}")
         (self.disk.trim if trim else self.disk.zero)(offset, length)
         self.model[offset:offset + length] = bytes(length)
@@ -236,24 +203,26 @@ class DiskMachine(RuleBasedStateMachine):
         if name not in self.snaps:
             return
         snaps, running = self._children(name)
-        if running and snaps:
-            note(f"delete_snapshot {name}: refused, base of the running point and of {snaps}")
-            with pytest.raises(InvalidArgument):
-                self.disk.delete_snapshot(name)
-            return
-        if AVOID_REPARENT_DELETE_BUG and len(snaps) >= 2:
-            note(f"skip delete_snapshot {name} (known bug: children {snaps})")
-            return
-        note(f"delete_snapshot {name}")
         d = self.disk
         (info,) = [s for s in d.snapshots() if s.name == name]
         pending = sum(n for _, n in d.alloc.pending) * self.bs
+        deferred_before = _deferred(d)
         before = d.info()["physical_bytes"]
+        note(f"delete_snapshot {name} (dependents: {snaps}{' + running point' if running else ''})")
         d.delete_snapshot(name)
         del self.snaps[name]
-        # Deleting frees exactly the space the snapshot was reported to hold
-        # alone (plus what earlier changes had freed, committed with it).
-        assert before - d.info()["physical_bytes"] == info.exclusive_bytes + pending
+        freed = before - d.info()["physical_bytes"]
+        if len(snaps) + running >= 2:
+            # Deferred: gone for users, every block kept until one dependent is left.
+            assert freed == pending
+            assert len(_deferred(d)) == len(deferred_before) + 1
+        elif deferred_before:
+            # Deferred bases whose dependents dropped to one were reaped too.
+            assert freed >= info.exclusive_bytes + pending
+        else:
+            # Deleting frees exactly the space the snapshot was reported to hold
+            # alone (plus what earlier changes had freed, committed with it).
+            assert freed == info.exclusive_bytes + pending
         with pytest.raises(NotFound):
             self.disk.open_snapshot(name)
 
@@ -351,8 +320,6 @@ TestDisk512.settings = _settings
 # ---------------------------------------------------------------- regressions
 
 
-@pytest.mark.xfail(strict=True, reason="bug: delete_snapshot lowers the running point's watermark "
-                   "below a re-parented sibling snapshot's, so a rewrite changes that snapshot in place")
 def test_snapshot_delete_reparent_keeps_sibling(make_disk):
     """B, D = snapshots of the same content; revert B; C; delete B; delete C.
 
@@ -375,8 +342,6 @@ def test_snapshot_delete_reparent_keeps_sibling(make_disk):
     assert not consistency(d)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: delete_snapshot releases the running tree's snap seq "
-                   "below a re-parented sibling snapshot's, so a trim edits a shared B+tree node in place")
 def test_snapshot_delete_reparent_keeps_sibling_tree(make_disk):
     """As above, but only the LBA tree changes (a trim), no VBA is rewritten."""
     bs = 4096
@@ -396,8 +361,6 @@ def test_snapshot_delete_reparent_keeps_sibling_tree(make_disk):
     assert not consistency(d)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: after a delete re-parents two sibling snapshots, deleting "
-                   "one of them frees B+tree nodes the other and the running point still reach")
 def test_snapshot_delete_reparent_keeps_shared_nodes(make_disk):
     d = make_disk(1 << 20)
     d.write(0, b"x" * 4096)
