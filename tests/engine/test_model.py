@@ -35,6 +35,7 @@ from hypothesis.stateful import (Bundle, RuleBasedStateMachine, invariant, preco
                                  rule)
 
 from vdisk import Disk
+from vdisk.snapshots.verify import verify_open_disk
 from vdisk.errors import InvalidArgument, NotFound
 
 from .accounting import consistency
@@ -291,6 +292,10 @@ class DiskMachine(RuleBasedStateMachine):
             return
         probs = consistency(self.disk)
         assert not probs, probs
+        # vdisk verify agrees, on the committed state (no flush: unflushed
+        # work stays unflushed, as the rules left it).
+        report = verify_open_disk(self.disk)
+        assert report.ok, [str(p) for p in report.problems]
         # Exclusive space is at most what the snapshot maps.
         for s in self.disk.snapshots():
             assert 0 <= s.exclusive_bytes <= self.disk.open_snapshot(s.name).allocated_bytes()
