@@ -60,11 +60,16 @@ def _run_child(path, seed, delay) -> tuple[list[str], int]:
             raise AssertionError(f"child did not start: {first!r}\n{proc.stderr.read()}")
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate(timeout=10)
+        proc.wait(10)
+        # Not communicate(): it reads the pipe's fd directly and would drop the
+        # commit reports readline() already buffered when the child was quick.
+        out, err = proc.stdout.read(), proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
     if proc.returncode not in (-signal.SIGKILL, 0):
         raise AssertionError(f"child failed (exit {proc.returncode}):\n{err}")
     return out.splitlines(keepends=True), proc.returncode
