@@ -53,7 +53,10 @@ Store header (meta key ``b"format"``)::
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from dataclasses import dataclass
+from functools import cached_property
 
 import blake3
 
@@ -78,10 +81,19 @@ TREE_RECORD_VERSION = 1
 FLAG_FROZEN = 1
 
 _HEAD = struct.Struct("<4sBBHBBBBIQQ16s")
+_HEAD32 = struct.Struct("<4sBBHBBBBIQQ")  # the header without its checksum
 _TREE = struct.Struct("<BBBBBBBBQQQQ")
 _STORE = struct.Struct("<8sI")
 _U64 = struct.Struct("<Q")
-assert _HEAD.size == HEADER_BYTES
+assert _HEAD.size == HEADER_BYTES and _HEAD32.size == 32
+
+# Leaves keep u64 fields in array('Q'): encoding one is a memory copy instead
+# of converting every int, which is most of what a commit costs. The array's
+# bytes are native order, so a big-endian host swaps them.
+U64_ARRAY = "Q"
+assert array(U64_ARRAY).itemsize == 8
+_LITTLE = sys.byteorder == "little"
+MAX_U64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -99,25 +111,40 @@ class Layout:
         for spec in (self.key, self.value):
             _parse_field(spec)
 
-    @property
+    # Cached: the tree asks for these on every node it writes.
+    @cached_property
     def key_type(self) -> tuple[int, int]:
         return _parse_field(self.key)
 
-    @property
+    @cached_property
     def value_type(self) -> tuple[int, int]:
         return _parse_field(self.value)
 
-    @property
+    @cached_property
     def leaf_capacity(self) -> int:
         return (NODE_BYTES - HEADER_BYTES) // (self.key_type[1] + self.value_type[1])
 
-    @property
+    @cached_property
     def inner_capacity(self) -> int:
         return (NODE_BYTES - HEADER_BYTES) // (self.key_type[1] + 8)
 
+    @cached_property
+    def inner(self) -> "Layout":
+        """The layout of this tree's inner nodes: same keys, u64 child ids."""
+        return Layout.from_types(*self.key_type, T_U64, 8)
+
     @classmethod
     def from_types(cls, kt: int, kw: int, vt: int, vw: int) -> "Layout":
-        return cls(_field_spec(kt, kw), _field_spec(vt, vw))
+        key = (kt, kw, vt, vw)
+        layout = _LAYOUTS.get(key)
+        if layout is None:
+            layout = cls(_field_spec(kt, kw), _field_spec(vt, vw))
+            if len(_LAYOUTS) < 4096:  # bounded: field types come from disk
+                _LAYOUTS[key] = layout
+        return layout
+
+
+_LAYOUTS: dict[tuple, Layout] = {}
 
 
 def _parse_field(spec: str) -> tuple[int, int]:
@@ -141,26 +168,56 @@ def _field_spec(ftype: int, width: int) -> str:
     raise ValueError(f"field type {ftype} width {width}")
 
 
-def _pack_field(ftype: int, width: int, items: list) -> bytes:
+def u64_array(items=()) -> array:
+    """An array('Q') of ``items`` (the in-memory form of a leaf's u64 field)."""
+    return array(U64_ARRAY, items)
+
+
+def _pack_field(ftype: int, width: int, items) -> bytes:
     if ftype == T_U64:
-        return struct.pack(f"<{len(items)}Q", *items)
+        if type(items) is array and _LITTLE:
+            return items.tobytes()
+        a = array(U64_ARRAY, items)
+        if not _LITTLE:
+            a.byteswap()
+        return a.tobytes()
     return b"".join(items)
 
 
-def _unpack_field(ftype: int, width: int, buf, off: int, n: int) -> list:
+_BYTES_STRUCTS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _unpack_field(ftype: int, width: int, buf, off: int, n: int, leaf: bool):
+    """u64 fields: array('Q') in a leaf, a list in an inner node (whose
+    bisect on a list is faster; an inner node is rarely written). Bytes
+    fields: a list of bytes."""
     if ftype == T_U64:
-        return list(struct.unpack_from(f"<{n}Q", buf, off))
-    return [bytes(buf[o:o + width]) for o in range(off, off + n * width, width)]
+        a = array(U64_ARRAY)
+        a.frombytes(memoryview(buf)[off:off + n * 8])
+        if not _LITTLE:
+            a.byteswap()
+        return a if leaf else a.tolist()
+    s = _BYTES_STRUCTS.get((n, width))
+    if s is None:
+        s = struct.Struct(f"{width}s" * n)
+        if len(_BYTES_STRUCTS) < 4096:
+            _BYTES_STRUCTS[(n, width)] = s
+    return list(s.unpack_from(buf, off))
 
 
 def _checksum(head: bytes, body: bytes) -> bytes:
-    h = blake3.blake3(head[:32])
-    h.update(body)
-    return h.digest(CHECKSUM_BYTES)
+    """blake3 of the header's first 32 bytes and the body (bytes objects).
+
+    One call over a joined copy costs less than feeding blake3 twice.
+    """
+    return blake3.blake3(head[:32] + body).digest(CHECKSUM_BYTES)
 
 
-def encode_node(node_id: int, seq: int, leaf: bool, layout: Layout, keys: list, vals: list) -> bytes:
-    """Encode one node; ``vals`` are values (leaf) or child ids (inner)."""
+def encode_node(node_id: int, seq: int, leaf: bool, layout: Layout, keys, vals) -> bytes:
+    """Encode one node; ``vals`` are values (leaf) or child ids (inner).
+
+    ``keys`` and ``vals`` are sequences: lists, or array('Q') for u64 fields.
+    """
     n = len(keys)
     kt, kw = layout.key_type
     if leaf:
@@ -169,11 +226,15 @@ def encode_node(node_id: int, seq: int, leaf: bool, layout: Layout, keys: list, 
     else:
         vt, vw = T_U64, 8
         kind = INNER
-    body = _pack_field(kt, kw, keys) + _pack_field(vt, vw, vals)
-    if HEADER_BYTES + len(body) > NODE_BYTES:
+    if HEADER_BYTES + n * (kw + vw) > NODE_BYTES:
         raise ValueError(f"node {node_id} with {n} entries does not fit in {NODE_BYTES} bytes")
-    head = _HEAD.pack(NODE_MAGIC, NODE_VERSION, kind, n, kt, kw, vt, vw, 0, seq, node_id, b"")
-    return head[:32] + _checksum(head, body) + body
+    body = _pack_field(kt, kw, keys) + _pack_field(vt, vw, vals)
+    if len(body) != n * (kw + vw) or len(vals) != n:
+        # Wrong-width bytes fields would shift every entry after them.
+        raise ValueError(f"node {node_id}: {n} keys and {len(vals)} values do not make "
+                         f"{n} entries of {kw}+{vw} bytes")
+    head = _HEAD32.pack(NODE_MAGIC, NODE_VERSION, kind, n, kt, kw, vt, vw, 0, seq, node_id)
+    return head + _checksum(head, body) + body
 
 
 @dataclass
@@ -190,7 +251,8 @@ def decode_node(node_id: int, buf) -> DecodedNode:
     """Decode and validate the framing of one node (not its key order).
 
     Raises :class:`CorruptNode` naming the node and what is wrong, and
-    :class:`UnsupportedVersion` for a node from a newer format.
+    :class:`UnsupportedVersion` for a node from a newer format. A leaf's u64
+    fields come back as array('Q'), everything else as lists.
     """
     if buf is None:
         raise CorruptNode(node_id, "missing from the node store")
@@ -208,7 +270,7 @@ def decode_node(node_id: int, buf) -> DecodedNode:
     if kind not in (LEAF, INNER):
         raise CorruptNode(node_id, f"unknown node kind {kind}")
     try:
-        layout = Layout.from_types(kt, kw, vt, vw) if kind == LEAF else Layout(_field_spec(kt, kw), "u64")
+        layout = Layout.from_types(kt, kw, vt, vw) if kind == LEAF else Layout.from_types(kt, kw, T_U64, 8)
     except ValueError:
         raise CorruptNode(node_id, f"bad field types key={kt}/{kw} value={vt}/{vw}") from None
     if kind == INNER and (vt, vw) != (T_U64, 8):
@@ -216,15 +278,16 @@ def decode_node(node_id: int, buf) -> DecodedNode:
     want = HEADER_BYTES + n * (kw + vw)
     if len(buf) != want:
         raise CorruptNode(node_id, f"length {len(buf)} bytes, {n} entries need {want}")
-    head = bytes(buf[:32])
-    body = bytes(buf[HEADER_BYTES:])
-    if _checksum(head, body) != bytes(csum):
+    if type(buf) is not bytes:
+        buf = bytes(buf)
+    if _checksum(buf, buf[HEADER_BYTES:]) != csum:
         raise CorruptNode(node_id, "checksum mismatch")
     if stored_id != node_id:
         raise CorruptNode(node_id, f"holds node {stored_id}'s content")
-    keys = _unpack_field(kt, kw, buf, HEADER_BYTES, n)
-    vals = _unpack_field(vt, vw, buf, HEADER_BYTES + n * kw, n)
-    return DecodedNode(node_id, seq, kind == LEAF, layout, keys, vals)
+    leaf = kind == LEAF
+    keys = _unpack_field(kt, kw, buf, HEADER_BYTES, n, leaf)
+    vals = _unpack_field(vt, vw, buf, HEADER_BYTES + n * kw, n, leaf)
+    return DecodedNode(node_id, seq, leaf, layout, keys, vals)
 
 
 @dataclass

@@ -51,7 +51,11 @@ BYTES_KEYS = Layout("bytes:8", "bytes:64")
 # make a tree of height 3-4 and inner nodes split, borrow and merge too.
 DEEP = Layout("bytes:255", "bytes:100")
 
-LAYOUTS = {"wide": WIDE_VALUES, "bytes": BYTES_KEYS, "deep": DEEP}
+# u64 -> u64, the disk's extent maps: both leaf fields live in array('Q')
+# (252 entries per leaf, so the key space makes a few leaves).
+U64 = Layout("u64", "u64")
+
+LAYOUTS = {"wide": WIDE_VALUES, "bytes": BYTES_KEYS, "deep": DEEP, "u64": U64}
 
 
 def reachable(forest: Forest, root: int) -> list:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
+from array import array
 
 import pytest
 from hypothesis import given
@@ -83,11 +85,62 @@ def test_node_round_trips(node):
     assert len(buf) == fmt.HEADER_BYTES + len(keys) * (kw + vw)
     assert buf[:4] == b"VBTN" and buf[4] == fmt.NODE_VERSION
     d = fmt.decode_node(node_id, buf)
-    assert (d.node_id, d.seq, d.leaf, d.keys, d.vals) == (node_id, seq, leaf, keys, vals)
+    assert (d.node_id, d.seq, d.leaf, list(d.keys), list(d.vals)) == (node_id, seq, leaf, keys, vals)
     assert d.layout.key == layout.key
     if leaf:
         assert d.layout == layout
-    assert fmt.decode_node(node_id, memoryview(buf)).keys == keys   # LMDB may hand out buffers
+    assert list(fmt.decode_node(node_id, memoryview(buf)).keys) == keys   # LMDB may hand out buffers
+    # The tree relies on these types: arrays for a leaf's u64 fields, else lists.
+    for spec, field in ((layout.key, d.keys), (layout.value if leaf else None, d.vals)):
+        assert type(field) is (array if leaf and spec == "u64" else list)
+    # Encoding from the decoded form (arrays) gives the same bytes as from lists.
+    assert fmt.encode_node(node_id, seq, leaf, layout, d.keys, d.vals) == buf
+
+
+# sha256 (first 16 bytes) of nodes written by the first version-1 encoder:
+# whatever the encoder's in-memory inputs, the bytes on disk must not change.
+GOLDEN = [
+    (("u64", "u64"), True, 7, "db27390b3b8046fea60660a690feeb3f"),
+    (("u64", "u64"), True, 252, "b10e3438b32d0aa1882c3505ab6c4e44"),
+    (("u64", "u64"), False, 0, "b165a20fe6a28da6129ddda7050663ff"),
+    (("u64", "bytes:16"), True, 168, "b11d077893c46d7b16823d5540da8d9d"),
+    (("u64", "bytes:16"), False, 7, "b360ab50445a82a4eca50456c8a6652a"),
+    (("bytes:8", "bytes:64"), True, 7, "1600c8b1ed17148ed1217d96b3f4dfa0"),
+    (("bytes:3", "u64"), True, 1, "ed83d363bdda37215334b4524c8c9415"),
+]
+
+
+def _golden_node(layout, leaf, n):
+    def f(spec, i):
+        if spec == "u64":
+            return (i * 0x9E3779B97F4A7C15) % 2**64
+        w = int(spec[6:])
+        return ((i * 2654435761) % 2**32).to_bytes(4, "big").rjust(w, b"\x5a")[-w:]
+    keys = sorted({f(layout.key, i) for i in range(n)})
+    vals = [f(layout.value, i + 1000) if leaf else (i * 977 + 3) % 2**64 for i in range(len(keys))]
+    return 123456789 + len(keys), 987654321 + len(keys), keys, vals
+
+
+@pytest.mark.parametrize("specs, leaf, n, digest", GOLDEN)
+def test_node_bytes_match_the_first_version_1_encoder(specs, leaf, n, digest):
+    layout = Layout(*specs)
+    node_id, seq, keys, vals = _golden_node(layout, leaf, n)
+    for k, v in ((keys, vals), _as_arrays(layout, leaf, keys, vals)):
+        buf = fmt.encode_node(node_id, seq, leaf, layout, k, v)
+        assert hashlib.sha256(buf).hexdigest()[:32] == digest
+
+
+def _as_arrays(layout, leaf, keys, vals):
+    return (array("Q", keys) if layout.key == "u64" else keys,
+            array("Q", vals) if not leaf or layout.value == "u64" else vals)
+
+
+def test_encode_refuses_entries_of_the_wrong_width():
+    layout = Layout("u64", "bytes:4")
+    with pytest.raises(ValueError, match="do not make 2 entries"):
+        fmt.encode_node(7, 1, True, layout, [1, 2], [b"abc", b"defg"])
+    with pytest.raises(ValueError, match="do not make 2 entries"):
+        fmt.encode_node(7, 1, True, layout, [1, 2], [b"abcd"])
 
 
 def test_node_header_layout_matches_the_documented_table():

@@ -160,6 +160,33 @@ class ForestMachine(RuleBasedStateMachine):
         self._tree(name).insert_sorted(run)
         self.models[name].update(run)
 
+    @rule(data=st.data(), key=keys, value=values, where=st.sampled_from(["key", "value"]),
+          sorted_run=st.booleans())
+    def bad_entry_refused(self, data, key, value, where, sorted_run):
+        """An entry the layout cannot hold is refused and leaves the tree as it was.
+
+        The invariants then compare every tree with its model: a key stored
+        without its value (or one of the wrong width, which would shift the
+        entries after it on disk) would show there or in the checker.
+        """
+        name = data.draw(st.sampled_from(sorted(self.models)), label="tree")
+        spec = self.LAYOUT.key if where == "key" else self.LAYOUT.value
+        if spec == "u64":
+            bad = data.draw(st.sampled_from([-1, 2**64] + ([] if where == "key" else ["x", 1.5])))
+        else:
+            width = int(spec[6:])
+            bad = data.draw(st.sampled_from([b"", b"x" * (width + 1), b"y" * (width - 1), 7]))
+        k, v = (bad, self.v(value)) if where == "key" else (self.k(key), bad)
+        note(f"{name}: bad {where} {bad!r:.20} ({'insert_sorted' if sorted_run else 'insert'})")
+        tree = self._tree(name)
+        with pytest.raises(InvalidArgument, match="B\\+tree"):
+            if sorted_run:
+                # A good entry first: nothing of the run may land either.
+                run = [(self.k(key), self.v(value)), (self.k(key + 1), bad)] if where == "value" else [(k, v)]
+                tree.insert_sorted(run)
+            else:
+                tree.insert(k, v)
+
     @precondition(lambda self: self.frozen)
     @rule(data=st.data(), key=keys)
     def snapshot_refuses_writes(self, data, key):
@@ -309,5 +336,6 @@ TestMemoryDeep = _machine("memory", "deep")
 TestLmdbWide = _machine("lmdb", "wide")
 TestLmdbBytes = _machine("lmdb", "bytes")
 TestLmdbDeep = _machine("lmdb", "deep")
+TestMemoryU64 = _machine("memory", "u64")
 TestMemoryDeepTinyCache = _machine("memory", "deep", cache_nodes=6)
 TestLmdbWideTinyCache = _machine("lmdb", "wide", cache_nodes=6)
