@@ -26,7 +26,11 @@ image has to make, and why:
   cannot reserve space. SEEK_DATA/SEEK_HOLE report the disk's real holes.
   Both come from :mod:`vdisk.fusefs.lowlevel` (pyfuse3 lacks them).
 * ``st_blocks`` is the image's allocated bytes / 512, so ``du``, ``ls -s``
-  and ``cp --sparse`` see the real space.
+  and ``cp --sparse`` see the real space. Counting it costs a walk of the
+  whole extent map (40 ms at 100,000 extents), and the kernel asks after
+  every write, so disk.img keeps a running count instead: each write or
+  trim adds the change in its own block range (one block-status lookup),
+  and a revert recounts. Snapshot files count once.
 * The files carry the mode and owner of ``DISK/data``; snapshot files show
   the same mode but fail writes with EROFS, like files of a read-only mount.
 
@@ -82,6 +86,9 @@ FIRST_SNAP_INO = ROOT_INO + 3
 ATTR_TIMEOUT = 1.0
 ENTRY_TIMEOUT = 60.0
 
+# How long a control operation waits for the kernel to drop what it cached.
+NOTIFY_WAIT = 5.0
+
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
@@ -130,7 +137,7 @@ def _fail(code: int, why: str | None = None):
 class _Node:
     """One file or directory. Snapshot nodes die when their snapshot is deleted."""
 
-    __slots__ = ("ino", "name", "is_dir", "snapshot", "created", "alive", "opens", "view")
+    __slots__ = ("ino", "name", "is_dir", "snapshot", "created", "alive", "opens", "view", "allocated")
 
     def __init__(self, ino, name, is_dir, snapshot=None, created=0.0):
         self.ino = ino
@@ -141,6 +148,7 @@ class _Node:
         self.alive = True
         self.opens = 0
         self.view = None                # the engine object reads go to
+        self.allocated = None           # bytes; counted on first use (snapshots never change)
 
 
 class _Handle:
@@ -178,7 +186,9 @@ class VdiskFS(pyfuse3.Operations):
         self._nodes: dict[int, _Node] = {n.ino: n for n in (self.root, self.snapdir, self.image)}
         self._snaps: dict[str, _Node] = {}   # file name (NAME.img) -> live node, oldest first
         self._notify: queue.Queue | None = None
+        self._changing: str | None = None     # the control op between guard() and refresh()
         self.refresh(notify=False)
+        self._recount()
 
     # ------------------------------------------------------------ live changes
 
@@ -198,7 +208,9 @@ class VdiskFS(pyfuse3.Operations):
                 return
             kind, args = job
             try:
-                if kind == "inode":
+                if kind == "done":
+                    args[0].set()
+                elif kind == "inode":
                     pyfuse3.invalidate_inode(*args)
                 else:
                     pyfuse3.invalidate_entry(*args)
@@ -232,7 +244,8 @@ class VdiskFS(pyfuse3.Operations):
                 if not n.opens:
                     self._nodes.pop(n.ino, None)
             self._snaps = new
-        if not notify:
+        op, self._changing = self._changing, None
+        if not notify or self._notify is None:
             return
         for n in gone:
             self._post("entry", SNAPDIR_INO, n.name.encode(), n.ino)
@@ -241,11 +254,40 @@ class VdiskFS(pyfuse3.Operations):
             self._post("entry", SNAPDIR_INO, n.name.encode())
         if gone or added:
             self._post("inode", SNAPDIR_INO, True)
-        # Size (resize) and contents (revert) of disk.img may have changed.
-        self._post("inode", DISK_INO, False)
+        # A revert changes the contents of disk.img (and maybe its size), a
+        # resize its size; snapshot create and delete leave it as it is.
+        if op in (None, "snapshot_revert"):
+            self._recount()
+            self._post("inode", DISK_INO, False)
+        elif op == "resize":
+            self._post("inode", DISK_INO, True)
+        # The CLI command returns after this: by then the kernel must show the
+        # change. Waiting is safe here (unlike on the trio thread), and is
+        # bounded in case the kernel is slow to take a notification.
+        done = threading.Event()
+        self._post("done", done)
+        if not done.wait(NOTIFY_WAIT):
+            log.warning("the kernel took over %.0f s to drop cached entries; the listing may lag", NOTIFY_WAIT)
+
+    def _recount(self):
+        allocated = self.disk.allocated_bytes()
+        with self._lock:
+            self.image.allocated = allocated
+
+    def _allocated_in(self, start: int, end: int) -> int:
+        """Allocated bytes of disk.img in the whole blocks covering [start, end)."""
+        bs = self.disk.block_size
+        a, b = start // bs * bs, min(-(-end // bs) * bs, self.disk.size)
+        return sum(e.length for e in self.disk.block_status(a, b - a) if e.allocated)
+
+    def _count(self, delta: int):
+        with self._lock:
+            self.image.allocated += delta
+        self.disk_mtime_ns = time.time_ns()
 
     def guard(self, op: str, args: dict):
         """Refuse control operations that would pull data from under open files."""
+        self._changing = op
         with self._lock:
             if op == "snapshot_delete":
                 node = self._snaps.get(str(args.get("name")) + SNAP_SUFFIX)
@@ -284,7 +326,9 @@ class VdiskFS(pyfuse3.Operations):
             a.st_nlink = 1
             with self._pinned(node) as dev:
                 a.st_size = dev.size
-                a.st_blocks = dev.allocated_bytes() // 512
+                if node.allocated is None:
+                    node.allocated = dev.allocated_bytes()
+                a.st_blocks = node.allocated // 512
             t = self.disk_mtime_ns if node is self.image else int(node.created * 1e9)
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = t
         return a
@@ -467,8 +511,13 @@ class VdiskFS(pyfuse3.Operations):
         if off >= size:
             _fail(errno.EFBIG, f"write at {off} refused: {DISK_NAME} ends at {size}")
         n = min(len(buf), size - off)
+        if not n:
+            return 0
+        before = self._allocated_in(off, off + n)
         self.disk.write(off, buf if n == len(buf) else memoryview(buf)[:n])
-        self.disk_mtime_ns = time.time_ns()
+        # A write maps every block it touches (edges are merged, never left out).
+        bs = self.disk.block_size
+        self._count((-(-(off + n) // bs) - off // bs) * bs - before)
         return n
 
     @_handler
@@ -521,8 +570,9 @@ class VdiskFS(pyfuse3.Operations):
                 _fail(errno.EFBIG, f"fallocate past the end of {DISK_NAME} refused")
             end = min(off + length, size)
             if off < end:
+                before = self._allocated_in(off, end)
                 op(off, end - off)
-                self.disk_mtime_ns = time.time_ns()
+                self._count(self._allocated_in(off, end) - before)
 
     def lseek(self, ino, off, whence):
         """FUSE_LSEEK (SEEK_DATA/SEEK_HOLE only; the kernel does the rest)."""

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 
 FSTYPE = "fuse.vdisk"
@@ -84,12 +85,27 @@ def mounts_of_disk(disk_path: str) -> list[Mount]:
     return [m for m in mounts() if m.is_vdisk and m.source == want]
 
 
-def is_stale(mountpoint: str) -> bool:
-    try:
-        os.stat(mountpoint)
-    except OSError as e:
-        return e.errno in STALE_ERRNOS
-    return False
+def is_stale(mountpoint: str, timeout: float = 5.0) -> bool:
+    """True if the mount's server is gone (ENOTCONN).
+
+    Asks with statfs, which the kernel always sends to the server: a stat
+    may be answered from cached attributes for a second after the server
+    died. A server that does not answer within ``timeout`` is alive (busy
+    or hung), not stale.
+    """
+    result: list = []
+
+    def probe():
+        try:
+            os.statvfs(mountpoint)
+            result.append(None)
+        except OSError as e:
+            result.append(e.errno)
+
+    t = threading.Thread(target=probe, name="vdisk-mount-probe", daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result) and result[0] in STALE_ERRNOS
 
 
 def unmount(mountpoint: str, lazy: bool = False) -> tuple[bool, str]:
