@@ -16,7 +16,8 @@ read and write (qd 4); then "after snapshot" rows - 4 KiB random writes
 right after a snapshot of the fully written region (vdisk: ``vdisk snapshot
 create`` while serving; qcow2: an internal snapshot, which qemu-nbd cannot
 take live, so the server is restarted around ``qemu-img snapshot``), and
-vdisk 4 KiB qd16 writes while 10 snapshots are taken through the CLI.
+vdisk 4 KiB qd16 writes over a longer run (>= 15 s) with and without 10
+snapshots taken during it over the control socket.
 
 The region is written once with 1 MiB writes before any timed row, so reads
 hit data, not holes. Each row runs ``--runtime`` seconds; the table shows
@@ -59,7 +60,8 @@ ROWS = [  # name, fio rw, block size, iodepth, unit
 ]
 SNAP_ROWS = [("4 KiB rand write qd1 after snapshot", "randwrite", "4k", 1, "IOPS"),
              ("4 KiB rand write qd16 after snapshot", "randwrite", "4k", 16, "IOPS")]
-TEN_SNAPS = "4 KiB rand write qd16, 10 snapshots during"
+LONG_WRITE = "4 KiB rand write qd16, long run"
+TEN_SNAPS = "4 KiB rand write qd16, long run, 10 snapshots during"
 PEERS = ("vdisk", "qcow2", "file", "pypass")
 
 
@@ -181,22 +183,33 @@ def run_peer(peer: str, tmp: str, size: int, runtime: float) -> dict:
                 srv.snapshot()
                 out[name] = fio(srv.uri, rw, bs, depth, size, runtime)[unit]
         if peer == "vdisk":
-            out[TEN_SNAPS] = _write_with_snapshots(srv, size, runtime)
+            long = max(15.0, 3 * runtime)
+            out[LONG_WRITE] = fio(srv.uri, "randwrite", "4k", 16, size, long)["IOPS"]
+            out[TEN_SNAPS] = _write_with_snapshots(srv, size, long)
     finally:
         srv.stop()
     return out
 
 
 def _write_with_snapshots(srv: Server, size: int, runtime: float) -> float:
+    """4 KiB writes while 10 snapshots are taken through the control socket.
+
+    The snapshots go through the same server path as ``vdisk snapshot
+    create``, from one control connection of this process: ten CLI
+    processes starting inside the window would measure Python start-up on a
+    2-core machine, not what a snapshot costs the disk.
+    """
+    from vdisk.control.client import find_server
     done = threading.Event()
     errors = []
 
     def snapshots():
         try:
-            for _ in range(10):
-                if done.wait(runtime / 11):
-                    return
-                srv.snapshot()
+            with find_server(srv.image) as control:
+                for i in range(10):
+                    if done.wait(runtime / 11):
+                        return
+                    control.create_snapshot(f"during{i}")
         except Exception as e:   # reported after fio
             errors.append(e)
 
@@ -245,19 +258,19 @@ def main(argv=None) -> int:
     print(f"Region {args.size} per image, {runtime:g} s per row, median of {runs} run(s); "
           f"ratio = vdisk / peer.\n")
     others = [p for p in peers if p != "vdisk"]
-    head = "| row | unit | " + " | ".join(peers) + " | " + " | ".join(f"vs {p}" for p in others) + " |"
+    head = "| row | unit | " + " | ".join(peers + [f"vs {p}" for p in others]) + " |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    all_rows = [r[0] for r in ROWS + SNAP_ROWS] + [TEN_SNAPS]
+    all_rows = [r[0] for r in ROWS + SNAP_ROWS] + [LONG_WRITE, TEN_SNAPS]
     units = {r[0]: r[4] for r in ROWS + SNAP_ROWS}
-    units[TEN_SNAPS] = "IOPS"
+    units[LONG_WRITE] = units[TEN_SNAPS] = "IOPS"
     for row in all_rows:
         if not any(row in med[p] for p in peers):
             continue
         cells = [_fmt(med[p].get(row), units[row]) for p in peers]
         v = med.get("vdisk", {}).get(row)
         ratios = [f"{v / med[p][row]:.2f}" if v and med[p].get(row) else "-" for p in others]
-        print(f"| {row} | {units[row]} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+        print(f"| {row} | {units[row]} | " + " | ".join(cells + ratios) + " |")
     if "vdisk" in med:
         print()
         for line in _targets(med):
@@ -284,7 +297,7 @@ def _targets(med: dict) -> list[str]:
     for depth in ("qd1", "qd16"):
         check(f"4 KiB rand write {depth} after snapshot vs without",
               v[f"4 KiB rand write {depth} after snapshot"] / v[f"4 KiB rand write {depth}"], 0.8)
-    check("4 KiB rand write qd16 with 10 snapshots vs without", v[TEN_SNAPS] / v["4 KiB rand write qd16"], 0.9)
+    check("4 KiB rand write qd16 with 10 snapshots vs without (long runs)", v[TEN_SNAPS] / v[LONG_WRITE], 0.9)
     return out
 
 
