@@ -221,8 +221,12 @@ class LmdbNodeStore:
 
     def node_ids(self):
         try:
-            with self.env.begin(db=self.nodes_db) as txn:
-                ids = [_NODE_KEY.unpack(k)[0] for k in txn.cursor().iternext(values=False)]
+            txn = self._txn()
+            if txn is not None:
+                ids = [_NODE_KEY.unpack(k)[0] for k in txn.cursor(db=self.nodes_db).iternext(values=False)]
+            else:
+                with self.env.begin(db=self.nodes_db) as t:
+                    ids = [_NODE_KEY.unpack(k)[0] for k in t.cursor().iternext(values=False)]
         except lmdb.Error as e:
             raise self._damaged(e) from None
         return iter(ids)

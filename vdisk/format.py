@@ -100,6 +100,8 @@ def decode_config(buf) -> Config:
     magic, version, bs, size, created = _CONFIG.unpack(bytes(buf))
     if magic != CONFIG_MAGIC:
         raise IntegrityError("configuration record has a bad magic: not a vdisk disk")
+    if bs < 512 or bs > 65536 or bs & (bs - 1) or size <= 0 or size % bs:
+        raise IntegrityError(f"configuration record is damaged (block size {bs}, size {size})")
     if version > CONTAINER_VERSION:
         raise UnsupportedVersion(f"disk was written by a newer vdisk (container format {version}, "
                                  f"this vdisk reads up to {CONTAINER_VERSION}): upgrade vdisk")
@@ -114,7 +116,10 @@ def _name_tail(name: str | None) -> bytes:
 def _read_name(buf: bytes, off: int, n: int, what: str) -> str | None:
     if len(buf) != off + n:
         raise IntegrityError(f"{what} record is damaged (length {len(buf)})")
-    return buf[off:off + n].decode() or None
+    try:
+        return buf[off:off + n].decode() or None
+    except UnicodeDecodeError:
+        raise IntegrityError(f"{what} record is damaged (its name is not UTF-8)") from None
 
 
 @dataclass

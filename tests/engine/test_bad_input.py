@@ -418,10 +418,30 @@ DAMAGE = {
                              "IntegrityError", "running point record"),
     "missing csum tree": (lambda p: _edit_meta(p, lambda f: f.drop_tree("csum")), "IntegrityError", "'csum'"),
     "corrupt lba root node": (_lmdb_put_node_garbage, "CorruptNode", "metadata node"),
+    "truncated seq counter": (lambda p: _edit_raw_meta(p, b"counter/seq", b"\1\2\3"), "IntegrityError", "counter"),
+    "non-UTF-8 parent name": (lambda p: _edit_raw_meta(p, b"disk/state", _state_with_name(b"\xff\xfe")),
+                              "IntegrityError", "not UTF-8"),
+    "absurd block size": (lambda p: _edit_raw_meta(p, b"disk/config", fmt.encode_config(
+        fmt.Config(1 << 30, 1 << 30, 0))), "IntegrityError", "block size"),
 }
 
-@pytest.mark.parametrize("case", [
-    c for c in DAMAGE])
+
+def _edit_raw_meta(path, key, value):
+    import lmdb
+    env = lmdb.open(os.path.join(path, "meta"), max_dbs=4, subdir=True)
+    try:
+        db = env.open_db(b"meta", create=False)
+        with env.begin(write=True, db=db) as txn:
+            assert txn.get(key) is not None, f"no {key!r} in this container"
+            txn.put(key, value)
+    finally:
+        env.close()
+
+
+def _state_with_name(raw: bytes) -> bytes:
+    return fmt.encode_state(fmt.State(10, 10, 10, None))[:-2] + len(raw).to_bytes(2, "little") + raw
+
+@pytest.mark.parametrize("case", list(DAMAGE))
 def test_damaged_container(filled, case):
     path, _content, _snap = filled
     damage, kind, words = DAMAGE[case]
