@@ -63,7 +63,7 @@ def _note(message: str):
 
 @click.command()
 @click.argument("disk", type=click.Path(file_okay=False))
-@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.argument("mountpoint")
 @click.option("--foreground", "-f", is_flag=True,
               help="Serve in this process until Ctrl-C, SIGTERM or vdisk umount (logs on stderr).")
 @click.option("--allow-other", is_flag=True,
@@ -256,7 +256,7 @@ def _wait_ready(proc: subprocess.Popen, ready_r: int) -> int:
 # ---------------------------------------------------------------- vdisk umount
 
 @click.command()
-@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.argument("mountpoint")
 @click.option("--lazy", "-l", is_flag=True,
               help="Detach now even if files under MOUNTPOINT are open; the mount process flushes "
                    "and exits once the last one is closed.")

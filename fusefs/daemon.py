@@ -29,6 +29,8 @@ import threading
 import pyfuse3
 import trio
 
+from vdisk.errors import VdiskError
+
 from . import lowlevel, mounttab
 from .fs import DISK_NAME, VdiskFS
 
@@ -82,7 +84,12 @@ def _run(disk_path, mountpoint, allow_other, on_ready, debug):
         opts = mount_options(disk_path, allow_other)
         if debug:
             opts.add("debug")
-        pyfuse3.init(fs, mountpoint, opts)
+        try:
+            pyfuse3.init(fs, mountpoint, opts)
+        except RuntimeError as e:
+            # libfuse has printed its reason (no /dev/fuse, allow_other not
+            # permitted, ...) on stderr just before.
+            raise VdiskError(f"cannot mount at {mountpoint}: {e} (libfuse's reason is above)") from None
         mounted = True
         why = lowlevel.install(fs.fallocate, fs.lseek)
         if why:
