@@ -347,5 +347,6 @@ def encode_u64(value: int) -> bytes:
 
 def decode_u64(buf) -> int:
     if buf is None or len(buf) != _U64.size:
-        raise IntegrityError(f"counter record is damaged ({'missing' if buf is None else f'{len(buf)} bytes'})")
+        raise IntegrityError(f"B+tree counters are damaged (a counter record is "
+                             f"{'missing' if buf is None else f'{len(buf)} bytes long'})")
     return _U64.unpack(bytes(buf))[0]
