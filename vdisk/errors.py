@@ -27,6 +27,10 @@ code  meaning
 8     integrity error (corruption, checksum mismatch)
 9     unsupported format version
 ====  =========================================================
+
+``vdisk verify`` alone follows the convention of checkers (fsck, thin_check):
+0 clean, 1 problems found, 2 the disk could not be opened at all (whatever
+the reason: not found, damaged beyond reading, newer format).
 """
 
 from __future__ import annotations
