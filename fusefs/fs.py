@@ -18,7 +18,8 @@ image has to make, and why:
   chown and utimes are refused: EPERM at the top level (the disk is resized
   with ``vdisk resize``), EROFS under ``snapshots/`` (snapshots never change;
   they are made and deleted with ``vdisk snapshot``). Truncating to the
-  current size succeeds, as some tools do it to "make sure".
+  current size succeeds, as some tools do it to "make sure". Opening with
+  O_TRUNC (``cp``, a shell's ``>``) is a truncation too, and refused.
 * fsync and fdatasync flush the disk (everything acknowledged is durable);
   closing a file does not, as on any file system.
 * ``fallocate(PUNCH_HOLE)`` trims, ``FALLOC_FL_ZERO_RANGE`` zeroes (both
@@ -469,6 +470,14 @@ class VdiskFS(pyfuse3.Operations):
                 _fail(errno.ENOENT)
             if writable and node.snapshot is not None:
                 _fail(errno.EROFS, f"{SNAP_DIR}/{node.name} opened for writing: snapshots are read-only")
+            if flags & os.O_TRUNC:
+                # libfuse asks the kernel for atomic O_TRUNC, so truncation on
+                # open arrives here, not in setattr. Ignoring it (as a block
+                # device does) would leave the old bytes after what cp or a
+                # shell redirection writes.
+                _fail(errno.EROFS if node.snapshot is not None else errno.EPERM,
+                      f"open of {node.name} with O_TRUNC refused: the image has a fixed size "
+                      f"(write in place: dd conv=notrunc, qemu-img convert -n)")
             node.opens += 1
             fh = next(self._next_fh)
             self._handles[fh] = _Handle(node, writable)

@@ -61,6 +61,8 @@ def test_refused_operations_give_their_errno_and_the_mount_survives(disk, mount)
     finally:
         os.close(fd)
     assert _errno_of(os.truncate, m.image, 0) == errno.EPERM
+    assert _errno_of(os.open, m.image, os.O_WRONLY | os.O_TRUNC) == errno.EPERM    # cp, shell ">"
+    assert os.stat(m.image).st_size == SIZE
     assert _errno_of(os.unlink, m.image) == errno.EPERM
     assert _errno_of(os.rename, m.image, os.path.join(m.mp, "other.img")) == errno.EPERM
     assert _errno_of(os.mkdir, os.path.join(m.mp, "dir")) == errno.EPERM
