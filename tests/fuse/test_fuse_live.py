@@ -102,3 +102,77 @@ def test_resize_while_mounted_grows_disk_img(disk, mount):
         os.close(fd)
     info = json.loads(run_vdisk("info", disk, "--json").stdout)
     assert info["size"] == 96 * MiB and info["allocated_bytes"] == 4096
+
+
+BS = 4096
+BLOCKS = 1024          # the writer's 4 MiB working set
+
+
+def _stamps(path) -> list[int]:
+    data = _read(path, 0, BLOCKS * BS)
+    out = []
+    for b in range(BLOCKS):
+        block = data[b * BS:(b + 1) * BS]
+        stamp = int.from_bytes(block[:8], "little")
+        assert block == (pattern(stamp, BS) if stamp else bytes(BS)), f"block {b} of {path} is torn or foreign"
+        out.append(stamp)
+    return out
+
+
+def _prefix_length(stamps, log, lo, hi):
+    """The L in [lo, hi] such that the first L writes give exactly ``stamps``."""
+    model = [0] * BLOCKS
+    for i in range(lo):
+        model[log[i]] = i + 1
+    for n in range(lo, hi + 1):
+        if model == stamps:
+            return n
+        if n < len(log):
+            model[log[n]] = n + 1
+    return None
+
+
+def test_snapshots_taken_during_writes_hold_exactly_the_writes_that_returned(disk, mount):
+    import random
+    import threading
+    import time
+    m = mount(disk)
+    state = {"log": [], "started": 0, "completed": 0, "error": None}
+    stop = threading.Event()
+
+    def writer():
+        rng = random.Random(3)
+        fd = os.open(m.image, os.O_RDWR)
+        try:
+            deadline = time.monotonic() + 30
+            while not stop.is_set() and time.monotonic() < deadline:
+                i = len(state["log"])
+                blk = rng.randrange(BLOCKS)
+                state["log"].append(blk)
+                state["started"] = i + 1
+                os.pwrite(fd, pattern(i + 1, BS), blk * BS)
+                state["completed"] = i + 1
+        except Exception as e:   # reported by the test thread
+            state["error"] = e
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    taken = {}
+    try:
+        for k in range(3):
+            time.sleep(0.2)
+            lo = state["completed"]
+            run_vdisk("snapshot", "create", disk, f"live{k}")
+            taken[f"live{k}"] = (lo, state["started"])
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert not t.is_alive() and state["error"] is None, state["error"]
+    assert state["completed"] > 100, "the writer hardly ran; the test proves nothing"
+    for name, (lo, hi) in taken.items():
+        n = _prefix_length(_stamps(m.snap(name)), state["log"], lo, hi)
+        assert n is not None, f"snapshot {name} is not the disk after any prefix of writes {lo}..{hi}"
+    done = state["completed"]
+    assert _prefix_length(_stamps(m.image), state["log"], done, done) == done
