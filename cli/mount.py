@@ -206,6 +206,12 @@ def _start_child(path: str, disk: str, mp: str, allow_other: bool, debug: bool):
         os.close(w)
     try:
         pid = _wait_ready(proc, r)
+    except KeyboardInterrupt:
+        # Ctrl-C while waiting: the child is in its own session and would
+        # mount anyway; stop it (it unmounts on SIGTERM if it got that far).
+        proc.terminate()
+        proc.wait(timeout=STOP_TIMEOUT)
+        raise VdiskError("interrupted: the mount was not made") from None
     finally:
         os.close(r)
     click.echo(f"mounted {disk} at {mp} (mount process PID {pid}, log {os.path.join(path, LOG_NAME)})")
