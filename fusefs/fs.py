@@ -43,8 +43,9 @@ can mix up the two. A file still open on a deleted snapshot fails with
 ESTALE.
 
 Threads: handlers run on the trio thread and call the engine directly.
-Measured (bench/fuse_bench.py, docs/FUSE.md): moving each call to a worker
-thread (``trio.to_thread.run_sync``) only adds hand-off cost, because the
+Measured with bench/fuse_bench.py against a variant that moved each engine
+call to a worker thread (``trio.to_thread.run_sync``; docs/FUSE.md): that
+only adds hand-off cost (4 KiB reads at about half the rate), because the
 engine runs under the GIL and one lock serialises it anyway; the loop still
 stays responsive, since a snapshot deletion takes the disk lock for at most
 20 ms per batch. Kernel notifications (cache invalidation) are sent from a
@@ -80,10 +81,10 @@ DISK_INO = ROOT_INO + 1
 SNAPDIR_INO = ROOT_INO + 2
 FIRST_SNAP_INO = ROOT_INO + 3
 
-# The kernel may cache names and attributes this long. Every change that
-# does not go through the kernel (snapshot create/delete/revert/resize via
-# the control socket) is followed by an explicit invalidation, so this only
-# bounds how stale st_blocks can be after a trim done outside the file.
+# The kernel may cache names and attributes this long. Every change comes
+# through this process: writes and fallocate through the kernel (which then
+# asks again), control operations followed by an explicit invalidation. The
+# short attribute timeout is only a safety net for a notification lost.
 ATTR_TIMEOUT = 1.0
 ENTRY_TIMEOUT = 60.0
 
