@@ -200,12 +200,16 @@ class SnapshotView(_Reader):
         self.size = record.size
         self.block_size = disk.block_size
         self._tree_name = SNAP_TREE_PREFIX + name
+        self._created_ns = record.created_ns
 
     def _lba_map(self) -> ExtentMap:
-        try:
-            return ExtentMap(self.disk.forest.tree(self._tree_name))
-        except NotFound:
-            raise NotFound(f"snapshot {self.name!r} no longer exists") from None
+        # A view belongs to the snapshot it was opened on, not to its name: a
+        # snapshot deleted and re-created under the same name is another one.
+        d = self.disk
+        buf = d.forest.meta_get(SNAP_META_PREFIX + self.name.encode())
+        if buf is None or fmt.decode_snapshot(self.name, buf).created_ns != self._created_ns:
+            raise NotFound(f"snapshot {self.name!r} no longer exists")
+        return ExtentMap(d.forest.tree(self._tree_name))
 
     def write(self, offset, data):
         raise ReadOnly(f"snapshot {self.name!r} is read-only")

@@ -674,3 +674,16 @@ def test_read_only_view_beside_the_writer_in_one_process(tmp_path):
         w.flush()
     with Disk.open(path, readonly=True) as r:
         assert r.read(4096, 1) == b"d"
+
+
+def test_a_snapshot_view_never_reads_a_newer_snapshot_of_the_same_name(tmp_path):
+    with Disk.create(str(tmp_path / "d.vdisk"), 1 << 20) as d:
+        d.write(0, b"A" * 4096)
+        d.create_snapshot("s")
+        old = d.open_snapshot("s")
+        d.delete_snapshot("s")
+        d.write(0, b"B" * 4096)
+        d.create_snapshot("s")
+        with pytest.raises(NotFound):
+            old.read(0, 4)
+        assert d.open_snapshot("s").read(0, 4) == b"BBBB"
