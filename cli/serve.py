@@ -90,14 +90,24 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False):
     argv = nbdkit_command(path, socket=sock, port=port, bind=(bind or DEFAULT_BIND) if port else None,
                           readonly=readonly, pidfile=pidfile)
     stopping = []
+    proc = None
 
     def stop(signum, _frame):
         stopping.append(time.monotonic())
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
 
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+    # Handlers first: a Ctrl-C right after the start must still stop nbdkit cleanly.
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+    except BaseException:
+        for s, h in old.items():
+            signal.signal(s, h)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if stopping:
+        proc.send_signal(signal.SIGTERM)
     try:
         _wait_ready(proc, pidfile, path, readonly, stopping)
         if proc.poll() is None and not stopping:

@@ -29,12 +29,10 @@ calls with its lock, so requests interleave with the front end's I/O at call
 boundaries: a snapshot holds every write that returned before it and none
 that started after it.
 
-Fairness: Python locks are not fair. A front end whose I/O thread takes the
-disk lock again right after releasing it can starve the control thread for
-seconds (measured: ``create_snapshot`` waited 2-5 s behind a tight write
-loop). A front end that has that problem sets ``exclusive`` to a context
-manager factory that makes its I/O wait while a control op is pending; the
-nbdkit plugin does.
+``exclusive``: a front end that must never have a control operation run
+beside its own I/O (the nbdkit plugin closes the disk on ``shutdown``; the
+FUSE front end runs one operation at a time) gives a context manager factory;
+every operation but ``hello`` runs inside it.
 
 Security: the socket is created mode 0600 under a temporary name and renamed
 into place, so there is no moment when others could connect; every accepted
