@@ -209,10 +209,10 @@ def resize(disk, size):
     click.echo(f"resized {disk} to {format_size(size)}")
 
 
-# NBD front end (issue 5): after every command above, so serve.py can import them.
-from vdisk.cli.serve import serve  # noqa: E402
+# NBD front end (issue 5), built with the decorators above.
+from vdisk.cli import serve as _serve  # noqa: E402
 
-main.add_command(serve)
+main.add_command(_serve.command(disk_argument, engine_errors))
 
 from .verify import verify  # noqa: E402
 main.add_command(verify)
