@@ -213,10 +213,13 @@ def _checksum(head: bytes, body: bytes) -> bytes:
     return blake3.blake3(head[:32] + body).digest(CHECKSUM_BYTES)
 
 
-def encode_node(node_id: int, seq: int, leaf: bool, layout: Layout, keys, vals) -> bytes:
+def encode_node(node_id: int, seq: int, leaf: bool, layout: Layout, keys, vals,
+                packed_vals=None) -> bytes:
     """Encode one node; ``vals`` are values (leaf) or child ids (inner).
 
     ``keys`` and ``vals`` are sequences: lists, or array('Q') for u64 fields.
+    ``packed_vals``, when given, is the value field already encoded (the
+    values joined) and is written instead of encoding ``vals``.
     """
     n = len(keys)
     kt, kw = layout.key_type
@@ -228,7 +231,7 @@ def encode_node(node_id: int, seq: int, leaf: bool, layout: Layout, keys, vals) 
         kind = INNER
     if HEADER_BYTES + n * (kw + vw) > NODE_BYTES:
         raise ValueError(f"node {node_id} with {n} entries does not fit in {NODE_BYTES} bytes")
-    body = _pack_field(kt, kw, keys) + _pack_field(vt, vw, vals)
+    body = _pack_field(kt, kw, keys) + (_pack_field(vt, vw, vals) if packed_vals is None else packed_vals)
     if len(body) != n * (kw + vw) or len(vals) != n:
         # Wrong-width bytes fields would shift every entry after them.
         raise ValueError(f"node {node_id}: {n} keys and {len(vals)} values do not make "

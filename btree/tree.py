@@ -49,17 +49,25 @@ class Node:
     list; an inner node keeps lists. Code that changes a node keeps those
     types (slices and copies of a sequence have its type), because encoding
     relies on them (see :func:`leaf_fields`).
+
+    ``packed_vals`` is None or, for a leaf with bytes values, those values
+    joined: a bytearray kept in step with ``vals`` by the single-entry
+    changes, so that a commit copies it instead of gathering every value
+    object of the leaf again (most of a commit's cost when the values are
+    scattered in memory). Every other change of ``vals`` sets it to None.
     """
 
-    __slots__ = ("id", "seq", "leaf", "keys", "vals", "layout")
+    __slots__ = ("id", "seq", "leaf", "keys", "vals", "layout", "packed_vals")
 
-    def __init__(self, node_id: int, seq: int, leaf: bool, keys: list, vals: list, layout: Layout):
+    def __init__(self, node_id: int, seq: int, leaf: bool, keys: list, vals: list, layout: Layout,
+                 packed_vals: bytearray | None = None):
         self.id = node_id
         self.seq = seq
         self.leaf = leaf
         self.keys = keys
         self.vals = vals
         self.layout = layout
+        self.packed_vals = packed_vals
 
     def __repr__(self):
         kind = "leaf" if self.leaf else "inner"
@@ -152,8 +160,9 @@ class Forest:
         for node_id in drop:
             del self._cache[node_id]
 
-    def _new_node(self, seq: int, leaf: bool, keys: list, vals: list, layout: Layout) -> Node:
-        n = Node(self._next_id, seq, leaf, keys, vals, layout)
+    def _new_node(self, seq: int, leaf: bool, keys: list, vals: list, layout: Layout,
+                  packed_vals: bytearray | None = None) -> Node:
+        n = Node(self._next_id, seq, leaf, keys, vals, layout, packed_vals)
         self._next_id += 1
         self._cache[n.id] = n
         self._dirty.add(n.id)
@@ -167,7 +176,9 @@ class Forest:
             # The cache may have evicted it while it sat clean on the path.
             self._cache[node.id] = node
             return node
-        return self._new_node(seq, node.leaf, node.keys[:], node.vals[:], node.layout)
+        packed = node.packed_vals
+        return self._new_node(seq, node.leaf, node.keys[:], node.vals[:], node.layout,
+                              None if packed is None else bytearray(packed))
 
     def _free(self, node: Node, snap_seq: int):
         """Forget a node this tree no longer references; reclaim it if exclusive."""
@@ -335,7 +346,19 @@ class Forest:
         cache = self._cache
         for node_id in self._dirty:
             n = cache[node_id]
-            puts[node_id] = fmt.encode_node(node_id, n.seq, n.leaf, n.layout, n.keys, n.vals)
+            packed = None
+            if n.leaf:
+                vt, vw = n.layout.value_type
+                if vt == fmt.T_BYTES:
+                    packed = n.packed_vals
+                    vals = n.vals
+                    # The ends are checked too: a change that forgot to
+                    # drop packed_vals must not reach the disk.
+                    if (packed is None or len(packed) != len(vals) * vw
+                            or vals and (packed[:vw] != vals[0] or packed[-vw:] != vals[-1])):
+                        packed = n.packed_vals = bytearray(b"".join(vals))
+            puts[node_id] = fmt.encode_node(node_id, n.seq, n.leaf, n.layout, n.keys, n.vals,
+                                            packed_vals=packed)
         meta = dict(self._meta)
         for name in self._dirty_trees:
             meta[self._record_key(name)] = fmt.encode_tree_record(self._trees[name].rec)
@@ -478,12 +501,17 @@ class BTree:
         snapshot (whose nodes never change) to read beside writes.
         """
         f = self.forest
+        cache = f._cache
         stack = []
-        node = f.node(self.rec.root)
+        node_id = self.rec.root
+        node = cache.get(node_id) or f._load(node_id)
         while not node.leaf:
-            i = 0 if start is None else max(0, bisect_right(node.keys, start) - 1)
+            i = 0 if start is None else bisect_right(node.keys, start) - 1
+            if i < 0:
+                i = 0
             stack.append([node, i])
-            node = f.node(node.vals[i])
+            node_id = node.vals[i]
+            node = cache.get(node_id) or f._load(node_id)
         j = 0 if start is None else bisect_left(node.keys, start)
         while True:
             keys = node.keys
@@ -706,9 +734,13 @@ class BTree:
 
     def _put_entry(self, leaf: Node, j: int, key, value, exists: bool):
         """Store one entry at index j; a bad u64 leaves the leaf unchanged."""
+        packed = leaf.packed_vals
         try:
             if exists:
                 leaf.vals[j] = value
+                if packed is not None:
+                    w = self._val_bytes
+                    packed[j * w:j * w + w] = value
                 return
             leaf.keys.insert(j, key)
             try:
@@ -719,6 +751,9 @@ class BTree:
         except (TypeError, OverflowError):
             raise InvalidArgument(f"bad B+tree entry {key!r} -> {value!r}: {self.layout.key} keys and "
                                   f"{self.layout.value} values expected") from None
+        if packed is not None:
+            w = self._val_bytes
+            packed[j * w:j * w] = value
         self.rec.count += 1
         self.forest._dirty_trees.add(self.name)
 
@@ -767,6 +802,7 @@ class BTree:
             end = n if hi is None else bisect_left(keys, hi, pos)
             path, leaf = self._make_path_writable(path, leaf, seq)
             run_k, run_v = keys[pos:end], vals[pos:end]
+            leaf.packed_vals = None
             if not leaf.keys or run_k[0] > leaf.keys[-1]:
                 leaf.keys.extend(run_k)
                 leaf.vals.extend(run_v)
@@ -795,6 +831,7 @@ class BTree:
             out.append(f._new_node(seq, node.leaf, node.keys[a:b], node.vals[a:b], self.layout))
         del node.keys[bounds[1]:]
         del node.vals[bounds[1]:]
+        node.packed_vals = None
         return out
 
     def _split_up(self, path: list, node: Node, seq: int):
@@ -827,6 +864,9 @@ class BTree:
         path, leaf = self._make_path_writable(path, leaf, seq)
         del leaf.keys[j]
         del leaf.vals[j]
+        if leaf.packed_vals is not None:
+            w = self._val_bytes
+            del leaf.packed_vals[j * w:j * w + w]
         self.rec.count -= 1
         self._rebalance(path, leaf, seq)
         return True
@@ -854,6 +894,7 @@ class BTree:
                     left, right = node, sib
                 left.keys.extend(right.keys)
                 left.vals.extend(right.vals)
+                left.packed_vals = None
                 parent.vals[li] = left.id
                 del parent.keys[li + 1]
                 del parent.vals[li + 1]
@@ -867,6 +908,7 @@ class BTree:
                 half = len(keys) // 2
                 left.keys, left.vals = keys[:half], vals[:half]
                 right.keys, right.vals = keys[half:], vals[half:]
+                left.packed_vals = right.packed_vals = None
                 parent.keys[li + 1] = right.keys[0]
                 return
             node = parent

@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from btree_util import DEEP, U64, KeyCodec, assert_forest_ok, build_tree, node_state, path_ids, reachable
+from btree_util import DEEP, U64, WIDE_VALUES, KeyCodec, assert_forest_ok, build_tree, node_state, path_ids, reachable
 from vdisk.btree import Forest, Layout, LmdbNodeStore, MemoryNodeStore
 from vdisk.errors import InvalidArgument
 
@@ -175,3 +175,44 @@ def test_a_tiny_node_cache_never_loses_an_in_place_write(store_kind, scratch):
         assert_forest_ok(reopened)
     finally:
         store.close()
+
+
+def _assert_packed_in_step(forest):
+    for node in forest._cache.values():
+        if node.packed_vals is not None:
+            assert bytes(node.packed_vals) == b"".join(node.vals), f"node {node.id} packed values drifted"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_packed_values_follow_every_kind_of_change(seed):
+    """Splits, merges, borrows, bulk runs, deletes and copies after a snapshot."""
+    layout = WIDE_VALUES                  # 19 entries per leaf: every op reshapes leaves
+    codec = KeyCodec(layout)
+    rnd = random.Random(seed)
+    forest, model = _forest(layout, 400)
+    tree = forest.tree("main")
+    for step in range(1500):
+        r = rnd.random()
+        if r < 0.3:
+            k, v = codec.key(rnd.randrange(600)), codec.value(step)
+            tree.insert(k, v)
+            model[k] = v
+        elif r < 0.6 and model:
+            # Runs of deletes empty leaves: merges and borrows.
+            first = rnd.randrange(len(model))
+            for k in sorted(model)[first:first + rnd.randint(1, 25)]:
+                assert tree.delete(k)
+                del model[k]
+        elif r < 0.7:
+            start = rnd.randrange(600)
+            run = [(codec.key(n), codec.value(step + n)) for n in range(start, start + rnd.randint(1, 40))]
+            tree.insert_sorted(run)
+            model.update(run)
+        elif r < 0.75:
+            forest.snapshot("main", f"s{step}")
+        elif r < 0.85:
+            forest.commit()
+        _assert_packed_in_step(forest)
+    forest.commit()
+    assert list(Forest(forest.store).tree("main").items()) == sorted(model.items())
+    assert_forest_ok(forest)

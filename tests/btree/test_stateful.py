@@ -318,6 +318,13 @@ class ForestMachine(RuleBasedStateMachine):
         event(f"{self.LAYOUT.key} main height {self._tree('main').height}")
 
     @invariant()
+    def packed_values_are_the_values(self):
+        """A leaf's packed_vals (what a commit writes) never drifts from its vals."""
+        for node in self.forest._cache.values():
+            if node.packed_vals is not None:
+                assert bytes(node.packed_vals) == b"".join(node.vals), f"node {node.id}"
+
+    @invariant()
     def checker_finds_nothing(self):
         if self.steps % CHECK_EVERY == 0:
             assert_forest_ok(self.forest)
