@@ -25,8 +25,11 @@ keeps scattered single blocks in the file for reuse) against ``qemu-img snapshot
 ``--image-opts driver=qcow2,file.filename=IMG,pass-discard-snapshot=on|off``.
 Space is counted twice: blocks the engine's allocator freed (``info()``
 ``physical_bytes``) and bytes given back to the file system (the data file's
-``st_blocks``). qcow2's copy-on-write unit is its 64 KiB cluster, so its
-``base`` owns every cluster a rewrite touched: the table shows that too.
+``st_blocks``). vdisk's count is what ``delete_snapshot`` returns, checked
+against the 104,857 blocks ``base`` owns. qcow2's copy-on-write unit is its
+64 KiB cluster, so its ``base`` owns every cluster a rewrite touched; that
+count comes from the offsets written (qemu-img does not report it) and the
+``st_blocks`` drop with discards on confirms it.
 
 I/O keeps flowing: while vdisk deletes, a second thread of the same process
 does 4 KiB random writes and reads on the running point, as fast as it can;
@@ -69,6 +72,7 @@ QCOW2_CLUSTER = 64 * KIB
 STALL_BAR = 0.050
 CREATE_SAMPLES = 9              # snapshot create samples per disk per run
 IO_MAX_SECONDS = 900            # the load thread stops by itself after this
+IO_BEFORE_SECONDS = 2.0         # load alone before the delete starts (the baseline)
 SUBPROCESS_TIMEOUT = 1800
 
 
@@ -405,7 +409,7 @@ def vdisk_run(tmp: str, plan: Plan, run: int, io: bool, trace: bool) -> dict:
         try:
             if load:
                 load.start()
-                time.sleep(2.0 if plan.size >= GIB else 1.0)
+                time.sleep(IO_BEFORE_SECONDS)
             t0 = time.perf_counter()
             freed = d.delete_snapshot("base")
             t1 = time.perf_counter()
@@ -553,6 +557,10 @@ def med(rows: list[dict], key: str, sub: str | None = None) -> float:
     return statistics.median(vals)
 
 
+def low(rows: list[dict], key: str) -> float:
+    return min(x for r in rows for x in r[key])
+
+
 def dur(x: float) -> str:
     return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
 
@@ -564,18 +572,27 @@ def verdict(ok: bool) -> str:
 def report(plan: Plan, v: list[dict], q: list[dict], io: bool):
     small, size = plan.small, plan.size
     print()
-    print(f"### Snapshot create ({size // MIB} MiB disk; median of {len(v) * CREATE_SAMPLES} samples)\n")
-    print(f"| | {small // MIB} MiB written | {size // MIB} MiB written | ratio | target |")
+    samples = len(v) * CREATE_SAMPLES
+    print(f"### Snapshot create ({size // MIB} MiB disk; median and (minimum) of {samples} samples)\n")
+    print(f"| | {small // MIB} MiB written | {size // MIB} MiB written | ratio of minimums | target |")
     print("|---|---|---|---|---|")
-    vs, vb = med(v, "create_small"), med(v, "create_big")
-    print(f"| vdisk `create_snapshot` | {dur(vs)} | {dur(vb)} | {vb / vs:.2f} | flat (<= 2): {verdict(vb <= 2 * vs)} |")
+
+    def row(name, rows, key, target=""):
+        s_med, b_med = med(rows, f"{key}_small"), med(rows, f"{key}_big")
+        s_min, b_min = low(rows, f"{key}_small"), low(rows, f"{key}_big")
+        print(f"| {name} | {dur(s_med)} ({dur(s_min)}) | {dur(b_med)} ({dur(b_min)}) | "
+              f"{b_min / s_min:.2f} | {target or '-'} |")
+        return s_min, b_min
+
+    # Minimums judge flatness: one sync that waited on a busy journal (other
+    # processes' writes) costs ~10 ms here, which drowns a 1 ms operation.
+    vs, vb = low(v, "create_small"), low(v, "create_big")
+    row("vdisk `create_snapshot`", v, "create", f"flat (<= 2): {verdict(vb <= 2 * vs)}")
     if q:
-        qs, qb = med(q, "create_small"), med(q, "create_big")
-        os_, ob = med(q, "open_small"), med(q, "open_big")
-        print(f"| `qemu-img snapshot -c` (qcow2) | {dur(qs)} | {dur(qb)} | {qb / qs:.2f} | - |")
-        print(f"| `qemu-img snapshot -l` (open and close only) | {dur(os_)} | {dur(ob)} | {ob / os_:.2f} | - |")
-        print(f"| qemu-img -c minus -l | {dur(max(qs - os_, 0))} | {dur(max(qb - ob, 0))} | | |")
-        print(f"| vdisk / qemu-img | {vs / qs:.3f} | {vb / qb:.3f} | | |")
+        qs, qb = row("`qemu-img snapshot -c` (qcow2)", q, "create")
+        row("`qemu-img snapshot -l` (open and close only)", q, "open")
+        print(f"| vdisk / qemu-img (medians) | {med(v, 'create_small') / med(q, 'create_small'):.3f} | "
+              f"{med(v, 'create_big') / med(q, 'create_big'):.3f} | | |")
 
     n = plan.rewrite
     print()
