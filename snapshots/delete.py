@@ -33,6 +33,7 @@ point is safe: the next open finds the record and runs steps 2 and 3 again
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from vdisk import format as fmt
@@ -47,9 +48,19 @@ log = logging.getLogger("vdisk")
 DELETING_KEY = b"disk/deleting"
 # Longest time one batch holds the disk lock (issue bar: no stall over 50 ms).
 DEFAULT_STALL = 0.02
-# Commit the sweep's changes once this many tree nodes are dirty, so the
-# commit itself stays short and memory stays bounded.
-COMMIT_DIRTY_NODES = 2000
+# The sweep commits after this many freed runs (each commit folds its frees
+# into the free map under the lock: keep it to a few ms) or once this many
+# tree nodes are dirty (bounded memory).
+COMMIT_RUNS = 2000
+COMMIT_DIRTY_NODES = 20000
+# Blocks of one leaf entry checked per step of the scan (see _scan_steps).
+SCAN_SLICE = 4096
+# Pause after a batch, as a share of the time the batch held the lock.
+IO_SHARE = 0.5
+# Shortest pause between two batches.
+MIN_PAUSE = 0.0005
+# Yielded by a step that wants its work committed before the next batch.
+COMMIT = object()
 
 
 def delete_snapshot(disk, name: str, buffer_bytes: int = DEFAULT_LIMIT_BYTES,
@@ -66,6 +77,7 @@ def delete_snapshot(disk, name: str, buffer_bytes: int = DEFAULT_LIMIT_BYTES,
             if not pending:
                 disk._snapshot_record(name)
         freed = run_pending(disk, buffer_bytes, stall) if pending else 0
+        os.fdatasync(disk._fd)             # see _commit_briefly
         with disk._lock:
             rec = disk._snapshot_record(name)
             if _holders(disk, name) >= 2:
@@ -174,6 +186,7 @@ def run_pending(disk, buffer_bytes: int = DEFAULT_LIMIT_BYTES, stall: float = DE
     with RunBuffer(disk.path, buffer_bytes) as buf:
         _scan(disk, rec, buf, stall)
         freed = _sweep(disk, buf, stall)
+    os.fdatasync(disk._fd)
     with disk._lock:
         disk.forest.free_node_ids(rec.node_ids)
         disk.forest.meta_put(DELETING_KEY, None)
@@ -191,61 +204,100 @@ def _live_maps(disk, rec: fmt.DeletionRecord) -> list[ExtentMap]:
     return [ExtentMap(disk.forest.tree(n)) for n in names]
 
 
-def _scan(disk, rec: fmt.DeletionRecord, buf: RunBuffer, stall: float):
-    floor = rec.floor_vba
-    ids = rec.node_ids
-    i = 0
-    while i < len(ids):
+def _in_batches(disk, steps, stall: float, before_batch=None):
+    """Advance the generator ``steps`` in batches of at most ``stall`` seconds.
+
+    Each batch holds the disk lock; between batches the lock is left free
+    for IO_SHARE times as long as the batch held it, so I/O waiting for it
+    gets about a third of the time (Python's locks are not fair: released
+    and retaken at once, the waiting I/O would starve).
+    """
+    while True:
+        commit = False
         with disk._lock:
-            deadline = time.monotonic() + stall
-            maps = _live_maps(disk, rec)
-            forest = disk.forest
-            while i < len(ids):
-                node = forest.node(ids[i])
-                i += 1
-                if node.leaf:
-                    _scan_leaf(node, floor, maps, buf)
-                if time.monotonic() >= deadline:
+            start = time.monotonic()
+            if before_batch is not None:
+                before_batch()
+            for step in steps:
+                if step is COMMIT:
+                    commit = True
                     break
-        _yield_lock()
+                if time.monotonic() - start >= stall:
+                    break
+            else:
+                return
+            held = time.monotonic() - start
+        time.sleep(max(MIN_PAUSE, held * IO_SHARE))
+        if commit:
+            start = time.monotonic()
+            _commit_briefly(disk)
+            time.sleep(max(MIN_PAUSE, (time.monotonic() - start) * IO_SHARE))
 
 
-def _scan_leaf(node, floor: int, maps: list[ExtentMap], buf: RunBuffer):
-    for lba, packed in zip(node.keys, node.vals):
-        vba, count = packed >> 24, packed & MAX_LEN
-        if vba + count <= floor:
+def _commit_briefly(disk):
+    # Most of a commit's time can be fdatasync writing back the running
+    # point's recent writes; do that first without the lock, so the commit
+    # proper (which must sync again) finds little left to write.
+    os.fdatasync(disk._fd)
+    with disk._lock:
+        disk._commit()
+
+
+def _scan(disk, rec: fmt.DeletionRecord, buf: RunBuffer, stall: float):
+    maps: list[ExtentMap] = []
+
+    def refresh_maps():
+        # Trees may have been created or replaced while the lock was free.
+        maps[:] = _live_maps(disk, rec)
+
+    _in_batches(disk, _scan_steps(disk, rec, buf, maps), stall, refresh_maps)
+
+
+def _scan_steps(disk, rec: fmt.DeletionRecord, buf: RunBuffer, maps: list[ExtentMap]):
+    """Scan the deletion's leaves, yielding after each bounded piece of work.
+
+    A leaf entry can cover millions of blocks (a disk filled sequentially is
+    one extent) that the other trees split into as many pieces, so entries
+    are checked in slices of SCAN_SLICE blocks. The leaves only the deleted
+    snapshot reached cannot change meanwhile: no tree reaches them.
+    """
+    floor = rec.floor_vba
+    for node_id in rec.node_ids:
+        node = disk.forest.node(node_id)
+        yield
+        if not node.leaf:
             continue
-        if vba < floor:
-            lba, count, vba = lba + floor - vba, count - (floor - vba), floor
-        for v, n in _unshared(lba, vba, count, maps):
-            buf.add(v, n)
+        for lba, packed in zip(node.keys, node.vals):
+            vba, count = packed >> 24, packed & MAX_LEN
+            if vba + count <= floor:
+                continue
+            if vba < floor:
+                lba, count, vba = lba + floor - vba, count - (floor - vba), floor
+            for off in range(0, count, SCAN_SLICE):
+                n = min(SCAN_SLICE, count - off)
+                for v, c in _unshared(lba + off, vba + off, n, maps):
+                    buf.add(v, c)
+                yield
 
 
 def _sweep(disk, buf: RunBuffer, stall: float) -> int:
-    freed = 0
-    runs = buf.sorted_runs()
-    done = False
-    while not done:
-        with disk._lock:
-            deadline = time.monotonic() + stall
-            while True:
-                run = next(runs, None)
-                if run is None:
-                    done = True
-                    break
-                freed += disk._forget_vbas(*run)
-                if time.monotonic() >= deadline:
-                    break
-            if len(disk.forest._dirty) >= COMMIT_DIRTY_NODES:
-                disk._commit()
-        _yield_lock()
-    return freed
+    freed = [0]
+    _in_batches(disk, _sweep_steps(disk, buf, freed), stall)
+    return freed[0]
 
 
-def _yield_lock():
-    # Python's locks are not fair: without a pause, this thread would take
-    # the lock straight back and starve the I/O waiting for it.
-    time.sleep(0.0005)
+def _sweep_steps(disk, buf: RunBuffer, freed: list[int]):
+    since_commit = 0
+    for run in buf.sorted_runs():
+        freed[0] += disk._forget_vbas(*run)
+        since_commit += 1
+        # Commit in small steps: a commit folds every pending free into the
+        # free map under the lock, ~4.5 us each, so it must stay short.
+        if since_commit >= COMMIT_RUNS or len(disk.forest._dirty) >= COMMIT_DIRTY_NODES:
+            since_commit = 0
+            yield COMMIT
+        else:
+            yield
 
 
 def resume_on_open(disk):

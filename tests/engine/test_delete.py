@@ -88,7 +88,7 @@ if stage == "sweep":
     Disk._forget_vbas = killer(Disk._forget_vbas)
 else:
     deletion._scan = killer(deletion._scan)
-deletion.COMMIT_DIRTY_NODES = 1      # commit after every batch, so a kill lands between commits
+deletion.COMMIT_RUNS = 1             # commit after every run, so a kill lands between commits
 with Disk.open(sys.argv[1]) as d:
     deletion.delete_snapshot(d, "s1", 400, 0.0)     # one run per batch
 print("not killed")
