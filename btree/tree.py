@@ -54,7 +54,10 @@ class Node:
     joined: a bytearray kept in step with ``vals`` by the single-entry
     changes, so that a commit copies it instead of gathering every value
     object of the leaf again (most of a commit's cost when the values are
-    scattered in memory). Every other change of ``vals`` sets it to None.
+    scattered in memory). Every other change of ``vals`` sets it to None;
+    a commit writes packed_vals, so code that changes ``vals`` without
+    doing either would write stale values (tests/btree/test_in_place.py and
+    the state machines check the two agree after every step).
     """
 
     __slots__ = ("id", "seq", "leaf", "keys", "vals", "layout", "packed_vals")
@@ -351,12 +354,10 @@ class Forest:
                 vt, vw = n.layout.value_type
                 if vt == fmt.T_BYTES:
                     packed = n.packed_vals
-                    vals = n.vals
-                    # The ends are checked too: a change that forgot to
-                    # drop packed_vals must not reach the disk.
-                    if (packed is None or len(packed) != len(vals) * vw
-                            or vals and (packed[:vw] != vals[0] or packed[-vw:] != vals[-1])):
-                        packed = n.packed_vals = bytearray(b"".join(vals))
+                    # (Checking the values themselves would cost as much as
+                    # joining them: their objects are all over memory.)
+                    if packed is None or len(packed) != len(n.vals) * vw:
+                        packed = n.packed_vals = bytearray(b"".join(n.vals))
             puts[node_id] = fmt.encode_node(node_id, n.seq, n.leaf, n.layout, n.keys, n.vals,
                                             packed_vals=packed)
         meta = dict(self._meta)
@@ -688,8 +689,10 @@ class BTree:
         f = self.forest
         if rec.frozen or f.store.readonly:
             self._check_writable()
-        if self._key_bytes or self._val_bytes:
+        if self._key_bytes:
             key, value = self._check_entry(key, value)
+        elif self._val_bytes and (type(value) is not bytes or len(value) != self._val_bytes):
+            value = self._bytes_field(value, self._val_bytes, "value")
         cache = f._cache
         node_id = rec.root
         node = cache.get(node_id) or f._load(node_id)
@@ -717,15 +720,20 @@ class BTree:
                 # changes in place; the seq stamps go up the path (no child
                 # is newer than its parent) and no node is copied.
                 self._put_entry(node, j, key, value, exists)
-                dirty = f._dirty
+                # A node written since the last commit is dirty already, and
+                # dirty nodes are never evicted; a clean one is made dirty
+                # and put back in the cache (loading a lower node may have
+                # evicted it).
+                committed = f._committed_seq
+                if node.seq <= committed:
+                    f._dirty.add(node_id)
+                    cache[node_id] = node
                 node.seq = seq
-                dirty.add(node_id)
-                # Loading a lower node may have evicted a clean one above.
-                cache[node_id] = node
                 for p, _i in path:
+                    if p.seq <= committed:
+                        f._dirty.add(p.id)
+                        cache[p.id] = p
                     p.seq = seq
-                    dirty.add(p.id)
-                    cache[p.id] = p
                 return
         path, node = self._make_path_writable(path, node, seq)
         self._put_entry(node, j, key, value, exists)
