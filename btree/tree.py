@@ -598,6 +598,48 @@ class BTree:
             j = len(node.keys)
         return node.keys[j - 1], node.vals[j - 1]
 
+    def items_from_floor(self, key, stop) -> list[tuple]:
+        """``floor(key)`` (if below ``stop``) and every entry after it below ``stop``, as a list.
+
+        What an extent map needs to find the extents overlapping [key, stop)
+        (the one starting at or before ``key`` and those starting inside), in
+        one descent instead of a ``floor`` and an ``items`` call.
+        """
+        f = self.forest
+        cache = f._cache
+        stack = []
+        node_id = self.rec.root
+        node = cache.get(node_id) or f._load(node_id)
+        while not node.leaf:
+            i = bisect_right(node.keys, key) - 1
+            if i < 0:
+                i = 0
+            stack.append([node, i])
+            node_id = node.vals[i]
+            node = cache.get(node_id) or f._load(node_id)
+        keys = node.keys
+        j = bisect_right(keys, key)
+        if j:
+            j -= 1
+            out = []
+        else:
+            # The floor, if any, ends the previous leaf (rare: a separator
+            # key was asked for, or the key is below the tree's first).
+            prev = self.floor(key)
+            out = [prev] if prev is not None and prev[0] < stop else []
+        while True:
+            if not keys or keys[-1] < stop:
+                out.extend(zip(keys[j:], node.vals[j:]))
+            else:
+                end = bisect_left(keys, stop, j)
+                out.extend(zip(keys[j:end], node.vals[j:end]))
+                return out
+            node = self._next_leaf(stack)
+            if node is None:
+                return out
+            keys = node.keys
+            j = 0
+
     def first(self):
         for item in self.items():
             return item

@@ -303,6 +303,16 @@ class ForestMachine(RuleBasedStateMachine):
         want = (max(below), self._all_models()[name][max(below)]) if below else None
         assert self._tree(name).floor(k) == want
 
+    @rule(data=st.data(), key=keys, span=st.integers(-2, 80))
+    def items_from_floor(self, data, key, span):
+        name = data.draw(st.sampled_from(sorted(self._all_models())), label="tree")
+        k, stop = self.k(key), self.k(max(0, key + span))
+        model = self._all_models()[name]
+        below = [kk for kk in model if kk <= k]
+        lo = max(below) if below else None
+        want = [(kk, v) for kk, v in sorted(model.items()) if (lo is None or kk >= lo) and kk < stop]
+        assert self._tree(name).items_from_floor(k, stop) == want
+
     # ------------------------------------------------------------ invariants
 
     @invariant()
