@@ -8,7 +8,8 @@ Usage (from the project root)::
     .venv/bin/python bench/btree_bench.py --profile --profile-keys 1000000
 
 The tree has ``Layout("u64", "bytes:16")`` - the shape of a disk extent map
-(block number -> 16-byte extent record). Every measure uses an
+(block number -> 16-byte extent record); ``--value u64`` measures u64 -> u64
+(the shape of vdisk's LBA and VBA maps) instead. Every measure uses an
 :class:`LmdbNodeStore` in a temporary directory (removed at the end), opened
 exactly as vdisk opens it (``sync=True``: each commit is an fsync).
 
@@ -79,9 +80,12 @@ cpu = time.process_time
 
 # --------------------------------------------------------------------- helpers
 
-def value_for(key: int, gen: int = 0) -> bytes:
-    """A 16-byte extent record; ``gen`` makes an update change the value."""
-    return key.to_bytes(8, "little") + gen.to_bytes(8, "little")
+def value_for(key: int, gen: int = 0):
+    """A 16-byte extent record (or a u64); ``gen`` makes an update change the value."""
+    if LAYOUT.value == "u64":
+        return key << 16 | gen
+    width = LAYOUT.value_type[1]
+    return (key.to_bytes(8, "little") + gen.to_bytes(8, "little")).ljust(width, b"\0")[:width]
 
 
 def _loadavg() -> str:
@@ -504,6 +508,8 @@ def main(argv=None):
     ap.add_argument("--fast", action="store_true",
                     help="run the two full-size loads once instead of --repeat times")
     ap.add_argument("--seed", type=int, default=20240601)
+    ap.add_argument("--value", default="bytes:16",
+                    help="value field: u64 or bytes:N (N >= 16; default bytes:16)")
     ap.add_argument("--dir", default=None, help="parent of the temporary store directory")
     ap.add_argument("--profile", action="store_true", help="also cProfile insert and get")
     ap.add_argument("--profile-keys", type=int, default=200_000,
@@ -515,6 +521,13 @@ def main(argv=None):
         args.keys = 100_000 if args.quick else 1_000_000
     if args.keys < 1 or args.repeat < 1:
         ap.error("--keys and --repeat must be >= 1")
+    global LAYOUT
+    try:
+        LAYOUT = Layout("u64", args.value)
+    except ValueError as e:
+        ap.error(str(e))
+    if LAYOUT.value != "u64" and LAYOUT.value_type[1] < 16:
+        ap.error("--value bytes:N needs N >= 16 (the record holds the key and a generation)")
 
     print("vdisk B+tree benchmark (bench/btree_bench.py)")
     for line in machine_info():
