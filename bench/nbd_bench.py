@@ -202,7 +202,7 @@ def _warm(path: str):
     (~50 us per 4 KiB) while another reads from memory (~2 us).
     """
     files = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
-    for name in files:
+    for name in filter(os.path.isfile, files):   # not the sockets in a vdisk directory
         with open(name, "rb") as f:
             while f.read(8 * MIB):
                 pass
