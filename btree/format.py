@@ -93,7 +93,6 @@ assert _HEAD.size == HEADER_BYTES and _HEAD32.size == 32
 U64_ARRAY = "Q"
 assert array(U64_ARRAY).itemsize == 8
 _LITTLE = sys.byteorder == "little"
-MAX_U64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -127,11 +126,6 @@ class Layout:
     @cached_property
     def inner_capacity(self) -> int:
         return (NODE_BYTES - HEADER_BYTES) // (self.key_type[1] + 8)
-
-    @cached_property
-    def inner(self) -> "Layout":
-        """The layout of this tree's inner nodes: same keys, u64 child ids."""
-        return Layout.from_types(*self.key_type, T_U64, 8)
 
     @classmethod
     def from_types(cls, kt: int, kw: int, vt: int, vw: int) -> "Layout":
