@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from bisect import bisect_left, bisect_right
+from operator import lt
 from typing import Iterable, Iterator
 
 from vdisk.errors import AlreadyExists, CorruptNode, IntegrityError, InvalidArgument, NotFound, ReadOnly
@@ -820,24 +821,22 @@ class BTree:
         keys = [k for k, _ in items]
         vals = [v for _, v in items]
         # Convert and check every entry before the first change.
+        # (map over C functions: these run on every entry of every write.)
         kb, vb = self._key_bytes, self._val_bytes
         try:
-            if kb:
-                keys = [k if type(k) is bytes and len(k) == kb else self._bytes_field(k, kb, "key")
-                        for k in keys]
-            else:
+            if not kb:
                 keys = self._new_keys(keys)
-            if vb:
-                vals = [v if type(v) is bytes and len(v) == vb else self._bytes_field(v, vb, "value")
-                        for v in vals]
-            else:
+            elif set(map(type, keys)) != {bytes} or set(map(len, keys)) != {kb}:
+                keys = [self._bytes_field(k, kb, "key") for k in keys]
+            if not vb:
                 vals = self._new_vals(vals)
+            elif set(map(type, vals)) != {bytes} or set(map(len, vals)) != {vb}:
+                vals = [self._bytes_field(v, vb, "value") for v in vals]
         except (TypeError, OverflowError):
             raise InvalidArgument(f"bad B+tree entry: {self.layout.key} keys and "
                                   f"{self.layout.value} values expected") from None
-        for a, b in zip(keys, keys[1:]):
-            if not a < b:
-                raise InvalidArgument("insert_sorted needs strictly ascending keys")
+        if not all(map(lt, keys, keys[1:])):
+            raise InvalidArgument("insert_sorted needs strictly ascending keys")
         seq = self.forest.next_seq()
         pos = 0
         n = len(keys)
