@@ -125,14 +125,30 @@ def _release_env(key: str):
 
 
 def _check_file_size(env, path: str):
-    # LMDB mmaps the file and trusts its meta page: a page past the end of a
-    # truncated file kills the process with SIGBUS on first touch.
-    last = env.info()["last_pgno"]
-    psize = env.stat()["psize"]
-    have = os.path.getsize(os.path.join(path, "data.mdb"))
-    if (last + 1) * psize > have:
-        raise IntegrityError(f"metadata database {path}/data.mdb is truncated: it has {have} "
-                             f"bytes but its last page ends at {(last + 1) * psize}")
+    """Make sure every page up to the meta page's last one is in the file.
+
+    LMDB mmaps the file and trusts its meta page, so touching a page past the
+    end of a truncated file kills the process with SIGBUS. The file can also
+    legitimately end a little before that page: LMDB does not write pages
+    that were freed in the transaction that allocated them. Either way,
+    extending the file with zeros is safe: a zero page that something does
+    reference fails LMDB's page checks (MDB_CORRUPTED, which the store turns
+    into an IntegrityError) instead of killing the process.
+    """
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    file = os.path.join(path, "data.mdb")
+    have = os.path.getsize(file)
+    if have >= need:
+        return
+    try:
+        fd = os.open(file, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, have, need - have)     # grows, never shrinks
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise IntegrityError(f"metadata database {file} ends at byte {have}, before its last page "
+                             f"(byte {need}), and cannot be extended: {e.strerror}") from None
 
 
 class LmdbNodeStore:
