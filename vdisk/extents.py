@@ -39,16 +39,13 @@ class ExtentMap:
         """Mapped pieces ``(source, target, length)`` inside [start, start+count)."""
         end = start + count
         out = []
-        prev = self.tree.floor(start)
-        if prev is not None:
-            k, v = prev
+        for k, v in self.tree.items_from_floor(start, end):
             t, n = v >> LEN_BITS, v & MAX_LEN
-            if k + n > start:
-                e = min(end, k + n)
-                out.append((start, t + start - k, e - start))
-        for k, v in self.tree.items(start + 1, end):
-            t, n = v >> LEN_BITS, v & MAX_LEN
-            out.append((k, t, min(end, k + n) - k))
+            if k < start:
+                if k + n > start:
+                    out.append((start, t + start - k, min(end, k + n) - start))
+            else:
+                out.append((k, t, min(end, k + n) - k))
         return out
 
     def punch(self, start: int, count: int) -> list[tuple[int, int, int]]:
@@ -56,22 +53,16 @@ class ExtentMap:
         end = start + count
         tree = self.tree
         removed = []
-        prev = tree.floor(start)
-        if prev is not None:
-            k, v = prev
+        for k, v in tree.items_from_floor(start, end):
             t, n = v >> LEN_BITS, v & MAX_LEN
-            if k + n > start:
+            if k < start:
+                if k + n <= start:
+                    continue
                 removed.append((start, t + start - k, min(end, k + n) - start))
-                if k < start:
-                    tree.insert(k, pack(t, start - k))
-                else:
-                    tree.delete(k)
-                if k + n > end:
-                    tree.insert(end, pack(t + end - k, k + n - end))
-        for k, v in list(tree.items(start + 1, end)):
-            t, n = v >> LEN_BITS, v & MAX_LEN
-            removed.append((k, t, min(end, k + n) - k))
-            tree.delete(k)
+                tree.insert(k, pack(t, start - k))
+            else:
+                removed.append((k, t, min(end, k + n) - k))
+                tree.delete(k)
             if k + n > end:
                 tree.insert(end, pack(t + end - k, k + n - end))
         return removed
