@@ -126,9 +126,9 @@ def test_nbdsh_runs_against_the_export(disk, serve):
 def test_fio_random_writes_verify_with_crc32c(disk, serve, tmp_path):
     s = serve(disk)
     _run("fio", "--name=verify", "--ioengine=nbd", f"--uri={s.uri()}", "--rw=randwrite", "--bs=4k",
-         "--size=8M", "--iodepth=8", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+         "--size=8M", "--iodepth=8", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0",
          "--output-format=terse", f"--directory={tmp_path}")
     # Mixed sizes and a sequential pass, verified the same way.
     _run("fio", "--name=mixed", "--ioengine=nbd", f"--uri={s.uri()}", "--rw=write", "--bsrange=512-64k",
-         "--offset=16M", "--size=4M", "--iodepth=4", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+         "--offset=16M", "--size=4M", "--iodepth=4", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0",
          "--output-format=terse", f"--directory={tmp_path}")
