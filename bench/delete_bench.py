@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -65,6 +64,8 @@ from array import array
 
 from vdisk import Disk
 
+from benchlib import machine  # noqa: E402  (bench/ is the script's directory)
+
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 BS = 4 * KIB
 FILL_WRITE = 8 * MIB
@@ -76,16 +77,6 @@ IO_BEFORE_SECONDS = 2.0         # load alone before the delete starts (the basel
 SUBPROCESS_TIMEOUT = 1800
 
 
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 def mount_of(path: str) -> tuple[str, str, str]:

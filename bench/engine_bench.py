@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -31,19 +30,11 @@ import blake3
 
 from vdisk import Disk
 
+from benchlib import machine  # noqa: E402  (bench/ is the script's directory)
+
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 
 
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 class Raw:

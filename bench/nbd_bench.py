@@ -32,7 +32,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -45,6 +44,8 @@ import time
 
 from vdisk.nbdplugin import nbdkit_env
 from vdisk.units import parse_size
+
+from benchlib import machine  # noqa: E402  (bench/ is the script's directory)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PASSTHROUGH = os.path.join(HERE, "passthrough_plugin.py")
@@ -66,18 +67,6 @@ TEN_SNAPS = "4 KiB rand write qd16, long run, 10 snapshots during"
 PEERS = ("vdisk", "qcow2", "file", "pypass")
 
 
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
-    return f"{os.cpu_count()} cores, {cpu}, {mem:.0f} GiB, Python {platform.python_version()}"
 
 
 def _answers(sock: str) -> bool:

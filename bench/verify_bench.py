@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import random
 import resource
 import shutil
@@ -40,20 +39,12 @@ import time
 from vdisk import Disk
 from vdisk.snapshots.verify import verify
 
+from benchlib import machine  # noqa: E402  (bench/ is the script's directory)
+
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 BS = 4 * KIB
 
 
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 def plan(size: int, snapshots: int, seed: int):

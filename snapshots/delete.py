@@ -38,10 +38,10 @@ import time
 
 from vdisk import format as fmt
 from vdisk.errors import InvalidArgument
-from vdisk.extents import MAX_LEN, ExtentMap
+from vdisk.extents import ExtentMap
 
 from .runbuffer import DEFAULT_LIMIT_BYTES, RunBuffer, remove_stale
-from .usage import _unshared, exclusive_nodes, shared_roots, snapshot_neighbours
+from .usage import _unshared, entries_from, exclusive_nodes, shared_roots, snapshot_neighbours
 
 log = logging.getLogger("vdisk")
 
@@ -261,18 +261,12 @@ def _scan_steps(disk, rec: fmt.DeletionRecord, buf: RunBuffer, maps: list[Extent
     are checked in slices of SCAN_SLICE blocks. The leaves only the deleted
     snapshot reached cannot change meanwhile: no tree reaches them.
     """
-    floor = rec.floor_vba
     for node_id in rec.node_ids:
         node = disk.forest.node(node_id)
         yield
         if not node.leaf:
             continue
-        for lba, packed in zip(node.keys, node.vals):
-            vba, count = packed >> 24, packed & MAX_LEN
-            if vba + count <= floor:
-                continue
-            if vba < floor:
-                lba, count, vba = lba + floor - vba, count - (floor - vba), floor
+        for lba, vba, count in entries_from(node, rec.floor_vba):
             for off in range(0, count, SCAN_SLICE):
                 n = min(SCAN_SLICE, count - off)
                 for v, c in _unshared(lba + off, vba + off, n, maps):

@@ -19,7 +19,7 @@ after S's parent). The cost follows what differs, not the disk size.
 
 from __future__ import annotations
 
-from vdisk.extents import ExtentMap, MAX_LEN
+from vdisk.extents import LEN_BITS, MAX_LEN, ExtentMap
 
 
 def shared_roots(forest, tree_name: str, since_seq: int) -> set[int]:
@@ -94,14 +94,24 @@ def exclusive_runs(disk, name: str):
         nodes.append(node.id)
         if not node.leaf:
             continue
-        for lba, packed in zip(node.keys, node.vals):
-            vba, count = packed >> 24, packed & MAX_LEN
-            if vba + count <= floor_vba:
-                continue
-            if vba < floor_vba:
-                lba, count, vba = lba + floor_vba - vba, count - (floor_vba - vba), floor_vba
+        for lba, vba, count in entries_from(node, floor_vba):
             runs.extend(_unshared(lba, vba, count, maps))
     return runs, nodes
+
+
+def entries_from(leaf, floor_vba: int):
+    """A leaf's ``(lba, vba, count)`` extents, cut to VBAs at or above ``floor_vba``.
+
+    VBAs below a snapshot's parent's watermark belong to the parent too, so
+    they are never the snapshot's alone.
+    """
+    for lba, packed in zip(leaf.keys, leaf.vals):
+        vba, count = packed >> LEN_BITS, packed & MAX_LEN
+        if vba + count <= floor_vba:
+            continue
+        if vba < floor_vba:
+            lba, count, vba = lba + floor_vba - vba, count - (floor_vba - vba), floor_vba
+        yield lba, vba, count
 
 
 def _unshared(lba: int, vba: int, count: int, maps: list[ExtentMap]):
