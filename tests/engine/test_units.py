@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from vdisk.errors import InvalidArgument, VdiskError
@@ -55,6 +55,7 @@ def test_format_parse_round_trip(whole, unit, quarters):
 
 
 @given(st.integers(0, 1 << 62))
+@example(10880)
 def test_format_size_is_close(n):
     """At most 0.5% off, in the largest unit the size reaches."""
     text = format_size(n)
