@@ -388,8 +388,7 @@ class Forest:
             buf = self.store.meta_get(self._record_key(name))
             if buf is None:
                 del self._trees[name]
-                t.rec = TreeRecord(root=0, height=1, snap_seq=0, count=0, created_seq=0,
-                                   layout=t.layout, frozen=True)
+                t.__class__ = _DetachedTree
             else:
                 t.rec = fmt.decode_tree_record(name, buf)
 
@@ -971,3 +970,17 @@ class BTree:
 
 
 _MISSING = object()
+
+
+class _DetachedTree(BTree):
+    """A handle to a tree that :meth:`Forest.rollback` discarded.
+
+    Every use fails with NotFound naming the tree, instead of reading
+    whatever its stale record points at.
+    """
+
+    def __getattribute__(self, attr):
+        if attr in ("name", "__class__", "__dict__") or attr.startswith("__"):
+            return object.__getattribute__(self, attr)
+        name = object.__getattribute__(self, "name")
+        raise NotFound(f"tree {name!r} was discarded by a rollback (never committed); open it again")

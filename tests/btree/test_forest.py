@@ -162,10 +162,6 @@ def test_rollback_reloads_open_tree_handles():
     assert forest.tree("a").get(codec.key(500)) == codec.value(5)
 
 
-@pytest.mark.xfail(strict=True, raises=CorruptNode,
-                   reason="bug: a handle detached by rollback() points at node 0, so reading it "
-                          "reports 'metadata node 0 is corrupt' (a false integrity error) and writing "
-                          "it says it is a snapshot")
 def test_handle_of_a_tree_discarded_by_rollback_says_so():
     forest = Forest(MemoryNodeStore())
     forest.create_tree("kept")
