@@ -6,7 +6,7 @@ import pytest
 
 from btree_util import DEEP, WIDE_VALUES, KeyCodec, assert_forest_ok, build_tree
 from vdisk.btree import Forest, Layout, LmdbNodeStore, MemoryNodeStore
-from vdisk.errors import AlreadyExists, CorruptNode, InvalidArgument, NotFound, ReadOnly
+from vdisk.errors import AlreadyExists, InvalidArgument, NotFound, ReadOnly
 
 
 def test_commit_is_all_or_nothing_and_survives_reopen(scratch):
