@@ -117,6 +117,9 @@ def info(disk, as_json):
     click.echo(f"block size:      {data['block_size']}")
     click.echo(f"allocated:       {format_size(data['allocated_bytes'])} (running point)")
     click.echo(f"physical:        {format_size(data['physical_bytes'])} (all snapshots)")
+    if "file_bytes" in data:
+        click.echo(f"data file:       {format_size(data['file_bytes'])} on the file system "
+                   f"(free blocks are reused before it grows)")
     click.echo(f"format version:  {data['format_version']}")
     click.echo(f"snapshots:       {len(snaps)}")
     for s in snaps:
