@@ -113,6 +113,9 @@ class ControlClient:
     def resize(self, size: int) -> None:
         self.call("resize", size=size)
 
+    def compact(self) -> int:
+        return self.call("compact")
+
     def flush(self) -> None:
         self.call("flush")
 

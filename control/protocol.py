@@ -44,6 +44,7 @@ op                   args                    result
 ``snapshot_revert``  ``{"name": str}``       ``null``
 ``resize``           ``{"size": int}``       ``null``
 ``flush``            ``{}``                  ``null``
+``compact``          ``{}``                  bytes returned to the file system
 ``shutdown``         ``{}``                  ``null`` once the disk is flushed
                                              and closed; the front end stops
                                              serving I/O (``vdisk serve``
@@ -72,7 +73,7 @@ MAX_LINE = 1 << 20
 SOCKET_NAME = "control.sock"
 
 OPS = ("hello", "info", "snapshot_list", "snapshot_create", "snapshot_delete",
-       "snapshot_revert", "resize", "flush", "shutdown")
+       "snapshot_revert", "resize", "flush", "compact", "shutdown")
 
 
 class ProtocolError(errors.InvalidArgument):

@@ -209,6 +209,9 @@ class ControlServer:
             _check_args(op, args, ())
             d.flush()
             return None
+        if op == "compact":
+            _check_args(op, args, ())
+            return d.compact()
         if op == "shutdown":
             _check_args(op, args, ())
             if self.on_shutdown is None:

@@ -639,6 +639,55 @@ class Disk(_Reader):
             raise e
         raise IntegrityError(f"commit failed ({e}); writes since the last flush were lost") from None
 
+    def compact(self, stall: float = 0.02) -> int:
+        """Return every free block still in the data file to the file system.
+
+        Single freed blocks are not punched when they are freed (see
+        :meth:`_punch_free_runs`); this walks the free map and punches the
+        parts of free extents that still hold data (found with SEEK_DATA, so
+        holes cost nothing). It runs in batches that hold the lock for at
+        most ``stall`` seconds, so I/O continues meanwhile; under the lock
+        the free map is exact (blocks being written are not in it), so no
+        live block can be punched. Returns the bytes punched.
+        """
+        self._check_writable()
+        bs = self.block_size
+        cursor = 0
+        punched = 0
+        while True:
+            with self._lock:
+                start = time.monotonic()
+                extents = self.alloc.free.items(cursor)
+                for pba, count in extents:
+                    cursor = pba + count
+                    punched += self._punch_data_in(pba * bs, count * bs)
+                    if time.monotonic() - start >= stall:
+                        break
+                else:
+                    return punched
+                held = time.monotonic() - start
+            time.sleep(max(0.0005, held * 0.5))
+
+    def _punch_data_in(self, offset: int, length: int) -> int:
+        """Punch the data (not the holes) of [offset, offset+length) of the data file."""
+        end = offset + length
+        done = 0
+        pos = offset
+        while pos < end:
+            try:
+                data = os.lseek(self._fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:       # no data after pos
+                    break
+                raise
+            if data >= end:
+                break
+            hole = min(os.lseek(self._fd, data, os.SEEK_HOLE), end)
+            punch_hole(self._fd, data, hole - data)
+            done += hole - data
+            pos = hole
+        return done
+
     def resize(self, new_size: int) -> None:
         """Grow the disk (shrinking is refused: it would destroy data)."""
         self._check_writable()
