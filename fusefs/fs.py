@@ -543,11 +543,12 @@ class VdiskFS(pyfuse3.Operations):
     def _pinned(self, node: _Node):
         """The engine object of a file, kept from being deleted while in use.
 
-        A snapshot view finds its tree by name, so a view of a deleted
-        snapshot would read a newer one of the same name. Control operations
-        run one at a time and each ends with :meth:`refresh`, which marks the
-        deleted node dead under ``_lock``; holding ``_lock`` from the check to
-        the end of the read means the name cannot be reused in between.
+        Control operations run one at a time and each ends with
+        :meth:`refresh`, which marks a deleted snapshot's node dead under
+        ``_lock``; holding ``_lock`` from the check to the end of the read
+        makes a file on a deleted snapshot fail with ESTALE at once, the same
+        way for every handler (the engine's view would also refuse to read
+        it, with NotFound).
         """
         if node.snapshot is None:
             yield self.disk

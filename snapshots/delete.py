@@ -18,8 +18,9 @@ it costs what S alone holds, never the disk size.
    releasing their PBAs; then free the listed nodes, delete the record, and
    commit.
 
-Every batch holds the disk lock for at most ``stall`` seconds, so reads and
-writes (over NBD, or from other threads) keep flowing in between.
+Every batch holds the disk lock for at most ``stall`` seconds
+(:meth:`vdisk.Disk.run_in_batches`), so reads and writes (over NBD, or from
+other threads) keep flowing in between.
 
 Why batches can interleave with writes: ownership only ever moves one way.
 No tree gains a VBA it did not map (VBAs are never reused, and nothing can
@@ -33,10 +34,9 @@ point is safe: the next open finds the record and runs steps 2 and 3 again
 from __future__ import annotations
 
 import logging
-import os
-import time
 
 from vdisk import format as fmt
+from vdisk.disk import BATCH_COMMIT
 from vdisk.errors import InvalidArgument
 from vdisk.extents import ExtentMap
 
@@ -55,12 +55,6 @@ COMMIT_RUNS = 2000
 COMMIT_DIRTY_NODES = 20000
 # Blocks of one leaf entry checked per step of the scan (see _scan_steps).
 SCAN_SLICE = 4096
-# Pause after a batch, as a share of the time the batch held the lock.
-IO_SHARE = 0.5
-# Shortest pause between two batches.
-MIN_PAUSE = 0.0005
-# Yielded by a step that wants its work committed before the next batch.
-COMMIT = object()
 
 
 def delete_snapshot(disk, name: str, buffer_bytes: int = DEFAULT_LIMIT_BYTES,
@@ -77,7 +71,7 @@ def delete_snapshot(disk, name: str, buffer_bytes: int = DEFAULT_LIMIT_BYTES,
             if not pending:
                 disk._snapshot_record(name)
         freed = run_pending(disk, buffer_bytes, stall) if pending else 0
-        os.fdatasync(disk._fd)             # see _commit_briefly
+        disk.sync_data()                   # see Disk.sync_data
         with disk._lock:
             rec = disk._snapshot_record(name)
             if _holders(disk, name) >= 2:
@@ -186,7 +180,7 @@ def run_pending(disk, buffer_bytes: int = DEFAULT_LIMIT_BYTES, stall: float = DE
     with RunBuffer(disk.path, buffer_bytes) as buf:
         _scan(disk, rec, buf, stall)
         freed = _sweep(disk, buf, stall)
-    os.fdatasync(disk._fd)
+    disk.sync_data()
     with disk._lock:
         disk.forest.free_node_ids(rec.node_ids)
         disk.forest.meta_put(DELETING_KEY, None)
@@ -204,45 +198,6 @@ def _live_maps(disk, rec: fmt.DeletionRecord) -> list[ExtentMap]:
     return [ExtentMap(disk.forest.tree(n)) for n in names]
 
 
-def _in_batches(disk, steps, stall: float, before_batch=None):
-    """Advance the generator ``steps`` in batches of at most ``stall`` seconds.
-
-    Each batch holds the disk lock; between batches the lock is left free
-    for IO_SHARE times as long as the batch held it, so I/O waiting for it
-    gets about a third of the time (Python's locks are not fair: released
-    and retaken at once, the waiting I/O would starve).
-    """
-    while True:
-        commit = False
-        with disk._lock:
-            start = time.monotonic()
-            if before_batch is not None:
-                before_batch()
-            for step in steps:
-                if step is COMMIT:
-                    commit = True
-                    break
-                if time.monotonic() - start >= stall:
-                    break
-            else:
-                return
-            held = time.monotonic() - start
-        time.sleep(max(MIN_PAUSE, held * IO_SHARE))
-        if commit:
-            start = time.monotonic()
-            _commit_briefly(disk)
-            time.sleep(max(MIN_PAUSE, (time.monotonic() - start) * IO_SHARE))
-
-
-def _commit_briefly(disk):
-    # Most of a commit's time can be fdatasync writing back the running
-    # point's recent writes; do that first without the lock, so the commit
-    # proper (which must sync again) finds little left to write.
-    os.fdatasync(disk._fd)
-    with disk._lock:
-        disk._commit()
-
-
 def _scan(disk, rec: fmt.DeletionRecord, buf: RunBuffer, stall: float):
     maps: list[ExtentMap] = []
 
@@ -250,7 +205,7 @@ def _scan(disk, rec: fmt.DeletionRecord, buf: RunBuffer, stall: float):
         # Trees may have been created or replaced while the lock was free.
         maps[:] = _live_maps(disk, rec)
 
-    _in_batches(disk, _scan_steps(disk, rec, buf, maps), stall, refresh_maps)
+    disk.run_in_batches(_scan_steps(disk, rec, buf, maps), stall, refresh_maps)
 
 
 def _scan_steps(disk, rec: fmt.DeletionRecord, buf: RunBuffer, maps: list[ExtentMap]):
@@ -276,7 +231,7 @@ def _scan_steps(disk, rec: fmt.DeletionRecord, buf: RunBuffer, maps: list[Extent
 
 def _sweep(disk, buf: RunBuffer, stall: float) -> int:
     freed = [0]
-    _in_batches(disk, _sweep_steps(disk, buf, freed), stall)
+    disk.run_in_batches(_sweep_steps(disk, buf, freed), stall)
     return freed[0]
 
 
@@ -289,7 +244,7 @@ def _sweep_steps(disk, buf: RunBuffer, freed: list[int]):
         # free map under the lock, ~4.5 us each, so it must stay short.
         if since_commit >= COMMIT_RUNS or len(disk.forest._dirty) >= COMMIT_DIRTY_NODES:
             since_commit = 0
-            yield COMMIT
+            yield BATCH_COMMIT
         else:
             yield
 

@@ -69,6 +69,12 @@ LMDB_LOCK_FILE_RESERVE = 64 << 10
 PUNCH_MIN_BYTES = 64 << 10
 # Writes at least this large start their writeback at once (see start_writeback).
 EARLY_WRITEBACK_BYTES = 256 << 10
+# Batches of maintenance work (Disk.run_in_batches): the pause after a batch
+# as a share of the time it held the lock, the shortest pause, and what a
+# step yields to have its work committed.
+BATCH_IO_SHARE = 0.5
+BATCH_MIN_PAUSE = 0.0005
+BATCH_COMMIT = object()
 
 RUNNING_TREE = "lba"
 VBA_TREE = "vba"
@@ -170,9 +176,6 @@ class _Reader:
     def block_status(self, offset: int, length: int) -> list[Extent]:
         """Runs of allocated data and of holes (which read as zeros)."""
         d = self.disk
-        with d._lock:
-            d._ensure_view()
-        self._check_range(offset, length)
         bs = self.block_size
         out: list[Extent] = []
 
@@ -186,7 +189,9 @@ class _Reader:
 
         end = offset + length
         with d._lock:
+            # Refresh first: a read-only opener's size may have grown.
             d._ensure_view()
+            self._check_range(offset, length)
             b0 = offset // bs
             b1 = -(-end // bs)
             pos = offset
@@ -645,28 +650,70 @@ class Disk(_Reader):
         Single freed blocks are not punched when they are freed (see
         :meth:`_punch_free_runs`); this walks the free map and punches the
         parts of free extents that still hold data (found with SEEK_DATA, so
-        holes cost nothing). It runs in batches that hold the lock for at
-        most ``stall`` seconds, so I/O continues meanwhile; under the lock
-        the free map is exact (blocks being written are not in it), so no
-        live block can be punched. Returns the bytes punched.
+        holes cost nothing), in batches (:meth:`run_in_batches`) so I/O
+        continues meanwhile. Under the lock the free map is exact (blocks
+        being written are not in it), so no live block can be punched.
+        Returns the bytes punched.
         """
         self._check_writable()
+        punched = [0]
+        self.run_in_batches(self._compact_steps(punched), stall)
+        return punched[0]
+
+    def _compact_steps(self, punched: list[int]):
         bs = self.block_size
         cursor = 0
-        punched = 0
         while True:
+            # The free map may change between batches: look up from a cursor.
+            item = next(self.alloc.free.items(cursor), None)
+            if item is None:
+                return
+            pba, count = item
+            cursor = pba + count
+            punched[0] += self._punch_data_in(pba * bs, count * bs)
+            yield
+
+    def run_in_batches(self, steps, stall: float, before_batch=None):
+        """Advance the generator ``steps`` under the lock, ``stall`` seconds at a time.
+
+        For long maintenance work beside live I/O (snapshot deletion,
+        compact). Between batches the lock stays free for ``BATCH_IO_SHARE``
+        times as long as the batch held it, so waiting I/O gets about a third
+        of the time (Python's locks are not fair: released and retaken at
+        once, the waiting I/O would starve). A step that yields
+        ``BATCH_COMMIT`` has its work committed before the next batch.
+        """
+        while True:
+            commit = False
             with self._lock:
                 start = time.monotonic()
-                extents = self.alloc.free.items(cursor)
-                for pba, count in extents:
-                    cursor = pba + count
-                    punched += self._punch_data_in(pba * bs, count * bs)
+                if before_batch is not None:
+                    before_batch()
+                for step in steps:
+                    if step is BATCH_COMMIT:
+                        commit = True
+                        break
                     if time.monotonic() - start >= stall:
                         break
                 else:
-                    return punched
+                    return
                 held = time.monotonic() - start
-            time.sleep(max(0.0005, held * 0.5))
+            time.sleep(max(BATCH_MIN_PAUSE, held * BATCH_IO_SHARE))
+            if commit:
+                start = time.monotonic()
+                self.sync_data()
+                with self._lock:
+                    self._commit()
+                time.sleep(max(BATCH_MIN_PAUSE, (time.monotonic() - start) * BATCH_IO_SHARE))
+
+    def sync_data(self):
+        """fdatasync the data file without taking the lock.
+
+        Most of a commit's time can be writeback of recent writes; done first,
+        outside the lock, the commit proper (which must sync again) finds
+        little left to write and holds the lock briefly.
+        """
+        os.fdatasync(self._fd)
 
     def _punch_data_in(self, offset: int, length: int) -> int:
         """Punch the data (not the holes) of [offset, offset+length) of the data file."""
