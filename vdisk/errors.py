@@ -26,6 +26,7 @@ code  meaning
 7     no space left on the underlying file system
 8     integrity error (corruption, checksum mismatch)
 9     unsupported format version
+10    the storage under the disk failed (I/O error); reopen the disk
 ====  =========================================================
 
 ``vdisk verify`` alone follows the convention of checkers (fsck, thin_check):
@@ -78,6 +79,35 @@ class ReadOnly(UserError):
 class NoSpace(VdiskError):
     exit_code = 7
     errno = _errno.ENOSPC
+
+
+class StorageError(VdiskError):
+    """The file system or device under the disk failed an operation (EIO, a
+    failed sync, a metadata store that can no longer be written).
+
+    Not damage: what was committed is intact, but writes acknowledged since
+    the last successful flush may be lost (Linux drops dirty pages after a
+    failed write-back), so the disk stops taking requests; see DiskFailed.
+    """
+
+    exit_code = 10
+    errno = _errno.EIO
+
+
+class DiskFailed(StorageError):
+    """An earlier failure (named in the message) stopped the disk.
+
+    Every request after a failed write-back or commit raises this until the
+    disk is closed and opened again, so no later flush can report success
+    over writes that were lost. Reopening finds the last successful flush
+    (plus possibly some later writes).
+    """
+
+    def __init__(self, path: str, cause: str):
+        self.path = path
+        self.cause = cause
+        super().__init__(f"disk {path} stopped after an error ({cause}); writes since the last "
+                         f"successful flush may be lost; close and reopen the disk")
 
 
 class IntegrityError(VdiskError):

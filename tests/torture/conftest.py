@@ -1,0 +1,78 @@
+"""Shared settings of the torture suite (power cuts, faults, load, bad input).
+
+Every torture test is bounded twice, by a count and by time, and is seeded:
+
+* ``VDISK_TORTURE_MINUTES`` - wall-clock budget of the whole suite. Unset (CI
+  and ``./dev test``), each test runs its short fixed-seed version; set
+  (``./dev torture --minutes N``), the budget is shared out by each test's
+  ``weight``.
+* ``VDISK_TORTURE_SEED`` - base seed (default 1); a failure prints the seed
+  that reproduces it.
+* ``VDISK_TORTURE_REPORT`` - a file that collects each test's figures as JSON
+  lines (power cuts, faults injected, operations, bytes checked, losses);
+  ``./dev torture`` turns them into the table of docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+# Sum of the weights of every torture test; a test's share of a long run is
+# weight / TOTAL_WEIGHT of the budget.
+TOTAL_WEIGHT = 10
+
+
+@dataclass
+class Budget:
+    """How long and how many rounds one torture test may run."""
+
+    seconds: float
+    max_rounds: int
+    seed: int
+    long_run: bool
+    started: float = field(default_factory=time.monotonic)
+
+    def rounds(self):
+        """Round numbers until the count or the time runs out (at least one)."""
+        for i in range(self.max_rounds):
+            if i and time.monotonic() - self.started >= self.seconds:
+                return
+            yield i
+
+    def left(self) -> float:
+        return max(0.0, self.seconds - (time.monotonic() - self.started))
+
+
+@pytest.fixture
+def torture_budget(request):
+    """``torture_budget(short_seconds, short_rounds, weight=1)`` -> Budget."""
+    minutes = os.environ.get("VDISK_TORTURE_MINUTES")
+    seed = int(os.environ.get("VDISK_TORTURE_SEED", "1"))
+
+    def make(short_seconds: float, short_rounds: int, weight: float = 1) -> Budget:
+        if minutes:
+            seconds = float(minutes) * 60 * weight / TOTAL_WEIGHT
+            return Budget(seconds, 10**9, seed, True)
+        return Budget(short_seconds, short_rounds, seed, False)
+    return make
+
+
+@pytest.fixture
+def torture_figures(request):
+    """A dict the test fills with its figures; reported at the end of the test."""
+    figures: dict = {}
+    yield figures
+    if not figures:
+        return
+    line = {"test": request.node.nodeid, **figures}
+    report = os.environ.get("VDISK_TORTURE_REPORT")
+    if report:
+        with open(report, "a") as f:
+            f.write(json.dumps(line) + "\n")
+    request.node.user_properties.append(("figures", line))
+    print("\nfigures:", json.dumps(figures))
