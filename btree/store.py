@@ -189,16 +189,26 @@ class LmdbNodeStore:
 
     @contextlib.contextmanager
     def read_view(self):
-        """Pin one committed snapshot of the database for every read inside."""
-        if self._txn() is not None:
-            yield
+        """Pin one committed snapshot of the database for every read inside.
+
+        Yields the view's id (LMDB's transaction id: it grows with every
+        commit), which :meth:`current_view` compares against.
+        """
+        txn = self._txn()
+        if txn is not None:
+            yield txn.id()
             return
         with self.env.begin(buffers=False) as txn:
             self._view.txn = txn
             try:
-                yield
+                yield txn.id()
             finally:
                 self._view.txn = None
+
+    def current_view(self) -> int:
+        """The id of the newest committed view (see :meth:`read_view`)."""
+        with self.env.begin() as txn:
+            return txn.id()
 
     def _read(self, key: bytes, db):
         try:
