@@ -12,7 +12,9 @@ API (shared by every front end; keep it stable)::
     server.on_change = refresh      # optional: called after snapshot
                                     # create/delete/revert and resize
     server.guard = check            # optional: check(op, args) may raise a
-                                    # VdiskError to refuse a change
+                                    # VdiskError to refuse a change, and may
+                                    # return a context manager the change
+                                    # (and on_change) then runs inside
     server.on_shutdown = stop       # optional: op "shutdown" calls stop(),
                                     # which must flush and close the disk
     server.exclusive = turn         # optional: every op but hello runs
@@ -29,6 +31,14 @@ calls with its lock, so requests interleave with the front end's I/O at call
 boundaries: a snapshot holds every write that returned before it and none
 that started after it.
 
+``guard``: a check that passes is only true while nothing new uses what the
+change touches, so a front end whose clients can connect or open files on
+their own threads returns a context manager from ``check``: it marks the
+snapshot (or the running point) as changing under the front end's own lock,
+the front end refuses new users of it while marked, and the mark is cleared
+on exit, after the change and ``on_change``. Check and mark happen under one
+lock, so no user slips in between.
+
 ``exclusive``: a front end that must never have a control operation run
 beside its own I/O (the nbdkit plugin closes the disk on ``shutdown``; the
 FUSE front end runs one operation at a time) gives a context manager factory;
@@ -41,6 +51,7 @@ peer is also checked (``SO_PEERCRED``) to be this uid or root.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -223,31 +234,31 @@ class ControlServer:
             name = args["name"]
             if not isinstance(name, str):
                 raise protocol.ProtocolError(f"{op}: 'name' must be a string")
-            self._check_guard(op, args)
-            if op == "snapshot_create":
-                result = d.create_snapshot(name).__dict__
-            elif op == "snapshot_delete":
-                d.delete_snapshot(name)
-                result = None
-            else:
-                d.revert(name)
-                result = None
-            self._changed(op)
+            with self._guarded(op, args):
+                if op == "snapshot_create":
+                    result = d.create_snapshot(name).__dict__
+                elif op == "snapshot_delete":
+                    d.delete_snapshot(name)
+                    result = None
+                else:
+                    d.revert(name)
+                    result = None
+                self._changed(op)
             return result
         if op == "resize":
             _check_args(op, args, ("size",), required=("size",))
             size = args["size"]
             if not isinstance(size, int) or isinstance(size, bool):
                 raise protocol.ProtocolError("resize: 'size' must be an integer")
-            self._check_guard(op, args)
-            d.resize(size)
-            self._changed(op)
+            with self._guarded(op, args):
+                d.resize(size)
+                self._changed(op)
             return None
         raise protocol.ProtocolError(f"unknown control operation {op!r} (known: {', '.join(protocol.OPS)})")
 
-    def _check_guard(self, op, args):
-        if self.guard is not None:
-            self.guard(op, args)
+    def _guarded(self, op, args):
+        held = self.guard(op, args) if self.guard is not None else None
+        return held if held is not None else contextlib.nullcontext()
 
     def _changed(self, op):
         if self.on_change is None:

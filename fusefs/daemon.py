@@ -73,7 +73,6 @@ def run(disk_path: str, mountpoint: str, *, allow_other: bool = False, on_ready=
 
 def _run(disk_path, mountpoint, allow_other, on_ready, debug):
     from vdisk import Disk
-    from vdisk.control.server import ControlServer
 
     disk = Disk.open(disk_path)
     control = None
@@ -95,14 +94,7 @@ def _run(disk_path, mountpoint, allow_other, on_ready, debug):
         if why:
             log.warning("hole punching and SEEK_DATA/SEEK_HOLE are unavailable: %s", why)
         fs.start_notifier()
-        control = ControlServer(disk, owner=f"{OWNER} at {mountpoint}")
-        control.on_change = fs.refresh
-        control.guard = fs.guard
-        # One control operation at a time, so the snapshot list is refreshed
-        # after a deletion before a snapshot of the same name can be created
-        # (see VdiskFS._pinned). FUSE requests do not wait for it.
-        one_at_a_time = threading.Lock()
-        control.exclusive = lambda: one_at_a_time
+        control = control_server(disk, fs, mountpoint)
         control.start()
         trio.run(_serve, mountpoint, on_ready)
     finally:
@@ -117,6 +109,20 @@ def _run(disk_path, mountpoint, allow_other, on_ready, debug):
                 pyfuse3.close(unmount=True)
         finally:
             disk.close()
+
+
+def control_server(disk, fs: VdiskFS, mountpoint: str):
+    """The control server of a mount, wired to its file system (not started)."""
+    from vdisk.control.server import ControlServer
+    control = ControlServer(disk, owner=f"{OWNER} at {mountpoint}")
+    control.on_change = fs.refresh
+    control.guard = fs.guard
+    # One control operation at a time, so the snapshot list is refreshed
+    # after a deletion before a snapshot of the same name can be created
+    # (see VdiskFS._pinned). FUSE requests do not wait for it.
+    one_at_a_time = threading.Lock()
+    control.exclusive = lambda: one_at_a_time
+    return control
 
 
 async def _serve(mountpoint: str, on_ready):

@@ -139,7 +139,8 @@ def _fail(code: int, why: str | None = None):
 class _Node:
     """One file or directory. Snapshot nodes die when their snapshot is deleted."""
 
-    __slots__ = ("ino", "name", "is_dir", "snapshot", "created", "alive", "opens", "view", "allocated")
+    __slots__ = ("ino", "name", "is_dir", "snapshot", "created", "alive", "opens", "view", "allocated",
+                 "changing")
 
     def __init__(self, ino, name, is_dir, snapshot=None, created=0.0):
         self.ino = ino
@@ -151,6 +152,7 @@ class _Node:
         self.opens = 0
         self.view = None                # the engine object reads go to
         self.allocated = None           # bytes; counted on first use (snapshots never change)
+        self.changing = None            # the control op under way on it (see VdiskFS.guard)
 
 
 class _Handle:
@@ -188,7 +190,7 @@ class VdiskFS(pyfuse3.Operations):
         self._nodes: dict[int, _Node] = {n.ino: n for n in (self.root, self.snapdir, self.image)}
         self._snaps: dict[str, _Node] = {}   # file name (NAME.img) -> live node, oldest first
         self._notify: queue.Queue | None = None
-        self._changing: str | None = None     # the control op between guard() and refresh()
+        self._changing: str | None = None     # the control op under way (guard() until it is done)
         self.refresh(notify=False)
         self._recount()
 
@@ -246,7 +248,8 @@ class VdiskFS(pyfuse3.Operations):
                 if not n.opens:
                     self._nodes.pop(n.ino, None)
             self._snaps = new
-        op, self._changing = self._changing, None
+        with self._lock:
+            op = self._changing
         if not notify or self._notify is None:
             return
         for n in gone:
@@ -288,17 +291,39 @@ class VdiskFS(pyfuse3.Operations):
         self.disk_mtime_ns = time.time_ns()
 
     def guard(self, op: str, args: dict):
-        """Refuse control operations that would pull data from under open files."""
-        self._changing = op
+        """Refuse control operations that would pull data from under open files.
+
+        The file the change touches is checked and marked under ``_lock``,
+        which :meth:`open` takes too, and stays marked until the change and
+        :meth:`refresh` are done: an open in between is refused rather than
+        handed a file that is going away or changing under it.
+        """
         with self._lock:
+            self._changing = op
+            node = None
             if op == "snapshot_delete":
                 node = self._snaps.get(str(args.get("name")) + SNAP_SUFFIX)
                 if node is not None and node.opens:
                     raise Busy(f"snapshot {args['name']!r} is open {node.opens} time(s) as "
                                f"{os.path.join(self.mountpoint, SNAP_DIR, node.name)}; close it first")
-            elif op == "snapshot_revert" and self.image.opens:
-                raise Busy(f"{os.path.join(self.mountpoint, DISK_NAME)} is open {self.image.opens} time(s); "
-                           f"close it before reverting")
+            elif op == "snapshot_revert":
+                node = self.image
+                if node.opens:
+                    raise Busy(f"{os.path.join(self.mountpoint, DISK_NAME)} is open {node.opens} time(s); "
+                               f"close it before reverting")
+            if node is not None:
+                node.changing = op
+        return self._until_changed(node)
+
+    @contextlib.contextmanager
+    def _until_changed(self, node):
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._changing = None
+                if node is not None:
+                    node.changing = None
 
     # ------------------------------------------------------------ attributes
 
@@ -467,8 +492,10 @@ class VdiskFS(pyfuse3.Operations):
             _fail(errno.EISDIR)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         with self._lock:
-            if not node.alive:
+            if not node.alive or node.changing == "snapshot_delete":
                 _fail(errno.ENOENT)
+            if node.changing is not None:
+                _fail(errno.EBUSY, f"open of {node.name} refused: a {node.changing} is under way")
             if writable and node.snapshot is not None:
                 _fail(errno.EROFS, f"{SNAP_DIR}/{node.name} opened for writing: snapshots are read-only")
             if flags & os.O_TRUNC:

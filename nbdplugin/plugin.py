@@ -34,6 +34,7 @@ when it daemonizes, threads do not survive a fork, and LMDB environments must
 not be used across one.
 """
 
+import contextlib
 import errno
 import io
 import os
@@ -203,6 +204,7 @@ class _Server:
         self.closed = False
         self.users = {}                 # export name -> open connections
         self.users_lock = threading.Lock()
+        self.changing = {}              # export name -> control op changing it (see guard)
         self.control = None
         want_control = _cfg.control if _cfg.control is not None else not readonly
         if want_control and not readonly:
@@ -217,22 +219,47 @@ class _Server:
                 raise
 
     def guard(self, op, args):
-        """Refuse changes that would pull data from under connected clients."""
+        """Refuse changes that would pull data from under connected clients.
+
+        Checked and marked under ``users_lock``, which :meth:`connect` takes
+        too, and the mark lasts until the change is done: a client connecting
+        in between is refused rather than handed an export that is going away
+        or changing under it.
+        """
         from vdisk.errors import Busy
+        if op == "snapshot_delete":
+            name = args["name"]
+            why = "snapshot %r is exported to %d NBD connection(s); disconnect them first"
+        elif op == "snapshot_revert":
+            name = ""
+            why = "the disk has %d NBD connection(s) to its running point; disconnect them before reverting"
+        else:
+            return None
         with self.users_lock:
-            if op == "snapshot_delete":
-                n = self.users.get(args["name"], 0)
-                if n:
-                    raise Busy("snapshot %r is exported to %d NBD connection(s); disconnect them first"
-                               % (args["name"], n))
-            elif op == "snapshot_revert":
-                n = self.users.get("", 0)
-                if n:
-                    raise Busy("the disk has %d NBD connection(s) to its running point; disconnect them "
-                               "before reverting" % n)
+            n = self.users.get(name, 0)
+            if n:
+                raise Busy(why % ((name, n) if name else (n,)))
+            self.changing[name] = op
+        return self._until_changed(name)
+
+    @contextlib.contextmanager
+    def _until_changed(self, name):
+        try:
+            yield
+        finally:
+            with self.users_lock:
+                self.changing.pop(name, None)
 
     def connect(self, name):
+        """Count a new connection to export ``name``, unless it is changing."""
+        from vdisk.errors import Busy, NotFound
         with self.users_lock:
+            op = self.changing.get(name)
+            if op == "snapshot_delete":
+                # Going away: answer as for a name that no longer exists.
+                raise NotFound("snapshot %r is being deleted" % name)
+            if op is not None:
+                raise Busy("the running point is being reverted; connect again when it is done")
             self.users[name] = self.users.get(name, 0) + 1
 
     def disconnect(self, name):
@@ -334,12 +361,17 @@ class _Handle:
 @_request
 def _open(_h, readonly, name):
     d = _state.disk
-    if name == "":
-        h = _Handle("", d, not readonly and not d.readonly)
-    else:
-        h = _Handle(name, d.open_snapshot(name), False)
+    # Counted before the snapshot is opened, so a deletion that starts in
+    # between sees this connection (and refuses) instead of removing the
+    # snapshot under it.
     _state.connect(name)
-    return h
+    try:
+        if name == "":
+            return _Handle("", d, not readonly and not d.readonly)
+        return _Handle(name, d.open_snapshot(name), False)
+    except BaseException:
+        _state.disconnect(name)
+        raise
 
 
 def open(readonly):
