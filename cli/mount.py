@@ -176,7 +176,10 @@ def _serve(path: str, mp: str, allow_other: bool, debug: bool, ready_fd: int | N
                        f"stop with Ctrl-C or vdisk umount {mp}")
             sys.stdout.flush()
             return
-        log_fd = os.open(os.path.join(path, LOG_NAME), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # The log names files and errors of the disk: its owner's only, as
+        # is a log left by an older version.
+        log_fd = os.open(os.path.join(path, LOG_NAME), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(log_fd, 0o600)
         os.write(ready_fd, f"ready {os.getpid()}\n".encode())
         os.close(ready_fd)
         # The parent relays our stderr until it is closed; from now on, log.

@@ -58,6 +58,9 @@ def run(disk_path: str, mountpoint: str, *, allow_other: bool = False, on_ready=
     nothing is mounted then.
     """
     mountpoint = os.path.abspath(mountpoint)
+    # What this process creates beside the disk (control socket, scratch
+    # files of a deletion) is its owner's alone, whatever umask it came with.
+    os.umask(0o077)
     # Signals wait until the loop can take them: one arriving while the
     # disk opens or during the final flush must not kill the process there.
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)

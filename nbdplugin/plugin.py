@@ -157,6 +157,10 @@ def _on_off(key, value):
 def config_complete():
     if _cfg.disk_path is None:
         raise RuntimeError("missing parameter disk=DISK")
+    # nbdkit sets umask 022 itself and binds its unix socket after this
+    # callback: under 077 the NBD socket, and whatever this process creates,
+    # is its owner's alone whatever the umask vdisk serve was started with.
+    os.umask(0o077)
     _import_vdisk()
     if not os.path.isdir(os.path.join(_cfg.disk_path, "meta")):
         raise RuntimeError("%s is not a vdisk disk" % _cfg.disk_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import os
 import sys
 import threading
 import types
@@ -54,6 +55,8 @@ def plugin(tmp_path, monkeypatch):
     with Disk.create(path, 4 << 20) as d:
         d.write(0, b"s" * 4096)
         d.create_snapshot("s")
+    umask = os.umask(0o022)   # restored at the end: the plugin tightens it for its process
+    os.umask(umask)
     fake = FakeNbdkit()
     monkeypatch.setitem(sys.modules, "nbdkit", fake)
     spec = importlib.util.spec_from_file_location("vdisk_plugin_under_test", PLUGIN)
@@ -69,6 +72,7 @@ def plugin(tmp_path, monkeypatch):
         yield mod
     finally:
         mod.cleanup()
+        os.umask(umask)
 
 
 def _held(disk, method: str):
