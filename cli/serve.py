@@ -10,9 +10,11 @@ writer lock; then it removes the NBD socket, which nbdkit leaves behind.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -32,6 +34,7 @@ CLIENT_GRACE = 3.0
 STOP_TIMEOUT = 600.0
 DEFAULT_SOCKET = "nbd.sock"
 DEFAULT_BIND = "127.0.0.1"
+X509_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem")
 
 
 def command(disk_argument, engine_errors) -> click.Command:
@@ -48,27 +51,118 @@ def command(disk_argument, engine_errors) -> click.Command:
     @click.option("--bind", help=f"Address to listen on with --port (default {DEFAULT_BIND}).")
     @click.option("--readonly", is_flag=True,
                   help="Serve read-only, without the writer lock (another process may write).")
+    @click.option("--tls", is_flag=True,
+                  help="Require TLS on every connection (nbdkit --tls=require), with --tls-certificates "
+                       "or --tls-psk.")
+    @click.option("--tls-certificates", type=click.Path(file_okay=False),
+                  help="X.509: directory with ca-cert.pem, server-cert.pem, server-key.pem (implies --tls).")
+    @click.option("--tls-psk", type=click.Path(dir_okay=False),
+                  help="Pre-shared keys: file of USERNAME:HEXKEY lines, e.g. from psktool (implies --tls).")
+    @click.option("--insecure", is_flag=True,
+                  help="Allow plaintext NBD on a --bind address other than loopback.")
     @engine_errors
-    def serve(disk, socket_path, port, bind, readonly):
+    def serve(disk, socket_path, port, bind, readonly, tls, tls_certificates, tls_psk, insecure):
         """Serve DISK over NBD until Ctrl-C: the running point as the default
         export, each snapshot as a read-only export under its name.
 
         While it runs, `vdisk snapshot ...`, `vdisk info` and `vdisk resize` on
         DISK go through the server, so snapshots can be taken live.
 
+        Listens on DISK/nbd.sock, or with --port on 127.0.0.1. Another
+        --bind address needs --tls (or --insecure for plaintext).
+
         Example: vdisk serve vm1.vdisk    (then: nbdinfo --list 'nbd+unix:///?socket=vm1.vdisk/nbd.sock')
         """
-        run(disk, socket_path, port, bind, readonly)
+        run(disk, socket_path, port, bind, readonly,
+            tls=TLS.of(tls, tls_certificates, tls_psk), insecure=insecure)
 
     return serve
 
 
-def run(disk, socket_path=None, port=None, bind=None, readonly=False):
+class TLS:
+    """How connections are secured: ``kind`` "x509" (``path`` a certificate
+    directory) or "psk" (``path`` a key file); None means plaintext."""
+
+    def __init__(self, kind: str, path: str):
+        self.kind = kind
+        self.path = os.path.abspath(path)
+
+    @classmethod
+    def of(cls, tls: bool, certificates: str | None, psk: str | None) -> "TLS | None":
+        if certificates is not None and psk is not None:
+            raise InvalidArgument("--tls-certificates and --tls-psk exclude each other")
+        if certificates is not None:
+            return cls("x509", certificates)
+        if psk is not None:
+            return cls("psk", psk)
+        if tls:
+            raise InvalidArgument("--tls needs --tls-certificates DIR (X.509) or --tls-psk FILE (pre-shared keys)")
+        return None
+
+    def check(self):
+        """Refuse credentials nbdkit would fail on later, with a less clear message."""
+        if self.kind == "x509":
+            if not os.path.isdir(self.path):
+                raise NotFound(f"TLS certificate directory {self.path} does not exist")
+            missing = [f for f in X509_FILES if not os.path.isfile(os.path.join(self.path, f))]
+            if missing:
+                raise NotFound(f"TLS certificate directory {self.path} has no {', '.join(missing)} "
+                               f"(it needs {', '.join(X509_FILES)}; docs/NBD.md shows how to make them)")
+            secret = os.path.join(self.path, "server-key.pem")
+        else:
+            if not os.path.isfile(self.path):
+                raise NotFound(f"TLS pre-shared key file {self.path} does not exist")
+            secret = self.path
+        if os.stat(secret).st_mode & 0o077:
+            click.echo(f"vdisk: warning: {secret} is readable by other users, who could then impersonate "
+                       f"this server or its clients (chmod 600 {secret})", err=True)
+
+    def describe(self) -> str:
+        if self.kind == "x509":
+            return f"TLS required (X.509 certificates in {self.path})"
+        return f"TLS required (pre-shared keys in {self.path})"
+
+
+def is_loopback(address: str) -> bool:
+    """True if every address ``address`` names is a loopback one.
+
+    A name is resolved, and one that does not resolve counts as not
+    loopback: refusing is the safe answer to a doubt.
+    """
+    try:
+        addrs = [ipaddress.ip_address(address)]
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(address, None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError):
+            return False
+        addrs = [ipaddress.ip_address(i[4][0].split("%")[0]) for i in infos]
+    # ::ffff:127.0.0.1 is loopback too, though ipaddress says otherwise before Python 3.13.
+    addrs = [getattr(a, "ipv4_mapped", None) or a for a in addrs]
+    return bool(addrs) and all(a.is_loopback for a in addrs)
+
+
+def check_exposure(port, bind, tls: "TLS | None", insecure: bool):
+    """Plaintext NBD only where no one else can listen in, unless asked for."""
+    if insecure and tls is not None:
+        raise InvalidArgument("--insecure (plaintext on a non-loopback address) and --tls exclude each other")
+    if port is None or bind is None or tls is not None or insecure or is_loopback(bind):
+        return
+    raise InvalidArgument(f"--bind {bind} is not a loopback address: anyone who reaches it could read and "
+                          f"write the disk; add --tls-certificates DIR or --tls-psk FILE, or --insecure to "
+                          f"serve plaintext anyway")
+
+
+def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS | None = None,
+        insecure: bool = False):
     """Serve until a signal; engine errors propagate (the command maps them)."""
     if bind is not None and port is None:
         raise click.UsageError("--bind needs --port")
     if socket_path is not None and port is not None:
         raise click.UsageError("--socket and --port exclude each other")
+    check_exposure(port, bind, tls, insecure)
+    if tls is not None:
+        tls.check()
     path = os.path.abspath(disk)
     if not os.path.isdir(path):
         raise NotFound(f"no disk at {disk}")
@@ -88,7 +182,9 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False):
     tmp = tempfile.mkdtemp(prefix="vdisk-serve-")
     pidfile = os.path.join(tmp, "nbdkit.pid")
     argv = nbdkit_command(path, socket=sock, port=port, bind=(bind or DEFAULT_BIND) if port else None,
-                          readonly=readonly, pidfile=pidfile)
+                          readonly=readonly, pidfile=pidfile,
+                          tls_certificates=tls.path if tls is not None and tls.kind == "x509" else None,
+                          tls_psk=tls.path if tls is not None and tls.kind == "psk" else None)
     stopping = []
     proc = None
 
@@ -111,7 +207,7 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False):
     try:
         _wait_ready(proc, pidfile, path, readonly, stopping)
         if proc.poll() is None and not stopping:
-            _announce(path, sock, port, bind or DEFAULT_BIND, readonly, proc.pid)
+            _announce(path, sock, port, bind or DEFAULT_BIND, readonly, proc.pid, tls)
         code = _wait(proc, stopping, path, readonly)
     finally:
         if proc.poll() is None:
@@ -249,15 +345,18 @@ def _remove_stale_control(path: str):
         _remove_socket(control)
 
 
-def _announce(path, sock, port, bind, readonly, pid):
+def _announce(path, sock, port, bind, readonly, pid, tls):
     names = _snapshot_names(path, readonly)
     mode = "read-only" if readonly else "read-write"
+    secure = tls is not None
     click.echo(f"serving {path} over NBD (nbdkit PID {pid}); stop with Ctrl-C")
-    rows = [(export_uri(sock, port, bind, ""), f"running point ({mode})")]
-    rows += [(export_uri(sock, port, bind, n), f"snapshot {n} (read-only)") for n in names]
+    rows = [(export_uri(sock, port, bind, "", secure), f"running point ({mode})")]
+    rows += [(export_uri(sock, port, bind, n, secure), f"snapshot {n} (read-only)") for n in names]
     width = max(len(u) for u, _ in rows)
     for uri, what in rows:
         click.echo(f"  {uri:<{width}}  {what}")
+    if secure:
+        click.echo(f"{tls.describe()}; plaintext clients are refused")
     click.echo("snapshots taken while serving become exports under their own names")
     sys.stdout.flush()
 
@@ -277,10 +376,11 @@ def _snapshot_names(path, readonly) -> list[str]:
         return []
 
 
-def export_uri(sock: str | None, port: int | None, bind: str, name: str) -> str:
+def export_uri(sock: str | None, port: int | None, bind: str, name: str, tls: bool = False) -> str:
     """The NBD URI of export ``name`` (see the NBD URI specification)."""
     quoted = urllib.parse.quote(name, safe="")
+    scheme = "nbds" if tls else "nbd"
     if sock is not None:
-        return f"nbd+unix:///{quoted}?socket={urllib.parse.quote(sock, safe='/')}"
+        return f"{scheme}+unix:///{quoted}?socket={urllib.parse.quote(sock, safe='/')}"
     host = f"[{bind}]" if ":" in bind else bind
-    return f"nbd://{host}:{port}/{quoted}"
+    return f"{scheme}://{host}:{port}/{quoted}"

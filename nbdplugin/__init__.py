@@ -51,15 +51,25 @@ def nbdkit_env(base: dict | None = None) -> dict:
 
 def nbdkit_command(disk: str, *, socket: str | None = None, port: int | None = None,
                    bind: str | None = None, readonly: bool = False, pidfile: str | None = None,
-                   control: bool | None = None, nbdkit_args: tuple = ()) -> list[str]:
-    """argv for a foreground nbdkit serving ``disk`` with this plugin."""
+                   control: bool | None = None, tls_certificates: str | None = None,
+                   tls_psk: str | None = None, nbdkit_args: tuple = ()) -> list[str]:
+    """argv for a foreground nbdkit serving ``disk`` with this plugin.
+
+    TCP listens on ``bind``, by default 127.0.0.1: nbdkit's own default is
+    every interface. Either TLS credential makes TLS required (``--tls=require``:
+    with ``on`` a client could choose plaintext).
+    """
     argv = [NBDKIT, "-f", "--exit-with-parent"]
     if socket is not None:
         argv += ["-U", socket]
     else:
-        argv += ["-p", str(port if port is not None else 10809)]
-        if bind:
-            argv += ["-i", bind]
+        argv += ["-p", str(port if port is not None else 10809), "-i", bind or "127.0.0.1"]
+    if tls_certificates is not None and tls_psk is not None:
+        raise ValueError("tls_certificates and tls_psk exclude each other")
+    if tls_certificates is not None:
+        argv += ["--tls=require", f"--tls-certificates={os.path.abspath(tls_certificates)}"]
+    elif tls_psk is not None:
+        argv += ["--tls=require", f"--tls-psk={os.path.abspath(tls_psk)}"]
     if readonly:
         argv.append("-r")
     if pidfile:
