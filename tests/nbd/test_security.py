@@ -38,6 +38,8 @@ if fsuid == "root":
     # the effective uid); the file system still lets us reach the socket.
     os.seteuid(65534)
     ctypes.CDLL(None, use_errno=True).setfsuid(0)
+# The control: this process does reach the directory, so a refusal below is the socket's.
+os.listdir(f"/proc/self/fd/{fd}")
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(10)
 try:
