@@ -336,6 +336,11 @@ class Forest:
     # ----------------------------------------------------------- commit
 
     @property
+    def dirty_nodes(self) -> int:
+        """Nodes changed since the last commit (what the next commit writes)."""
+        return len(self._dirty)
+
+    @property
     def has_changes(self) -> bool:
         return bool(self._dirty or self._freed or self._meta or self._dirty_trees
                     or self.seq != self._committed_seq)

@@ -37,7 +37,7 @@ import logging
 
 from vdisk import format as fmt
 from vdisk.disk import BATCH_COMMIT
-from vdisk.errors import InvalidArgument
+from vdisk.errors import Cancelled, InvalidArgument
 from vdisk.extents import ExtentMap
 
 from .runbuffer import DEFAULT_LIMIT_BYTES, RunBuffer, remove_stale
@@ -65,7 +65,7 @@ def delete_snapshot(disk, name: str, buffer_bytes: int = DEFAULT_LIMIT_BYTES,
     the running point after a revert, say) is deferred: it disappears for
     users at once, and its space returns when at most one dependent is left.
     """
-    with disk._delete_lock:
+    with disk._delete_lock, disk.maintenance():
         with disk._lock:
             pending = disk.forest.meta_get(DELETING_KEY) is not None
             if not pending:
@@ -73,18 +73,21 @@ def delete_snapshot(disk, name: str, buffer_bytes: int = DEFAULT_LIMIT_BYTES,
         freed = run_pending(disk, buffer_bytes, stall) if pending else 0
         disk.sync_data()                   # see Disk.sync_data
         with disk._lock:
+            disk.check_cancelled()
             rec = disk._snapshot_record(name)
             if _holders(disk, name) >= 2:
-                _defer(disk, rec)
+                with disk.changing():
+                    _defer(disk, rec)
                 return freed
-            begin(disk, name)
+            with disk.changing():
+                begin(disk, name)
         freed += run_pending(disk, buffer_bytes, stall)
         return freed + _reap(disk, buffer_bytes, stall)
 
 
 def reap_deferred(disk, buffer_bytes: int = DEFAULT_LIMIT_BYTES, stall: float = DEFAULT_STALL) -> int:
     """Delete deferred snapshots that have at most one dependent left."""
-    with disk._delete_lock:
+    with disk._delete_lock, disk.maintenance():
         return _reap(disk, buffer_bytes, stall)
 
 
@@ -126,11 +129,13 @@ def _reap(disk, buffer_bytes: int, stall: float) -> int:
     freed = 0
     while True:
         with disk._lock:
+            disk.check_cancelled()
             ready = [r.name for r in disk._snapshot_records()
                      if r.name.startswith(DEFERRED_PREFIX) and _holders(disk, r.name) <= 1]
             if not ready:
                 return freed
-            begin(disk, ready[0])
+            with disk.changing():
+                begin(disk, ready[0])
         freed += run_pending(disk, buffer_bytes, stall)
 
 
@@ -182,9 +187,11 @@ def run_pending(disk, buffer_bytes: int = DEFAULT_LIMIT_BYTES, stall: float = DE
         freed = _sweep(disk, buf, stall)
     disk.sync_data()
     with disk._lock:
-        disk.forest.free_node_ids(rec.node_ids)
-        disk.forest.meta_put(DELETING_KEY, None)
-        disk._commit()
+        disk.check_cancelled()
+        with disk.changing():
+            disk.forest.free_node_ids(rec.node_ids)
+            disk.forest.meta_put(DELETING_KEY, None)
+            disk._commit()
     log.info("deleted snapshot %s: %d blocks, %d nodes freed", rec.name, freed, len(rec.node_ids))
     return freed
 
@@ -242,21 +249,31 @@ def _sweep_steps(disk, buf: RunBuffer, freed: list[int]):
         since_commit += 1
         # Commit in small steps: a commit folds every pending free into the
         # free map under the lock, ~4.5 us each, so it must stay short.
-        if since_commit >= COMMIT_RUNS or len(disk.forest._dirty) >= COMMIT_DIRTY_NODES:
+        if since_commit >= COMMIT_RUNS or disk.forest.dirty_nodes >= COMMIT_DIRTY_NODES:
             since_commit = 0
             yield BATCH_COMMIT
         else:
             yield
 
 
+def pending_work(disk) -> bool:
+    """Whether a deletion is half done or a deferred snapshot may be reaped."""
+    from vdisk.disk import DEFERRED_PREFIX
+    if disk.forest.meta_get(DELETING_KEY) is not None:
+        return True
+    return any(r.name.startswith(DEFERRED_PREFIX) for r in disk._snapshot_records())
+
+
 def resume_on_open(disk):
-    """Finish a deletion a crash interrupted (called by a writable open)."""
+    """Finish a deletion a crash interrupted (run beside I/O by a writable open)."""
     try:
-        if disk.forest.meta_get(DELETING_KEY) is not None:
-            run_pending(disk)
-        _reap(disk, DEFAULT_LIMIT_BYTES, DEFAULT_STALL)
+        with disk._delete_lock, disk.maintenance():
+            if pending_deletion(disk) is not None:
+                run_pending(disk)
+            _reap(disk, DEFAULT_LIMIT_BYTES, DEFAULT_STALL)
+            remove_stale(disk.path)
+    except Cancelled:
+        log.info("closing %s: a snapshot deletion stopped; it continues at the next open", disk.path)
     except Exception as e:        # the pending record keeps everything safe; retried later
         log.warning("could not finish deleting a snapshot in %s (%s); will retry on the next open",
                     disk.path, e)
-    finally:
-        remove_stale(disk.path)

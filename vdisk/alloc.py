@@ -19,7 +19,9 @@ Two rules protect data:
 from __future__ import annotations
 
 from vdisk.btree import BTree
-from vdisk.errors import IntegrityError
+from vdisk.errors import IntegrityError, NoSpace
+
+from .extents import MAX_TARGET
 
 GROW_BLOCKS = 2048  # grow the PBA space 8 MiB (at 4 KiB blocks) at a time
 
@@ -38,7 +40,14 @@ class Allocator:
         cur = self._cur
         while count > 0:
             if cur[0] >= cur[1]:
-                self._take_extent(count)
+                try:
+                    self._take_extent(count)
+                except NoSpace:
+                    # Nothing is lost: the pieces taken so far are free again
+                    # at the next commit, and the write fails as a whole.
+                    for pba, n in out:
+                        self.release(pba, n)
+                    raise
             take = min(count, cur[1] - cur[0])
             if out and out[-1][0] + out[-1][1] == cur[0]:
                 out[-1] = (out[-1][0], out[-1][1] + take)
@@ -55,6 +64,10 @@ class Allocator:
             self.free.delete(start)
         else:
             start, length = self.end, max(want, GROW_BLOCKS)
+            if start + length > MAX_TARGET:
+                length = MAX_TARGET - start
+                if length < want:
+                    raise NoSpace(f"the data file reached its limit of {MAX_TARGET} blocks")
             self.end += length
         self._cur[:] = [start, start + length]
         self._cursor = start

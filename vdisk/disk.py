@@ -36,6 +36,7 @@ A :class:`Disk` is safe to share between threads: one lock serialises calls.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -50,12 +51,12 @@ from dataclasses import dataclass
 import blake3
 
 from vdisk.btree import Forest, Layout, LmdbNodeStore
-from vdisk.errors import (AlreadyExists, Busy, ChecksumMismatch, IntegrityError, InvalidArgument,
-                          NoSpace, NotFound, ReadOnly, VdiskError)
+from vdisk.errors import (AlreadyExists, Busy, Cancelled, ChecksumMismatch, DiskFailed, IntegrityError,
+                          InvalidArgument, NoSpace, NotFound, ReadOnly, StorageError, VdiskError)
 
 from . import format as fmt
 from .alloc import Allocator
-from .extents import ExtentMap
+from .extents import MAX_TARGET, ExtentMap
 
 log = logging.getLogger("vdisk")
 
@@ -75,6 +76,12 @@ EARLY_WRITEBACK_BYTES = 256 << 10
 BATCH_IO_SHARE = 0.5
 BATCH_MIN_PAUSE = 0.0005
 BATCH_COMMIT = object()
+# zero/trim unmap this much per lock hold; each extent they touch counts as
+# this many written blocks toward the automatic commit (dirty nodes it costs).
+ZERO_SLICE_BYTES = 256 << 20
+UNMAP_EXTENT_COST = 4
+# Attempts of one read-only request whose view a writer's commit moved (_in_view).
+VIEW_RETRIES = 8
 
 RUNNING_TREE = "lba"
 VBA_TREE = "vba"
@@ -101,15 +108,16 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def start_writeback(fd: int, offset: int, length: int):
+def start_writeback(fd: int, offset: int, length: int) -> int:
     """Ask the kernel to start writing a range to the device, without waiting.
 
     The commit's fdatasync then finds most of a large write already on its
     way, instead of writing it all while the caller waits; the device works
-    while this process hashes the next data. Best effort: errors surface at
-    the fdatasync, where they belong.
+    while this process hashes the next data. Returns 0 or the errno: an I/O
+    error here means written data may already be lost.
     """
-    _libc.sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(length), _SYNC_FILE_RANGE_WRITE)
+    r = _libc.sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(length), _SYNC_FILE_RANGE_WRITE)
+    return ctypes.get_errno() if r else 0
 
 
 def checksum(block) -> bytes:
@@ -157,17 +165,15 @@ class _Reader:
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``; unmapped ranges read as zeros."""
-        d = self.disk
-        with d._lock:
-            # Refresh first: a read-only opener's size may have grown.
-            d._ensure_view()
+        bs = self.block_size
+        b0 = offset // bs
+        b1 = -(-(offset + length) // bs)
+
+        def read():
+            # Checked in the view: a read-only opener's size may have grown.
             self._check_range(offset, length)
-            if length == 0:
-                return b""
-            bs = self.block_size
-            b0 = offset // bs
-            b1 = -(-(offset + length) // bs)
-            buf = d._read_blocks(self._lba_map(), b0, b1 - b0)
+            return self.disk._read_blocks(self._lba_map(), b0, b1 - b0) if length else b""
+        buf = self.disk._in_view(read)
         start = offset - b0 * bs
         if start == 0 and length == len(buf):
             return bytes(buf)
@@ -188,9 +194,7 @@ class _Reader:
                 out.append(Extent(start, end - start, allocated, not allocated))
 
         end = offset + length
-        with d._lock:
-            # Refresh first: a read-only opener's size may have grown.
-            d._ensure_view()
+        with d._view():
             self._check_range(offset, length)
             b0 = offset // bs
             b1 = -(-end // bs)
@@ -205,8 +209,7 @@ class _Reader:
 
     def allocated_bytes(self) -> int:
         d = self.disk
-        with d._lock:
-            d._ensure_view()
+        with d._view():
             return sum(n for _, _, n in self._lba_map().extents()) * self.block_size
 
 
@@ -261,7 +264,12 @@ class Disk(_Reader):
         self._delete_lock = threading.Lock()     # one snapshot deletion at a time
         self._lock_fd = _lock_fd
         self._closed = False
+        self._closing = False
+        self._failed: str | None = None          # the cause, once the disk stopped (see _stop)
+        self._jobs = 0                           # maintenance jobs running (see maintenance)
+        self._jobs_done = threading.Condition(threading.Lock())
         self._view_id = None
+        self._resume_thread: threading.Thread | None = None
         self._blocks_since_commit = 0
         self.store = None
         self._fd = None
@@ -276,8 +284,7 @@ class Disk(_Reader):
             self._fd = os.open(data_path, os.O_RDONLY if readonly else os.O_RDWR)
             self._load()
             if not readonly:
-                from vdisk.snapshots.delete import resume_on_open
-                resume_on_open(self)
+                self._resume_in_background()
         except BaseException:
             # LMDB allows one environment per file per process: a store left
             # open here would make every later open of this disk fail.
@@ -305,13 +312,17 @@ class Disk(_Reader):
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise NotFound(f"directory {parent} does not exist")
-        os.mkdir(path)
+        os.mkdir(path, 0o700)
         try:
-            os.mkdir(os.path.join(path, "meta"))
-            open(os.path.join(path, "data"), "wb").close()
-            open(os.path.join(path, "lock"), "wb").close()
-            _reserve(os.path.join(path, "meta", "lock.mdb"), LMDB_LOCK_FILE_RESERVE)
-            store = LmdbNodeStore(os.path.join(path, "meta"))
+            # Owner-only whatever the umask: a disk holds a guest's data.
+            os.chmod(path, 0o700)
+            meta = os.path.join(path, "meta")
+            os.mkdir(meta, 0o700)
+            os.chmod(meta, 0o700)
+            for name in ("data", "lock", "meta/data.mdb"):
+                _create_private(os.path.join(path, name))
+            _reserve(os.path.join(meta, "lock.mdb"), LMDB_LOCK_FILE_RESERVE)
+            store = LmdbNodeStore(meta)
             try:
                 forest = Forest(store)
                 extent = Layout("u64", "u64")
@@ -323,6 +334,10 @@ class Disk(_Reader):
                 forest.commit()
             finally:
                 store.close()
+            # The files' contents are synced (LMDB's commit, empty files);
+            # their names are durable only once their directories are.
+            for d in (meta, path, parent):
+                _fsync_dir(d)
         except OSError as e:
             _remove_tree(path)
             if e.errno == errno.ENOSPC:
@@ -356,23 +371,160 @@ class Disk(_Reader):
         self._csum = self.forest.tree(CSUM_TREE)
         self.alloc = Allocator(self.forest.tree(FREE_TREE), self.state.pba_end)
 
+    def _resume_in_background(self):
+        """Finish a snapshot deletion a crash interrupted, beside the caller's I/O.
+
+        In a thread, so that opening stays fast however much the deletion
+        has left to do; close() stops it at a batch boundary, and the
+        pending record makes the next open carry on.
+        """
+        from vdisk.snapshots.delete import pending_work, resume_on_open
+        if pending_work(self):
+            self._resume_thread = threading.Thread(target=resume_on_open, args=(self,),
+                                                   name="vdisk-resume", daemon=True)
+            self._resume_thread.start()
+
+    def wait_maintenance(self, timeout: float | None = None) -> bool:
+        """Wait for the work an open resumed in the background; False on timeout."""
+        t = self._resume_thread
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
+    @contextlib.contextmanager
+    def _view(self):
+        """The lock, and for a read-only opener one pinned committed view.
+
+        A read-only opener shares nothing with the writer but the committed
+        database, which the writer changes under it (nodes rewritten in
+        place, PBAs reused once their release is durable). Each request
+        therefore reads every node in one LMDB read transaction, and reloads
+        the trees when that view is newer than the last one. Yields a
+        function that tells whether the writer has committed since.
+        """
+        with self._lock:
+            self._check_open()
+            if not self.readonly:
+                yield _never
+                return
+            with self.store.read_view() as view:
+                if view != self._view_id:
+                    self._view_id = view
+                    self._load()
+                yield lambda: self.store.current_view() != view
+
+    def _in_view(self, fn):
+        """``fn()`` in one view; a read-only opener retries when the view moved.
+
+        The only way a read in a pinned view can fail on a healthy disk is
+        that the writer reused a PBA the view still maps (freed and rewritten
+        by a later commit): its checksum then fails. Retried in the newer
+        view, the read finds the block where it lives now; a failure in an
+        unchanged view is real and is raised.
+        """
+        for attempt in range(VIEW_RETRIES):
+            with self._view() as moved:
+                try:
+                    return fn()
+                except IntegrityError:
+                    if attempt + 1 == VIEW_RETRIES or not moved():
+                        raise
+
     def _ensure_view(self):
         """Read-only openers follow the writer's commits between calls."""
         if not self.readonly:
             return
-        with self.store.env.begin() as txn:
-            view = txn.id()
+        view = self.store.current_view()
         if view != self._view_id:
             self._view_id = view
             self._load()
 
+    def _check_open(self):
+        if self._closed:
+            raise InvalidArgument("disk is closed")
+        if self._failed is not None:
+            raise DiskFailed(self.path, self._failed)
+
+    def _stop(self, e: BaseException) -> BaseException:
+        """Stop the disk after ``e`` left unflushed writes lost or half-applied.
+
+        The durability contract (docs/ARCHITECTURE.md): once a write-back or
+        a commit failed, or a change to the maps stopped half-way, no later
+        flush may succeed, because writes acknowledged before it may be gone
+        (Linux drops dirty pages whose write-back failed, so a retried
+        fdatasync would succeed over the hole). Every later request raises
+        DiskFailed until the disk is reopened, which finds the last
+        successful flush. Returns the exception to raise now.
+        """
+        if isinstance(e, OSError):
+            what = f"I/O error on {self.path}: {e.strerror or e}"
+            e = (NoSpace(f"no space left on the file system holding {self.path}")
+                 if e.errno == errno.ENOSPC else StorageError(what))
+        if self._failed is not None or self.readonly:
+            return e
+        self._failed = str(e) or type(e).__name__
+        log.error("disk %s stopped: %s; writes since the last flush may be lost; reopen it",
+                  self.path, self._failed)
+        if isinstance(e, NoSpace):
+            return NoSpace(f"{e}; writes since the last successful flush are lost, the disk is "
+                           f"consistent: free space, then reopen it")
+        return e
+
+    @contextlib.contextmanager
+    def changing(self):
+        """Wrap a change to the in-memory maps: if it fails half-way, stop the disk.
+
+        Changes are not undone one by one; instead, a half-done change can
+        never be committed (see _stop), and the last commit stays the truth.
+        """
+        try:
+            yield
+        except Cancelled:
+            raise
+        except BaseException as e:
+            err = self._stop(e)
+            if err is e:
+                raise
+            raise err from None
+
+    @contextlib.contextmanager
+    def maintenance(self):
+        """Register long work (deletion, compact) that close() must wait for.
+
+        The work checks :meth:`check_cancelled` at each batch boundary, so
+        close() waits at most one batch.
+        """
+        with self._jobs_done:
+            self._check_open()
+            if self._closing:
+                raise Cancelled(f"disk {self.path} is closing")
+            self._jobs += 1
+        try:
+            yield
+        finally:
+            with self._jobs_done:
+                self._jobs -= 1
+                self._jobs_done.notify_all()
+
+    def check_cancelled(self):
+        if self._closing:
+            raise Cancelled(f"disk {self.path} is closing; the work resumes at the next open")
+        self._check_open()
+
     def close(self):
         with self._lock:
-            if self._closed:
+            if self._closed or self._closing:
                 return
+            self._closing = True
+        # Outside the lock: the jobs need it to reach their batch boundary.
+        with self._jobs_done:
+            while self._jobs:
+                self._jobs_done.wait(1.0)
+        with self._lock:
             try:
-                if not self.readonly:
-                    self.flush()
+                if not self.readonly and self._failed is None:
+                    self._commit()
             finally:
                 self._closed = True
                 os.close(self._fd)
@@ -394,8 +546,7 @@ class Disk(_Reader):
         return self._lba
 
     def _check_writable(self):
-        if self._closed:
-            raise InvalidArgument("disk is closed")
+        self._check_open()
         if self.readonly:
             raise ReadOnly(f"disk {self.path} is open read-only")
 
@@ -463,6 +614,7 @@ class Disk(_Reader):
             return
         bs = self.block_size
         with self._lock:
+            self._check_open()
             b0 = offset // bs
             b1 = -(-(offset + length) // bs)
             head = offset - b0 * bs
@@ -479,20 +631,32 @@ class Disk(_Reader):
     def _write_blocks(self, b0: int, data: memoryview):
         bs = self.block_size
         n = len(data) // bs
-        pieces = self.alloc.allocate(n)
+        if self.state.vba_next + n > MAX_TARGET:
+            raise NoSpace(f"disk {self.path} has used up its {MAX_TARGET} virtual block addresses")
+        with self.changing():
+            pieces = self.alloc.allocate(n)
         try:
             pos = 0
             for pba, count in pieces:
                 _pwrite_all(self._fd, data[pos * bs:(pos + count) * bs], pba * bs)
                 if count * bs >= EARLY_WRITEBACK_BYTES:
-                    start_writeback(self._fd, pba * bs, count * bs)
+                    err = start_writeback(self._fd, pba * bs, count * bs)
+                    if err == errno.EIO:
+                        raise OSError(err, os.strerror(err))
                 pos += count
         except OSError as e:
+            # Only new, unmapped PBAs were written: the write fails as a
+            # whole and every acknowledged write is as it was.
             for pba, count in pieces:
                 self.alloc.release(pba, count)
             if e.errno == errno.ENOSPC:
                 raise NoSpace(f"no space left on the file system holding {self.path}") from None
-            raise
+            raise StorageError(f"writing to {self.path}/data failed: {e.strerror or e}") from None
+        with self.changing():
+            self._map_written(b0, n, data, pieces)
+
+    def _map_written(self, b0: int, n: int, data: memoryview, pieces: list[tuple[int, int]]):
+        bs = self.block_size
         h = blake3.blake3
         sums = [h(data[i:i + bs]).digest(CSUM_BYTES) for i in range(0, n * bs, bs)]
         wm = self.state.vba_watermark
@@ -533,11 +697,14 @@ class Disk(_Reader):
             self._vba.map(vba, pba, count)
             vba += count
 
-    def _unmap_blocks(self, b0: int, n: int):
+    def _unmap_blocks(self, b0: int, n: int) -> int:
+        """Unmap LBAs [b0, b0+n); returns the number of extents it touched."""
         wm = self.state.vba_watermark
-        for _s, vba, ln in _split_at_watermark(self._lba.punch(b0, n), wm):
+        pieces = self._lba.punch(b0, n)
+        for _s, vba, ln in _split_at_watermark(pieces, wm):
             if vba >= wm:
                 self._forget_vbas(vba, ln)
+        return len(pieces)
 
     def _forget_vbas(self, vba: int, count: int) -> int:
         """Drop VBAs no tree maps any more: their PBAs and checksums.
@@ -564,19 +731,26 @@ class Disk(_Reader):
         if length == 0:
             return
         bs = self.block_size
-        with self._lock:
-            end = offset + length
-            first = -(-offset // bs)
-            last = end // bs
-            if first >= last:
-                self.write(offset, bytes(length))
-                return
-            if offset < first * bs:
-                self.write(offset, bytes(first * bs - offset))
-            if end > last * bs:
-                self.write(last * bs, bytes(end - last * bs))
-            self._unmap_blocks(first, last - first)
-            self._after_work(0)
+        end = offset + length
+        first = -(-offset // bs)
+        last = end // bs
+        if first >= last:
+            self.write(offset, bytes(length))
+            return
+        if offset < first * bs:
+            self.write(offset, bytes(first * bs - offset))
+        if end > last * bs:
+            self.write(last * bs, bytes(end - last * bs))
+        # In slices, each under the lock once: a huge trim neither holds the
+        # lock nor grows the uncommitted state without bound, and counts
+        # toward the automatic commit like the writes it replaces.
+        step = max(1, ZERO_SLICE_BYTES // bs)
+        for b in range(first, last, step):
+            with self._lock:
+                self._check_open()
+                with self.changing():
+                    touched = self._unmap_blocks(b, min(step, last - b))
+                    self._after_work(touched * UNMAP_EXTENT_COST)
 
     def _after_work(self, blocks: int):
         self._blocks_since_commit += blocks
@@ -584,27 +758,31 @@ class Disk(_Reader):
             self._commit()
 
     def flush(self) -> None:
-        """Make every acknowledged write durable."""
-        if self._closed:
-            raise InvalidArgument("disk is closed")
-        if self.readonly:
-            return
+        """Make every acknowledged write durable; after a failure, never succeeds."""
         with self._lock:
+            self._check_open()
+            if self.readonly:
+                return
             self._commit()
 
     def _commit(self):
+        """fdatasync the data, then commit every metadata change at once.
+
+        Any failure stops the disk (see _stop): a failed fdatasync has lost
+        the dirty pages it could not write, and a failed metadata commit
+        leaves in-memory frees that must never be used.
+        """
         self._blocks_since_commit = 0
-        try:
-            os.fdatasync(self._fd)
-        except OSError as e:
-            self._fail_commit(e)
-        freed = self.alloc.prepare_commit()
-        self.state.pba_end = self.alloc.end
-        self.forest.meta_put(b"disk/state", fmt.encode_state(self.state))
-        try:
+        with self.changing():
+            try:
+                os.fdatasync(self._fd)
+            except OSError as e:
+                raise StorageError(f"writing back {self.path}/data failed: {e.strerror or e}") \
+                    if e.errno != errno.ENOSPC else e
+            freed = self.alloc.prepare_commit()
+            self.state.pba_end = self.alloc.end
+            self.forest.meta_put(b"disk/state", fmt.encode_state(self.state))
             self.forest.commit()
-        except (VdiskError, OSError) as e:
-            self._fail_commit(e)
         self._punch_free_runs(freed)
 
     def _punch_free_runs(self, freed: list[tuple[int, int]]):
@@ -632,18 +810,6 @@ class Disk(_Reader):
                 done.add(run)
                 punch_hole(self._fd, run[0] * bs, run[1] * bs)
 
-    def _fail_commit(self, e: Exception):
-        # The committed state is intact; drop the uncommitted changes (whose
-        # frees may already be in the in-memory free map) and start over from it.
-        self.forest.rollback()
-        self._load()
-        if isinstance(e, NoSpace) or getattr(e, "errno", None) == errno.ENOSPC:
-            raise NoSpace(f"no space left to commit metadata of {self.path}; writes since the "
-                          f"last flush were lost, the disk is consistent") from None
-        if isinstance(e, VdiskError):
-            raise e
-        raise IntegrityError(f"commit failed ({e}); writes since the last flush were lost") from None
-
     def compact(self, stall: float = 0.02) -> int:
         """Return every free block still in the data file to the file system.
 
@@ -657,7 +823,8 @@ class Disk(_Reader):
         """
         self._check_writable()
         punched = [0]
-        self.run_in_batches(self._compact_steps(punched), stall)
+        with self.maintenance():
+            self.run_in_batches(self._compact_steps(punched), stall)
         return punched[0]
 
     def _compact_steps(self, punched: list[int]):
@@ -682,27 +849,32 @@ class Disk(_Reader):
         of the time (Python's locks are not fair: released and retaken at
         once, the waiting I/O would starve). A step that yields
         ``BATCH_COMMIT`` has its work committed before the next batch.
+        Raises Cancelled at a batch boundary once the disk is closing; a
+        step that fails stops the disk (see changing).
         """
         while True:
             commit = False
             with self._lock:
+                self.check_cancelled()
                 start = time.monotonic()
-                if before_batch is not None:
-                    before_batch()
-                for step in steps:
-                    if step is BATCH_COMMIT:
-                        commit = True
-                        break
-                    if time.monotonic() - start >= stall:
-                        break
-                else:
-                    return
+                with self.changing():
+                    if before_batch is not None:
+                        before_batch()
+                    for step in steps:
+                        if step is BATCH_COMMIT:
+                            commit = True
+                            break
+                        if time.monotonic() - start >= stall:
+                            break
+                    else:
+                        return
                 held = time.monotonic() - start
             time.sleep(max(BATCH_MIN_PAUSE, held * BATCH_IO_SHARE))
             if commit:
                 start = time.monotonic()
                 self.sync_data()
                 with self._lock:
+                    self._check_open()
                     self._commit()
                 time.sleep(max(BATCH_MIN_PAUSE, (time.monotonic() - start) * BATCH_IO_SHARE))
 
@@ -711,9 +883,16 @@ class Disk(_Reader):
 
         Most of a commit's time can be writeback of recent writes; done first,
         outside the lock, the commit proper (which must sync again) finds
-        little left to write and holds the lock briefly.
+        little left to write and holds the lock briefly. A failure stops
+        the disk like a failed commit: the pages it could not write are gone.
         """
-        os.fdatasync(self._fd)
+        try:
+            os.fdatasync(self._fd)
+        except OSError as e:
+            with self._lock:
+                err = self._stop(StorageError(f"writing back {self.path}/data failed: {e.strerror or e}")
+                                 if e.errno != errno.ENOSPC else e)
+            raise err from None
 
     def _punch_data_in(self, offset: int, length: int) -> int:
         """Punch the data (not the holes) of [offset, offset+length) of the data file."""
@@ -739,13 +918,15 @@ class Disk(_Reader):
         """Grow the disk (shrinking is refused: it would destroy data)."""
         self._check_writable()
         with self._lock:
+            self._check_open()
             if new_size < self.size:
                 raise InvalidArgument(f"cannot shrink the disk from {self.size} to {new_size} bytes")
             if new_size % self.block_size or new_size > MAX_DISK_SIZE:
                 raise InvalidArgument(f"bad size {new_size}: use a multiple of {self.block_size}")
-            self.config.size = self.size = new_size
-            self.forest.meta_put(b"disk/config", fmt.encode_config(self.config))
-            self._commit()
+            with self.changing():
+                self.config.size = self.size = new_size
+                self.forest.meta_put(b"disk/config", fmt.encode_config(self.config))
+                self._commit()
 
     # ----------------------------------------------------------- snapshots
 
@@ -767,16 +948,18 @@ class Disk(_Reader):
         validate_snapshot_name(name)
         self._check_writable()
         with self._lock:
+            self._check_open()
             key = SNAP_META_PREFIX + name.encode()
             if self.forest.meta_get(key) is not None:
                 raise AlreadyExists(f"snapshot {name!r} already exists")
-            self.forest.snapshot(RUNNING_TREE, SNAP_TREE_PREFIX + name)
-            rec = fmt.SnapshotRecord(name, time.time_ns(), self.forest.seq, self.state.vba_next,
-                                     self.size, self.state.parent)
-            self.forest.meta_put(key, fmt.encode_snapshot(rec))
-            self.state.parent = name
-            self.state.vba_watermark = self.state.vba_next
-            self._commit()
+            with self.changing():
+                self.forest.snapshot(RUNNING_TREE, SNAP_TREE_PREFIX + name)
+                rec = fmt.SnapshotRecord(name, time.time_ns(), self.forest.seq, self.state.vba_next,
+                                         self.size, self.state.parent)
+                self.forest.meta_put(key, fmt.encode_snapshot(rec))
+                self.state.parent = name
+                self.state.vba_watermark = self.state.vba_next
+                self._commit()
             return self._info(rec)
 
     def _info(self, rec: fmt.SnapshotRecord, exclusive: int | None = None) -> SnapshotInfo:
@@ -785,8 +968,7 @@ class Disk(_Reader):
     def snapshots(self, exclusive: bool = True) -> list[SnapshotInfo]:
         """Snapshots oldest first, with the bytes each one alone holds."""
         from vdisk.snapshots.usage import exclusive_blocks
-        with self._lock:
-            self._ensure_view()
+        with self._view():
             recs = self._snapshot_records()
             by_name = {r.name: r for r in recs}
             out = []
@@ -803,8 +985,7 @@ class Disk(_Reader):
 
     def open_snapshot(self, name: str) -> SnapshotView:
         validate_snapshot_name(name)
-        with self._lock:
-            self._ensure_view()
+        with self._view():
             return SnapshotView(self, name, self._snapshot_record(name))
 
     def revert(self, name: str) -> None:
@@ -812,17 +993,19 @@ class Disk(_Reader):
         validate_snapshot_name(name)
         self._check_writable()
         with self._delete_lock, self._lock:
+            self._check_open()
             rec = self._snapshot_record(name)
             from vdisk.snapshots.usage import drop_running_point_exclusive
-            drop_running_point_exclusive(self)
-            self.forest.clone(SNAP_TREE_PREFIX + name, RUNNING_TREE, replace=True)
-            self._lba = ExtentMap(self.forest.tree(RUNNING_TREE))
-            self.state.parent = name
-            self.state.vba_watermark = self.state.vba_next
-            if rec.size != self.size:
-                self.config.size = self.size = rec.size
-                self.forest.meta_put(b"disk/config", fmt.encode_config(self.config))
-            self._commit()
+            with self.changing():
+                drop_running_point_exclusive(self)
+                self.forest.clone(SNAP_TREE_PREFIX + name, RUNNING_TREE, replace=True)
+                self._lba = ExtentMap(self.forest.tree(RUNNING_TREE))
+                self.state.parent = name
+                self.state.vba_watermark = self.state.vba_next
+                if rec.size != self.size:
+                    self.config.size = self.size = rec.size
+                    self.forest.meta_put(b"disk/config", fmt.encode_config(self.config))
+                self._commit()
         # The running point left its old base, which may have been waiting
         # for that to be deleted.
         from vdisk.snapshots.delete import reap_deferred
@@ -844,8 +1027,7 @@ class Disk(_Reader):
     # ----------------------------------------------------------- info
 
     def info(self) -> dict:
-        with self._lock:
-            self._ensure_view()
+        with self._view():
             bs = self.block_size
             return {
                 "path": os.path.abspath(self.path),
@@ -857,6 +1039,10 @@ class Disk(_Reader):
                 "file_bytes": os.fstat(self._fd).st_blocks * 512,
                 "snapshots": [s.__dict__ for s in self.snapshots(exclusive=False)],
             }
+
+
+def _never() -> bool:
+    return False
 
 
 def _split_at_watermark(pieces, wm: int):
@@ -910,7 +1096,7 @@ def _pwrite_all(fd: int, data: memoryview, offset: int):
 def _take_lock(path: str) -> int:
     lock_path = os.path.join(path, "lock")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
         raise IntegrityError(f"cannot open lock file {lock_path}: {e.strerror}") from None
     try:
@@ -926,6 +1112,23 @@ def _take_lock(path: str) -> int:
     return fd
 
 
+def _create_private(path: str):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _reserve(path: str, size: int):
     """Create ``path`` with ``size`` bytes really allocated.
 
@@ -933,9 +1136,11 @@ def _reserve(path: str, size: int):
     file system the first store into it is a SIGBUS, not an error. Allocating
     it first turns that into ENOSPC here.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        os.fchmod(fd, 0o600)
         os.posix_fallocate(fd, 0, size)
+        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -110,6 +110,14 @@ class DiskFailed(StorageError):
                          f"successful flush may be lost; close and reopen the disk")
 
 
+class Cancelled(VdiskError):
+    """Long maintenance work (snapshot deletion, compact) stopped because the
+    disk is closing; what it had not finished is redone later, nothing is lost."""
+
+    exit_code = 5
+    errno = _errno.ECANCELED
+
+
 class IntegrityError(VdiskError):
     """Stored data or metadata is damaged. Run ``vdisk verify`` for a report."""
 

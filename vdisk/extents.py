@@ -14,9 +14,12 @@ writes made in small pieces still end up as one entry.
 from __future__ import annotations
 
 from vdisk.btree import BTree
+from vdisk.errors import IntegrityError
 
 LEN_BITS = 24
 MAX_LEN = (1 << LEN_BITS) - 1
+# Targets (VBAs, PBAs) fill the other 40 bits of the u64 value.
+MAX_TARGET = 1 << (64 - LEN_BITS)
 
 
 def pack(target: int, length: int) -> int:
@@ -69,6 +72,10 @@ class ExtentMap:
 
     def map(self, start: int, target: int, count: int):
         """Map [start, start+count) -> [target, ...); the range must be unmapped."""
+        if target < 0 or target + count > MAX_TARGET:
+            # Packed, the target would spill into the length bits and map
+            # other blocks; callers check first, this is the last line.
+            raise IntegrityError(f"extent target {target}+{count} is past the limit {MAX_TARGET}")
         tree = self.tree
         while count > 0:
             n = min(count, MAX_LEN)

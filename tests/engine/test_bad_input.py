@@ -25,7 +25,7 @@ import pytest
 from vdisk import Disk
 from vdisk import format as fmt
 from vdisk.disk import MAX_DISK_SIZE
-from vdisk.errors import (AlreadyExists, Busy, ChecksumMismatch, InvalidArgument, NoSpace, NotFound,
+from vdisk.errors import (AlreadyExists, Busy, ChecksumMismatch, DiskFailed, InvalidArgument, NoSpace, NotFound,
                           ReadOnly)
 
 from .accounting import assert_consistent, consistency
@@ -593,8 +593,9 @@ def test_no_space_for_data(small_fs):
 
 
 def test_no_space_for_metadata(small_fs):
-    """A full file system fails the metadata commit: the changes since the last
-    flush are lost, the committed state is intact and the disk stays usable."""
+    """A full file system fails the metadata commit: that call says so, every
+    later request fails (no later flush may claim the lost writes durable),
+    and a reopen finds the last successful flush, intact and writable."""
     path = os.path.join(small_fs, "disk")
     size = 8 * MiB
     d = Disk.create(path, size)
@@ -612,15 +613,21 @@ def test_no_space_for_metadata(small_fs):
                 d.create_snapshot(f"s{r}")
             d.flush()
         assert ei.value.errno == errno.ENOSPC
-        assert "last flush" in str(ei.value)
-        assert d.read(0, size) == committed
-        assert d.snapshots() == []
-        assert not consistency(d)
-        os.unlink(filler)
-        d.write(0, b"z" * BS)
-        d.flush()
+        assert "last successful flush" in str(ei.value)
+        for call in (d.flush, lambda: d.read(0, BS), lambda: d.write(0, b"x"), d.snapshots,
+                     lambda: d.create_snapshot("later")):
+            with pytest.raises(DiskFailed) as ei:
+                call()
+            assert ei.value.errno == errno.EIO and "no space" in str(ei.value)
     finally:
         d.close()
+    os.unlink(filler)
+    with Disk.open(path) as d:
+        assert d.read(0, size) == committed
+        assert d.snapshots() == []
+        assert_consistent(d)
+        d.write(0, b"z" * BS)
+        d.flush()
     with Disk.open(path) as d:
         assert d.read(0, BS) == b"z" * BS
         assert d.read(BS, size - BS) == committed[BS:]

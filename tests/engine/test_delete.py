@@ -104,7 +104,8 @@ def test_deletion_killed_midway_finishes_on_the_next_open(scratch, stage, after)
         expect = d.snapshots()[1].exclusive_bytes
     r = run_child(KILL_IN_SWEEP, path, stage, after)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stdout, r.stderr[-2000:])
-    with Disk.open(path) as d:            # the open finishes the deletion
+    with Disk.open(path) as d:            # the open finishes the deletion, in the background
+        assert d.wait_maintenance(60)
         assert deletion.pending_deletion(d) is None
         assert [s.name for s in d.snapshots()] == ["s0", "s2"]
         assert d.read(0, BLOCKS * BS) == bytes(model)
