@@ -36,7 +36,8 @@ image has to make, and why:
   the same mode but fail writes with EROFS, like files of a read-only mount.
 
 Snapshots change only through the control socket (the mount holds the writer
-lock), which calls :meth:`VdiskFS.refresh` after each change. Each snapshot
+lock), which calls :meth:`VdiskFS.refresh` after each change (see
+:mod:`.live`). Each snapshot
 generation gets its own inode number, never reused: a snapshot deleted and
 re-created under the same name is a new file, so no cache (kernel or ours)
 can mix up the two. A file still open on a deleted snapshot fails with
@@ -48,9 +49,8 @@ call to a worker thread (``trio.to_thread.run_sync``; docs/FUSE.md): that
 only adds hand-off cost (4 KiB reads at about half the rate), because the
 engine runs under the GIL and one lock serialises it anyway; the loop still
 stays responsive, since a snapshot deletion takes the disk lock for at most
-20 ms per batch. Kernel notifications (cache invalidation) are sent from a
-separate thread, because sending one from the trio thread can deadlock
-against a request the kernel is waiting on.
+20 ms per batch. Kernel notifications are sent from their own thread
+(:mod:`.live`).
 """
 
 from __future__ import annotations
@@ -61,35 +61,19 @@ import functools
 import itertools
 import logging
 import os
-import queue
 import stat
 import threading
 import time
 
 import pyfuse3
 
-from vdisk.errors import Busy, NotFound, VdiskError
+from vdisk.errors import NotFound, VdiskError
+
+from .live import LiveChanges
+from .nodes import (ATTR_TIMEOUT, DISK_INO, DISK_NAME, ENTRY_TIMEOUT, FIRST_SNAP_INO, ROOT_INO,  # noqa: F401
+                    SNAP_DIR, SNAP_SUFFIX, SNAPDIR_INO, Handle, Node)
 
 log = logging.getLogger("vdisk.fusefs")
-
-DISK_NAME = "disk.img"
-SNAP_DIR = "snapshots"
-SNAP_SUFFIX = ".img"
-
-ROOT_INO = pyfuse3.ROOT_INODE
-DISK_INO = ROOT_INO + 1
-SNAPDIR_INO = ROOT_INO + 2
-FIRST_SNAP_INO = ROOT_INO + 3
-
-# The kernel may cache names and attributes this long. Every change comes
-# through this process: writes and fallocate through the kernel (which then
-# asks again), control operations followed by an explicit invalidation. The
-# short attribute timeout is only a safety net for a notification lost.
-ATTR_TIMEOUT = 1.0
-ENTRY_TIMEOUT = 60.0
-
-# How long a control operation waits for the kernel to drop what it cached.
-NOTIFY_WAIT = 5.0
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -136,34 +120,7 @@ def _fail(code: int, why: str | None = None):
     raise pyfuse3.FUSEError(code)
 
 
-class _Node:
-    """One file or directory. Snapshot nodes die when their snapshot is deleted."""
-
-    __slots__ = ("ino", "name", "is_dir", "snapshot", "created", "alive", "opens", "view", "allocated",
-                 "changing")
-
-    def __init__(self, ino, name, is_dir, snapshot=None, created=0.0):
-        self.ino = ino
-        self.name = name
-        self.is_dir = is_dir
-        self.snapshot = snapshot        # snapshot name, None for disk.img and dirs
-        self.created = created
-        self.alive = True
-        self.opens = 0
-        self.view = None                # the engine object reads go to
-        self.allocated = None           # bytes; counted on first use (snapshots never change)
-        self.changing = None            # the control op under way on it (see VdiskFS.guard)
-
-
-class _Handle:
-    __slots__ = ("node", "writable")
-
-    def __init__(self, node, writable):
-        self.node = node
-        self.writable = writable
-
-
-class VdiskFS(pyfuse3.Operations):
+class VdiskFS(LiveChanges, pyfuse3.Operations):
     """The file system of one open, writable :class:`vdisk.Disk`."""
 
     supports_dot_lookup = False
@@ -182,102 +139,17 @@ class VdiskFS(pyfuse3.Operations):
         self._lock = threading.Lock()       # nodes, handles, open counts (trio + control threads)
         self._next_ino = itertools.count(FIRST_SNAP_INO)
         self._next_fh = itertools.count(1)
-        self._handles: dict[int, _Handle] = {}
-        self.root = _Node(ROOT_INO, "", True)
-        self.snapdir = _Node(SNAPDIR_INO, SNAP_DIR, True)
-        self.image = _Node(DISK_INO, DISK_NAME, False)
+        self._handles: dict[int, Handle] = {}
+        self.root = Node(ROOT_INO, "", True)
+        self.snapdir = Node(SNAPDIR_INO, SNAP_DIR, True)
+        self.image = Node(DISK_INO, DISK_NAME, False)
         self.image.view = disk
-        self._nodes: dict[int, _Node] = {n.ino: n for n in (self.root, self.snapdir, self.image)}
-        self._snaps: dict[str, _Node] = {}   # file name (NAME.img) -> live node, oldest first
-        self._notify: queue.Queue | None = None
+        self._nodes: dict[int, Node] = {n.ino: n for n in (self.root, self.snapdir, self.image)}
+        self._snaps: dict[str, Node] = {}   # file name (NAME.img) -> live node, oldest first
+        self._notify = None                   # the notifier thread's queue (see live.py)
         self._changing: str | None = None     # the control op under way (guard() until it is done)
         self.refresh(notify=False)
         self._recount()
-
-    # ------------------------------------------------------------ live changes
-
-    def start_notifier(self):
-        """Start the thread that sends cache invalidations to the kernel."""
-        self._notify = queue.Queue()
-        threading.Thread(target=self._notify_loop, name="vdisk-fuse-notify", daemon=True).start()
-
-    def stop_notifier(self):
-        if self._notify is not None:
-            self._notify.put(None)
-
-    def _notify_loop(self):
-        while True:
-            job = self._notify.get()
-            if job is None:
-                return
-            kind, args = job
-            try:
-                if kind == "done":
-                    args[0].set()
-                elif kind == "inode":
-                    pyfuse3.invalidate_inode(*args)
-                else:
-                    pyfuse3.invalidate_entry(*args)
-            except FileNotFoundError:
-                pass   # the kernel holds nothing for it: nothing to invalidate
-            except OSError as e:
-                log.warning("kernel cache invalidation %s%r failed: %s", kind, args, e)
-
-    def _post(self, kind, *args):
-        if self._notify is not None:
-            self._notify.put((kind, args))
-
-    def refresh(self, notify: bool = True):
-        """Re-read the snapshot list and disk size after a change made over the
-        control socket; tell the kernel to drop what it cached of the changes."""
-        snaps = self.disk.snapshots(exclusive=False)
-        with self._lock:
-            old = self._snaps
-            new: dict[str, _Node] = {}
-            for s in snaps:
-                fname = s.name + SNAP_SUFFIX
-                node = old.get(fname)
-                if node is None or node.created != s.created:
-                    node = _Node(next(self._next_ino), fname, False, s.name, s.created)
-                    self._nodes[node.ino] = node
-                new[fname] = node
-            gone = [n for f, n in old.items() if new.get(f) is not n]
-            added = [n for f, n in new.items() if old.get(f) is not n]
-            for n in gone:
-                n.alive = False
-                if not n.opens:
-                    self._nodes.pop(n.ino, None)
-            self._snaps = new
-        with self._lock:
-            op = self._changing
-        if not notify or self._notify is None:
-            return
-        for n in gone:
-            self._post("entry", SNAPDIR_INO, n.name.encode(), n.ino)
-        for n in added:
-            # The kernel may hold a negative entry from an earlier lookup.
-            self._post("entry", SNAPDIR_INO, n.name.encode())
-        if gone or added:
-            self._post("inode", SNAPDIR_INO, True)
-        # A revert changes the contents of disk.img (and maybe its size), a
-        # resize its size; snapshot create and delete leave it as it is.
-        if op in (None, "snapshot_revert"):
-            self._recount()
-            self._post("inode", DISK_INO, False)
-        elif op == "resize":
-            self._post("inode", DISK_INO, True)
-        # The CLI command returns after this: by then the kernel must show the
-        # change. Waiting is safe here (unlike on the trio thread), and is
-        # bounded in case the kernel is slow to take a notification.
-        done = threading.Event()
-        self._post("done", done)
-        if not done.wait(NOTIFY_WAIT):
-            log.warning("the kernel took over %.0f s to drop cached entries; the listing may lag", NOTIFY_WAIT)
-
-    def _recount(self):
-        allocated = self.disk.allocated_bytes()
-        with self._lock:
-            self.image.allocated = allocated
 
     def _allocated_in(self, start: int, end: int) -> int:
         """Allocated bytes of disk.img in the whole blocks covering [start, end)."""
@@ -290,50 +162,15 @@ class VdiskFS(pyfuse3.Operations):
             self.image.allocated += delta
         self.disk_mtime_ns = time.time_ns()
 
-    def guard(self, op: str, args: dict):
-        """Refuse control operations that would pull data from under open files.
-
-        The file the change touches is checked and marked under ``_lock``,
-        which :meth:`open` takes too, and stays marked until the change and
-        :meth:`refresh` are done: an open in between is refused rather than
-        handed a file that is going away or changing under it.
-        """
-        with self._lock:
-            self._changing = op
-            node = None
-            if op == "snapshot_delete":
-                node = self._snaps.get(str(args.get("name")) + SNAP_SUFFIX)
-                if node is not None and node.opens:
-                    raise Busy(f"snapshot {args['name']!r} is open {node.opens} time(s) as "
-                               f"{os.path.join(self.mountpoint, SNAP_DIR, node.name)}; close it first")
-            elif op == "snapshot_revert":
-                node = self.image
-                if node.opens:
-                    raise Busy(f"{os.path.join(self.mountpoint, DISK_NAME)} is open {node.opens} time(s); "
-                               f"close it before reverting")
-            if node is not None:
-                node.changing = op
-        return self._until_changed(node)
-
-    @contextlib.contextmanager
-    def _until_changed(self, node):
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._changing = None
-                if node is not None:
-                    node.changing = None
-
     # ------------------------------------------------------------ attributes
 
-    def _node(self, ino) -> _Node:
+    def _node(self, ino) -> Node:
         node = self._nodes.get(ino)
         if node is None:
             _fail(errno.ESTALE)
         return node
 
-    def _attrs(self, node: _Node) -> pyfuse3.EntryAttributes:
+    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         a.generation = 0
@@ -360,7 +197,7 @@ class VdiskFS(pyfuse3.Operations):
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = t
         return a
 
-    def _view(self, node: _Node):
+    def _view(self, node: Node):
         """The engine object behind a file (opened lazily for snapshots)."""
         if node.view is None:
             node.view = self.disk.open_snapshot(node.snapshot)
@@ -508,7 +345,7 @@ class VdiskFS(pyfuse3.Operations):
                       f"(write in place: dd conv=notrunc, qemu-img convert -n)")
             node.opens += 1
             fh = next(self._next_fh)
-            self._handles[fh] = _Handle(node, writable)
+            self._handles[fh] = Handle(node, writable)
         # A snapshot never changes, so its cached pages stay valid across
         # opens; disk.img starts each open with a fresh cache.
         return pyfuse3.FileInfo(fh=fh, keep_cache=node.snapshot is not None)
@@ -524,7 +361,7 @@ class VdiskFS(pyfuse3.Operations):
             if not node.alive and not node.opens:
                 self._nodes.pop(node.ino, None)
 
-    def _handle(self, fh) -> _Handle:
+    def _handle(self, fh) -> Handle:
         h = self._handles.get(fh)
         if h is None:
             _fail(errno.EBADF)
@@ -567,7 +404,7 @@ class VdiskFS(pyfuse3.Operations):
             self.disk.flush()
 
     @contextlib.contextmanager
-    def _pinned(self, node: _Node):
+    def _pinned(self, node: Node):
         """The engine object of a file, kept from being deleted while in use.
 
         Control operations run one at a time and each ends with
