@@ -20,7 +20,9 @@ from typing import Iterable, Iterator, Protocol
 
 import lmdb
 
-from vdisk.errors import IntegrityError, NoSpace, ReadOnly
+from vdisk.errors import IntegrityError, NoSpace, ReadOnly, StorageError, VdiskError
+
+from .lmdbfile import check_pages
 
 _NODE_KEY = struct.Struct(">Q")  # big-endian: LMDB keeps node ids in numeric order
 
@@ -82,73 +84,99 @@ class MemoryNodeStore:
 # LMDB allows one environment per database file per process (a second one
 # would break its locking), so stores of one directory in one process share
 # it: a read-only view of a disk can be opened beside its writer.
-_ENVS: dict[str, list] = {}     # realpath -> [env, nodes_db, meta_db, writable, users]
+class _Shared:
+    def __init__(self, env, nodes_db, meta_db, writable: bool, psize: int):
+        self.env, self.nodes_db, self.meta_db, self.writable = env, nodes_db, meta_db, writable
+        self.psize = psize
+        self.users = 1
+        # After a failed meta-page write LMDB answers MDB_PANIC to every call
+        # until the environment is closed; this keeps the I/O error behind it.
+        self.failure: str | None = None
+        self.panicked = False
+
+
+_ENVS: dict[str, _Shared] = {}     # realpath -> the one environment of that directory
 _ENVS_LOCK = threading.Lock()
 
 
-def _open_env(key: str, path: str, readonly: bool, create: bool, map_size: int):
+def _open_env(key: str, path: str, readonly: bool, create: bool, map_size: int) -> _Shared:
     with _ENVS_LOCK:
         shared = _ENVS.get(key)
         if shared is not None:
-            if not readonly and not shared[3]:
+            if not readonly and not shared.writable:
                 raise IntegrityError(f"metadata database {path} is already open read-only in this "
                                      f"process; close that first to open it for writing")
-            shared[4] += 1
-            return shared[0], shared[1], shared[2]
+            if shared.panicked:
+                raise StorageError(f"metadata store {path} failed an I/O earlier ({shared.failure}) and is "
+                                   f"still open in this process; close every user of the disk, then reopen it")
+            shared.users += 1
+            return shared
+        file = os.path.join(path, "data.mdb")
+        need = None
+        if os.path.exists(file) and not (create and os.path.getsize(file) == 0):
+            need = check_pages(file)       # before LMDB maps it: never a SIGBUS, never a write
         try:
             env = lmdb.open(path, map_size=map_size, max_dbs=4, readonly=readonly,
                             create=create and not readonly, subdir=True, readahead=False,
                             lock=True, metasync=True, sync=True)
         except lmdb.Error as e:
-            raise IntegrityError(f"cannot open metadata database {path}: {e}") from None
+            raise _open_error(path, e) from None
         try:
-            _check_file_size(env, path)
+            if need is not None and not readonly:
+                _cover(file, need)
             nodes_db = env.open_db(b"nodes", create=not readonly)
             meta_db = env.open_db(b"meta", create=not readonly)
+            psize = env.stat()["psize"]
         except lmdb.Error as e:
             env.close()
-            raise IntegrityError(f"cannot open metadata database {path}: {e}") from None
+            raise _open_error(path, e) from None
         except BaseException:
             env.close()
             raise
-        _ENVS[key] = [env, nodes_db, meta_db, not readonly, 1]
-        return env, nodes_db, meta_db
+        shared = _ENVS[key] = _Shared(env, nodes_db, meta_db, not readonly, psize)
+        return shared
+
+
+def _open_error(path: str, e: lmdb.Error):
+    if getattr(e, "code", None) == errno.EIO:
+        return StorageError(f"cannot open metadata database {path}: {e}")
+    return IntegrityError(f"cannot open metadata database {path}: {e}")
 
 
 def _release_env(key: str):
     with _ENVS_LOCK:
         shared = _ENVS[key]
-        shared[4] -= 1
-        if shared[4] == 0:
+        shared.users -= 1
+        if shared.users == 0:
             del _ENVS[key]
-            shared[0].close()
+            shared.env.close()
 
 
-def _check_file_size(env, path: str):
-    """Make sure every page up to the meta page's last one is in the file.
+def _cover(file: str, need: int) -> int:
+    """Grow ``file`` to at least ``need`` bytes; returns its size. Best effort.
 
-    LMDB mmaps the file and trusts its meta page, so touching a page past the
-    end of a truncated file kills the process with SIGBUS. The file can also
-    legitimately end a little before that page: LMDB does not write pages
-    that were freed in the transaction that allocated them. Either way,
-    extending the file with zeros is safe: a zero page that something does
-    reference fails LMDB's page checks (MDB_CORRUPTED, which the store turns
-    into an IntegrityError) instead of killing the process.
+    Keeps a short file rare (see :func:`check_pages`), so opening is one
+    fstat; when it cannot grow (a full file system) the file stays short and
+    healthy, and the next open tells so from the free list.
     """
-    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-    file = os.path.join(path, "data.mdb")
-    have = os.path.getsize(file)
-    if have >= need:
-        return
     try:
         fd = os.open(file, os.O_RDWR)
-        try:
+    except OSError:
+        return 0
+    try:
+        have = os.fstat(fd).st_size
+        if have < need:
             os.posix_fallocate(fd, have, need - have)     # grows, never shrinks
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise IntegrityError(f"metadata database {file} ends at byte {have}, before its last page "
-                             f"(byte {need}), and cannot be extended: {e.strerror}") from None
+            have = need
+        return have
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
+# Errors that mean the pages read are wrong, not that reading them failed.
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadChecksumError)
 
 
 class LmdbNodeStore:
@@ -175,17 +203,67 @@ class LmdbNodeStore:
                  map_size: int = DEFAULT_MAP_SIZE, create: bool = True):
         self.path = os.fspath(path)
         self.readonly = readonly
-        if not create and not os.path.exists(os.path.join(self.path, "data.mdb")):
-            raise IntegrityError(f"metadata database {self.path}/data.mdb is missing")
+        self._file = os.path.join(self.path, "data.mdb")
+        if not create and not os.path.exists(self._file):
+            raise IntegrityError(f"metadata database {self._file} is missing")
         self._key = os.path.realpath(self.path)
-        self.env, self.nodes_db, self.meta_db = _open_env(self._key, self.path, readonly, create, map_size)
+        self._shared = _open_env(self._key, self.path, readonly, create, map_size)
+        self.env, self.nodes_db, self.meta_db = self._shared.env, self._shared.nodes_db, self._shared.meta_db
         self._view = threading.local()
+        self._covered = 0           # bytes data.mdb is known to have (it only grows)
 
-    def _damaged(self, e: Exception) -> IntegrityError:
-        return IntegrityError(f"metadata database {self.path} is damaged ({e}): run vdisk verify")
+    # ------------------------------------------------------------ errors
+
+    def _error(self, e: lmdb.Error, writing: bool = False) -> VdiskError:
+        """What an LMDB failure means to a user: damage, or failed storage.
+
+        LMDB's own codes are negative and, met while reading, mean the pages
+        are wrong; positive ones are the system's errno (EIO, ...): the
+        storage failed, and the pages may be fine.
+        """
+        shared = self._shared
+        if isinstance(e, lmdb.PanicError):
+            shared.panicked = True
+        if shared.panicked:
+            return StorageError(f"metadata store {self.path} failed an I/O earlier ({shared.failure or e}); "
+                                f"reopen the disk")
+        code = getattr(e, "code", 0) or 0
+        if isinstance(e, _DAMAGE) or (not writing and code <= 0):
+            return IntegrityError(f"metadata database {self.path} is damaged ({e}): run vdisk verify")
+        return StorageError(f"metadata store {self.path} failed: {e}")
+
+    def _commit_error(self, e: lmdb.Error, puts) -> VdiskError:
+        if isinstance(e, lmdb.MapFullError):
+            return NoSpace(f"metadata database {self.path} reached its size limit")
+        code = getattr(e, "code", None)
+        if isinstance(e, lmdb.DiskError) or code == errno.ENOSPC or "No space" in str(e):
+            return NoSpace(f"no space left for metadata in {self.path}")
+        if code in (errno.EIO, errno.EFBIG) and self._file_system_full(sum(map(len, puts.values()))):
+            # LMDB reports a short write as EIO, which is what a full ext4 gives.
+            return NoSpace(f"no space left for metadata in {self.path} (the commit failed: {e}, "
+                           f"and the file system is full)")
+        if not isinstance(e, (lmdb.PanicError, *_DAMAGE)):
+            self._shared.failure = f"{e}"       # what a later MDB_PANIC is the echo of
+        return self._error(e, writing=True)
+
+    def _file_system_full(self, need: int) -> bool:
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return False
+        free = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+        return free * st.f_frsize < need + (1 << 20)
+
+    # ------------------------------------------------------------ reads
 
     def _txn(self):
         return getattr(self._view, "txn", None)
+
+    def _begin(self, **kw):
+        try:
+            return self.env.begin(**kw)
+        except lmdb.Error as e:
+            raise self._error(e) from None
 
     @contextlib.contextmanager
     def read_view(self):
@@ -198,16 +276,17 @@ class LmdbNodeStore:
         if txn is not None:
             yield txn.id()
             return
-        with self.env.begin(buffers=False) as txn:
-            self._view.txn = txn
-            try:
-                yield txn.id()
-            finally:
-                self._view.txn = None
+        txn = self._begin(buffers=False)
+        self._view.txn = txn
+        try:
+            yield txn.id()
+        finally:
+            self._view.txn = None
+            txn.abort()
 
     def current_view(self) -> int:
         """The id of the newest committed view (see :meth:`read_view`)."""
-        with self.env.begin() as txn:
+        with self._begin() as txn:
             return txn.id()
 
     def _read(self, key: bytes, db):
@@ -215,10 +294,10 @@ class LmdbNodeStore:
             txn = self._txn()
             if txn is not None:
                 return txn.get(key, db=db)
-            with self.env.begin(db=db, buffers=False) as t:
+            with self._begin(db=db, buffers=False) as t:
                 return t.get(key)
         except lmdb.Error as e:
-            raise self._damaged(e) from None
+            raise self._error(e) from None
 
     def load(self, node_id):
         return self._read(_NODE_KEY.pack(node_id), self.nodes_db)
@@ -240,10 +319,10 @@ class LmdbNodeStore:
             txn = self._txn()
             if txn is not None:
                 return collect(txn)
-            with self.env.begin(buffers=False) as t:
+            with self._begin(buffers=False) as t:
                 return collect(t)
         except lmdb.Error as e:
-            raise self._damaged(e) from None
+            raise self._error(e) from None
 
     def node_ids(self):
         try:
@@ -251,17 +330,19 @@ class LmdbNodeStore:
             if txn is not None:
                 ids = [_NODE_KEY.unpack(k)[0] for k in txn.cursor(db=self.nodes_db).iternext(values=False)]
             else:
-                with self.env.begin(db=self.nodes_db) as t:
+                with self._begin(db=self.nodes_db) as t:
                     ids = [_NODE_KEY.unpack(k)[0] for k in t.cursor().iternext(values=False)]
         except lmdb.Error as e:
-            raise self._damaged(e) from None
+            raise self._error(e) from None
         return iter(ids)
+
+    # ------------------------------------------------------------ writes
 
     def commit(self, puts, deletes, meta):
         if self.readonly:
             raise ReadOnly("metadata is open read-only")
         try:
-            with self.env.begin(write=True) as txn:
+            with self._begin(write=True) as txn:
                 nodes = self.nodes_db
                 for node_id in sorted(puts):
                     txn.put(_NODE_KEY.pack(node_id), puts[node_id], db=nodes)
@@ -272,15 +353,33 @@ class LmdbNodeStore:
                         txn.delete(k, db=self.meta_db)
                     else:
                         txn.put(k, v, db=self.meta_db)
-        except lmdb.MapFullError:
-            raise NoSpace(f"metadata database {self.path} reached its size limit") from None
         except lmdb.Error as e:
-            if isinstance(e, lmdb.DiskError) or "No space" in str(e) or getattr(e, "errno", None) == errno.ENOSPC:
-                raise NoSpace(f"no space left for metadata in {self.path}") from None
-            raise
+            raise self._commit_error(e, puts) from None
+        self._cover_last_page()
+
+    def _cover_last_page(self):
+        """Keep data.mdb reaching its last page, so a short file is damage.
+
+        A page the commit freed again is not written (see check_pages); a
+        file that ends before it stays healthy but makes every open read the
+        free list. Growing it costs one fallocate in thousands of commits
+        and needs no sync: a crash that loses the growth leaves the same
+        healthy short file.
+        """
+        try:
+            need = (self.env.info()["last_pgno"] + 1) * self._shared.psize
+        except lmdb.Error:
+            return
+        if need > self._covered:
+            self._covered = max(self._covered, _cover(self._file, need))
 
     def sync(self):
-        self.env.sync(True)
+        try:
+            self.env.sync(True)
+        except lmdb.Error as e:
+            if not isinstance(e, lmdb.PanicError):
+                self._shared.failure = f"{e}"
+            raise self._error(e, writing=True) from None
 
     def close(self):
         if self.env is not None:
