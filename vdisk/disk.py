@@ -44,6 +44,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -281,7 +282,12 @@ class Disk(_Reader):
             data_path = os.path.join(path, "data")
             if not os.path.exists(data_path):
                 raise IntegrityError(f"data file {data_path} is missing; the disk cannot be read")
-            self._fd = os.open(data_path, os.O_RDONLY if readonly else os.O_RDWR)
+            try:
+                self._fd = os.open(data_path, os.O_RDONLY if readonly else os.O_RDWR)
+            except OSError as e:
+                raise IntegrityError(f"cannot open the data file {data_path}: {e.strerror}") from None
+            if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+                raise IntegrityError(f"data file {data_path} is not a regular file")
             self._load()
             if not readonly:
                 self._resume_in_background()
@@ -561,7 +567,7 @@ class Disk(_Reader):
             vba = pieces[0][1]
             phys = self._vba.pieces(vba, n)
             if len(phys) == 1 and phys[0][0] == vba and phys[0][2] == n:
-                data = os.pread(self._fd, n * bs, phys[0][1] * bs)
+                data = self._pread(n * bs, phys[0][1] * bs)
                 if len(data) == n * bs:
                     self._verify_sums(vba, n, memoryview(data), b0)
                     return data
@@ -571,6 +577,17 @@ class Disk(_Reader):
             self._read_vba(vba, ln, view[(s - b0) * bs:(s - b0 + ln) * bs], s)
         return out
 
+    def _pread(self, length: int, offset: int) -> bytes:
+        try:
+            return os.pread(self._fd, length, offset)
+        except OSError as e:
+            raise self._read_error(e, offset // self.block_size) from None
+
+    def _read_error(self, e: OSError, pba: int) -> StorageError:
+        # A failed read loses nothing acknowledged: the disk goes on, the
+        # request fails with the device's error.
+        return StorageError(f"reading {self.path}/data at PBA {pba} failed: {e.strerror or e}")
+
     def _read_vba(self, vba: int, count: int, out: memoryview, lba: int):
         bs = self.block_size
         pos = vba
@@ -578,7 +595,10 @@ class Disk(_Reader):
             if v != pos:
                 raise IntegrityError(f"LBA {lba + pos - vba}: VBA {pos} has no physical block: run vdisk verify")
             dst = out[(v - vba) * bs:(v - vba + n) * bs]
-            got = os.preadv(self._fd, [dst], pba * bs)
+            try:
+                got = os.preadv(self._fd, [dst], pba * bs)
+            except OSError as e:
+                raise self._read_error(e, pba) from None
             if got != n * bs:
                 raise IntegrityError(f"LBA {lba + v - vba}: data file is shorter than PBA {pba + got // bs}")
             pos = v + n

@@ -327,3 +327,31 @@ def test_read_only_opener_beside_a_busy_writer(tmp_path):
                 child.wait()
     assert child.returncode == 0, out + err[-2000:]
     assert out.startswith("reads") and int(out.split()[1]) > 100, out
+
+
+def test_a_failed_read_is_a_storage_error_and_loses_nothing(tmp_path, monkeypatch):
+    path = str(tmp_path / "d")
+    with Disk.create(path, 4 * MiB) as d:
+        d.write(0, pattern(1, 2 * BS))
+        d.flush()
+        d.write(2 * BS, pattern(2, BS))            # acknowledged, unflushed
+        for name in ("pread", "preadv"):
+            OneFault(monkeypatch, os, name, errno.EIO)
+            with pytest.raises(StorageError) as ei:
+                d.read(0, BS) if name == "pread" else d.read(0, 4 * BS)   # a hole: piecewise
+            assert "PBA" in str(ei.value) and "Input/output error" in str(ei.value)
+            monkeypatch.undo()
+        d.flush()                                  # not stopped: nothing was lost
+    with Disk.open(path) as d:
+        assert d.read(0, 3 * BS) == pattern(1, 2 * BS) + pattern(2, BS)
+
+
+def test_a_data_file_that_is_a_directory_is_one_clear_error(tmp_path):
+    path = str(tmp_path / "d")
+    Disk.create(path, MiB).close()
+    os.unlink(os.path.join(path, "data"))
+    os.mkdir(os.path.join(path, "data"))
+    for readonly in (False, True):
+        with pytest.raises(IntegrityError) as ei:
+            Disk.open(path, readonly=readonly)
+        assert "data file" in str(ei.value)
