@@ -76,3 +76,43 @@ def torture_figures(request):
             f.write(json.dumps(line) + "\n")
     request.node.user_properties.append(("figures", line))
     print("\nfigures:", json.dumps(figures))
+
+
+# ---------------------------------------------------------------- lazy FS
+# Power-cut and fault tests run the engine on lazyfs (lazyfs.py), a FUSE file
+# system that keeps unsynced data in memory and can cut the power.
+
+
+@pytest.fixture
+def lazyfs(tmp_path):
+    """A mounted LazyMount over ``tmp_path/backing`` at ``tmp_path/mnt``;
+    unmounted (and its server killed if need be) at teardown."""
+    import lazyfs as lz
+    lacking = lz.missing()
+    if lacking:
+        # ./dev setup installs fuse3; in CI a missing piece is a failure, not a skip.
+        if os.environ.get("CI"):
+            pytest.fail(f"lazyfs needs {', '.join(lacking)}")
+        pytest.skip(f"lazyfs needs {', '.join(lacking)}")
+    m = lz.LazyMount(str(tmp_path / "backing"), str(tmp_path / "mnt"), str(tmp_path / "lazyfs.sock"),
+                     seed=int(os.environ.get("VDISK_TORTURE_SEED", "1")))
+    try:
+        m.mount()
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def processes():
+    """Register each subprocess.Popen a test starts; every one still alive at
+    teardown is killed (by its PID) and reaped, whatever the test did."""
+    procs: list = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        try:
+            p.wait(timeout=30)
+        except Exception:
+            pass
