@@ -67,6 +67,8 @@ pba-free      a PBA is both mapped and free
 alloc         allocator totals do not add up: free extents overlap, extents
               past ``pba_end``, PBAs neither mapped nor free
 data          a data block does not match its checksum, or cannot be read
+data-file     the data file is missing, not a regular file, cannot be opened,
+              or ends before blocks the VBA -> PBA map places in it
 deletion      the record of a deletion in progress is damaged, or lists a
               node that is missing or that a live tree still reaches
 ============  ================================================================
@@ -92,6 +94,7 @@ from vdisk.errors import IntegrityError, NotFound, UnsupportedVersion, VdiskErro
 from vdisk.extents import LEN_BITS, MAX_LEN, ExtentMap
 
 from .delete import DELETING_KEY
+from .verify_data import check_data_file
 
 # Decoded nodes kept by the view's forest: enough for the lookups into parent
 # trees that follow the walk; verified nodes are never read twice otherwise.
@@ -282,6 +285,7 @@ class _Verifier:
         self.incomplete: set[str] = set()
         self.suspects: list[tuple[int, int, bytes]] = []         # (vba, pba, checksum) from --data
         self.deletion = None                                     # fmt.DeletionRecord in progress
+        self.data_file_blocks: int | None = None                 # whole blocks in the data file
         self.held: list[tuple[int, int]] = []                    # VBA runs the deletion may still hold
         self._seen_overlaps: set = set()
 
@@ -310,6 +314,7 @@ class _Verifier:
             self._check_records()
             self._walk_trees()
             self._cross_check()
+            self._check_data_file()
             if data:
                 self._data_pass()
         if self.suspects:
@@ -931,9 +936,20 @@ class _Verifier:
 
     # ------------------------------------------------------------ data
 
+    def _check_data_file(self):
+        found, self.data_file_blocks = check_data_file(os.path.join(self.path, "data"), self.block_size,
+                                                       self.mapped)
+        for kind, where, what in found:
+            self.problem(kind, where, what)
+        if VBA_TREE in self.incomplete:
+            self.note("data file size: held against the readable part of the VBA map only")
+
     def _data_pass(self):
         if self.block_size is None or VBA_TREE in self.incomplete or CSUM_TREE in self.incomplete:
             self.note("data blocks: not checked, the configuration, VBA map or checksum map cannot be read")
+            return
+        if self.data_file_blocks is None:
+            self.note("data blocks: not checked, the data file cannot be read")
             return
         bs = self.block_size
         csum = self.forest.tree(CSUM_TREE)
@@ -949,6 +965,8 @@ class _Verifier:
             buf = bytearray(DATA_CHUNK_BLOCKS * bs)
             view = memoryview(buf)
             for v0, ve, p0 in self.mapped_sorted:
+                # Blocks past the end of the file are one data-file problem, not one each.
+                ve = min(ve, v0 + max(0, self.data_file_blocks - p0))
                 for v in range(v0, ve, DATA_CHUNK_BLOCKS):
                     n = min(DATA_CHUNK_BLOCKS, ve - v)
                     p = p0 + (v - v0)
