@@ -34,12 +34,10 @@ when it daemonizes, threads do not survive a fork, and LMDB environments must
 not be used across one.
 """
 
-import contextlib
 import errno
 import io
 import os
 import sys
-import threading
 import time
 
 import nbdkit
@@ -63,7 +61,7 @@ class _Config:
 
 
 _cfg = _Config()
-_state = None   # _Server, created in after_fork
+_state = None   # vdisk.nbdplugin.state.ServerState, created in after_fork
 VdiskError = None   # vdisk.errors.VdiskError once config_complete imported vdisk
 
 
@@ -173,8 +171,10 @@ def thread_model():
 def after_fork():
     """Open the disk and start the control server in the serving process."""
     global _state
+    from vdisk.nbdplugin.state import ServerState
+    want_control = _cfg.control if _cfg.control is not None else not _cfg.readonly
     try:
-        _state = _Server(_cfg.disk_path, _cfg.readonly)
+        _state = ServerState(_cfg.disk_path, _cfg.readonly, control=want_control, owner=_cfg.owner)
     except VdiskError as e:
         # A traceback would bury the one line that matters (usually "in use by
         # PID N"); nothing is served yet, so stop here with the error's code.
@@ -188,112 +188,6 @@ def cleanup():
     if _state is not None:
         _state.close()
         _state = None
-
-
-class _Server:
-    """Process-wide state: the disk, the control server, open exports.
-
-    ``io`` is held by every request and by :meth:`shutdown`, so a stop
-    requested over the control socket never closes the disk under a request.
-    Other control operations do not take it: the disk's own lock orders them
-    with requests, and waiting for ``io`` (held across a whole request,
-    Python overhead included) made ``snapshot create`` under a full-speed
-    writer take 15-37 ms instead of 2-5 ms.
-    """
-
-    def __init__(self, path, readonly):
-        from vdisk import Disk
-        self.disk = Disk.open(path, readonly=readonly)
-        self.io = threading.Lock()
-        self.closed = False
-        self.users = {}                 # export name -> open connections
-        self.users_lock = threading.Lock()
-        self.changing = {}              # export name -> control op changing it (see guard)
-        self.control = None
-        want_control = _cfg.control if _cfg.control is not None else not readonly
-        if want_control and not readonly:
-            from vdisk.control.server import ControlServer
-            try:
-                self.control = ControlServer(self.disk, _cfg.owner)
-                self.control.guard = self.guard
-                self.control.on_shutdown = self.shutdown
-                self.control.start()
-            except BaseException:
-                self.disk.close()
-                raise
-
-    def guard(self, op, args):
-        """Refuse changes that would pull data from under connected clients.
-
-        Checked and marked under ``users_lock``, which :meth:`connect` takes
-        too, and the mark lasts until the change is done: a client connecting
-        in between is refused rather than handed an export that is going away
-        or changing under it.
-        """
-        from vdisk.errors import Busy
-        if op == "snapshot_delete":
-            name = args["name"]
-            why = "snapshot %r is exported to %d NBD connection(s); disconnect them first"
-        elif op == "snapshot_revert":
-            name = ""
-            why = "the disk has %d NBD connection(s) to its running point; disconnect them before reverting"
-        else:
-            return None
-        with self.users_lock:
-            n = self.users.get(name, 0)
-            if n:
-                raise Busy(why % ((name, n) if name else (n,)))
-            self.changing[name] = op
-        return self._until_changed(name)
-
-    @contextlib.contextmanager
-    def _until_changed(self, name):
-        try:
-            yield
-        finally:
-            with self.users_lock:
-                self.changing.pop(name, None)
-
-    def connect(self, name):
-        """Count a new connection to export ``name``, unless it is changing."""
-        from vdisk.errors import Busy, NotFound
-        with self.users_lock:
-            op = self.changing.get(name)
-            if op == "snapshot_delete":
-                # Going away: answer as for a name that no longer exists.
-                raise NotFound("snapshot %r is being deleted" % name)
-            if op is not None:
-                raise Busy("the running point is being reverted; connect again when it is done")
-            self.users[name] = self.users.get(name, 0) + 1
-
-    def disconnect(self, name):
-        with self.users_lock:
-            self.users[name] -= 1
-            if not self.users[name]:
-                del self.users[name]
-
-    def shutdown(self):
-        """Flush and close the disk now; later requests fail with ESHUTDOWN.
-
-        nbdkit stops only when every client has disconnected, and a kernel
-        client never does by itself; ``vdisk serve`` calls this (control op
-        ``shutdown``) before it kills such an nbdkit, so no acknowledged
-        write is lost and the writer lock is released.
-        """
-        with self.io:
-            if self.closed:
-                return
-            self.closed = True
-            self.disk.close()
-
-    def close(self):
-        try:
-            if self.control is not None:
-                self.control.close()
-        finally:
-            with self.io:
-                self.closed = True
-                self.disk.close()
 
 
 # ---------------------------------------------------------------- requests
