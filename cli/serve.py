@@ -68,8 +68,8 @@ def command(disk_argument, engine_errors) -> click.Command:
         While it runs, `vdisk snapshot ...`, `vdisk info` and `vdisk resize` on
         DISK go through the server, so snapshots can be taken live.
 
-        Listens on DISK/nbd.sock, or with --port on 127.0.0.1. Another
-        --bind address needs --tls (or --insecure for plaintext).
+        Listens on DISK/nbd.sock, or with --port on 127.0.0.1. A --bind
+        address other than loopback needs TLS (or --insecure for plaintext).
 
         Example: vdisk serve vm1.vdisk    (then: nbdinfo --list 'nbd+unix:///?socket=vm1.vdisk/nbd.sock')
         """
