@@ -6,17 +6,19 @@ every call, which is StorageError too ("reopen the disk"), never "damaged,
 run vdisk verify" (verify would find nothing). Damage stays IntegrityError.
 
 Full and failing file systems are real where the machine allows it: a small
-tmpfs, an ext4 image on a loop device, and ext4 on a loop device whose
-backing file lives on a full tmpfs (its writes fail with EIO). They need
-root and skip otherwise. MDB_PANIC has no practical real trigger here
-(the meta-page write must fail after the data pages' sync succeeded), so it
-goes through a seam: an environment whose calls raise what LMDB raises.
+tmpfs, an ext4 image on a loop device, ext4 on a loop device whose backing
+file lives on a full tmpfs (its writes fail with EIO), and lazyfs
+(tests/torture/lazyfs.py) failing the fsync of the meta page alone, which is
+LMDB's real MDB_PANIC. They need root or FUSE and skip otherwise. Seams (an
+environment whose calls raise what LMDB raises) cover every store method
+and every error class.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -130,6 +132,58 @@ def test_failing_device_is_a_storage_error(tmp_path):
                     pass
             finally:
                 store.close()
+
+
+def _lazyfs():
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "torture", "lazyfs.py")
+    if not os.path.exists(path):
+        pytest.skip("no tests/torture/lazyfs.py")
+    spec = importlib.util.spec_from_file_location("lazyfs_for_store_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lacking = module.missing()
+    if lacking:
+        pytest.skip(f"lazyfs needs {', '.join(lacking)}")
+    return module
+
+
+def test_failed_meta_page_write_is_a_storage_error_until_reopened(tmp_path):
+    """LMDB's own MDB_PANIC: a commit's data pages sync, then the meta page's
+    write fails (its O_DSYNC descriptor turns it into the next fsync)."""
+    lz = _lazyfs()
+    m = lz.LazyMount(str(tmp_path / "backing"), str(tmp_path / "mnt"), str(tmp_path / "lazyfs.sock"))
+    m.mount()
+    try:
+        path = os.path.join(m.mountpoint, "m")
+        store = LmdbNodeStore(path)
+        try:
+            for i in range(5):
+                store.commit({i: b"a" * NODE}, [], {b"n": b"%d" % i})
+            rule = m.fault("fsync", "*data.mdb", "eio", skip=1, count=1)
+            with pytest.raises(StorageError, match="Input/output error"):
+                store.commit({100: b"b" * NODE}, [], {b"n": b"x"})
+            assert m.fired(rule) == 1
+            calls = (lambda: store.load(1), lambda: store.meta_get(b"n"), lambda: list(store.node_ids()),
+                     store.current_view, lambda: store.commit({101: b"c"}, [], {}))
+            for call in calls:
+                with pytest.raises(StorageError) as ei:
+                    call()
+                msg = str(ei.value)
+                assert "failed an I/O earlier (" in msg and "Input/output error" in msg and "reopen" in msg, msg
+                assert "damaged" not in msg and ei.value.exit_code == 10
+        finally:
+            store.close()
+        store = LmdbNodeStore(path, create=False)     # reopened: one whole commit or the other
+        try:
+            assert store.load(1) == b"a" * NODE
+            n = store.meta_get(b"n")
+            assert n in (b"4", b"x") and (store.load(100) is not None) == (n == b"x")
+            store.commit({102: b"d"}, [], {})
+            assert store.load(102) == b"d"
+        finally:
+            store.close()
+    finally:
+        m.close()
 
 
 # ---------------------------------------------------------------- seams
