@@ -147,7 +147,8 @@ class LazyMount:
                 break
             subprocess.run(["fusermount3", *args, self.mountpoint], capture_output=True, timeout=60)
         try:
-            self.proc.wait(timeout=20)
+            # After a lazy unmount a file still open keeps the server busy.
+            self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()

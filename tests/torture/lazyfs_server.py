@@ -481,7 +481,9 @@ class LazyFS(pyfuse3.Operations):
     def _make(self, parent, name, make):
         with self.lock:
             rel = self._child(parent, name)
-            self._check("create", rel=rel)
+            rule = self._check("create", rel=rel)
+            if rule is not None:
+                _fail(ACTIONS[rule.action] or errno.EIO)
             try:
                 make(self._full(rel))
             except OSError as e:
@@ -509,7 +511,9 @@ class LazyFS(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         with self.lock:
             rel = self._child(parent_inode, name)
-            self._check("create", rel=rel)
+            rule = self._check("create", rel=rel)
+            if rule is not None:
+                _fail(ACTIONS[rule.action] or errno.EIO)
             try:
                 fd = os.open(self._full(rel), os.O_CREAT | os.O_RDWR | (flags & os.O_EXCL),
                              stat.S_IMODE(mode))
@@ -596,7 +600,9 @@ class LazyFS(pyfuse3.Operations):
     @_guarded
     async def read(self, fh, off, size):
         with self.lock:
-            self._check("read", fh)
+            rule = self._check("read", fh)
+            if rule is not None:
+                _fail(ACTIONS[rule.action] or errno.EIO)
             return self._read(self._file(fh), off, size)
 
     @_guarded
@@ -604,9 +610,10 @@ class LazyFS(pyfuse3.Operations):
         with self.lock:
             rule = self._check("write", fh)
             if rule is not None:
-                if rule.action != "short" or len(buf) < 2:
-                    _fail(ACTIONS[rule.action] or errno.EIO)
-                buf = buf[:len(buf) // 2]
+                if rule.action != "short":
+                    _fail(ACTIONS[rule.action])
+                if len(buf) > 1:       # one byte cannot be cut short
+                    buf = buf[:len(buf) // 2]
             self._write(self._file(fh), off, buf)
             self.stats["write_bytes"] += len(buf)
             return len(buf)
