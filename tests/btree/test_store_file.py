@@ -104,8 +104,9 @@ def _store_with_nodes(path, commits=40, seed=0) -> dict[int, bytes]:
     want: dict[int, bytes] = {}
     store = LmdbNodeStore(path)
     try:
-        for c in range(commits):
-            puts = {rng.randrange(400): rng.randbytes(rng.choice([50, 2000, 4080])) for _ in range(rng.choice([1, 8, 60]))}
+        for _ in range(commits):
+            puts = {rng.randrange(400): rng.randbytes(rng.choice([50, 2000, 4080]))
+                    for _ in range(rng.choice([1, 8, 60]))}
             dels = [n for n in rng.sample(sorted(want), min(len(want), rng.choice([0, 5, 40]))) if n not in puts]
             store.commit(puts, dels, {b"rec/%d" % rng.randrange(20): rng.randbytes(rng.randrange(1, 3000))})
             want.update(puts)
@@ -128,7 +129,8 @@ def test_page_reader_accounts_for_every_page(scratch):
             puts = {rng.randrange(300): rng.randbytes(rng.choice([80, 3000, 4080, 9000]))
                     for _ in range(rng.choice([1, 10, 80]))}
             dels = [rng.randrange(300) for _ in range(rng.choice([0, 3, 60]))]
-            store.commit(puts, [d for d in dels if d not in puts], {b"r%d" % rng.randrange(9): b"v" * rng.randrange(5000)})
+            record = {b"r%d" % rng.randrange(9): b"v" * rng.randrange(5000)}
+            store.commit(puts, [d for d in dels if d not in puts], record)
             meta = _meta(_mdb(scratch))
             used, free = _pages_in_use(_mdb(scratch)), _free(_mdb(scratch))
             assert not used & free, f"commit {c}: pages both in use and free: {sorted(used & free)[:5]}"
