@@ -7,9 +7,9 @@ memory, one 4 KiB page at a time, and new directory entries stay "not
 durable" until their parent directory is fsynced. BACKING plays the stable
 storage: what is in it survives a power cut, what is only here does not.
 
-Control requests (one JSON object per line on CONTROL_SOCKET, one JSON reply
-per line) cut the power, add fault rules, read statistics and sync
-everything; lazyfs.py is the client. After a cut every request fails with
+Control requests (lazyfs_control.py: one JSON object per line on
+CONTROL_SOCKET) cut the power, add fault rules, read statistics and sync
+everything; lazyfs.py is the client. File data lives in lazyfs_pages.py. After a cut every request fails with
 EIO: the process, like the machine, is dead, and the harness unmounts it and
 starts a fresh one over BACKING (which also empties the kernel's page cache
 of the mount, which would otherwise still serve dropped data).
@@ -22,14 +22,10 @@ a time, in the order the kernel sent them.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import functools
 import itertools
-import json
 import os
 import random
-import shutil
-import socket
 import stat
 import sys
 import threading
@@ -38,57 +34,14 @@ import traceback
 import pyfuse3
 import trio
 
-PAGE = 4096
-ZERO_PAGE = bytes(PAGE)
+from lazyfs_control import Power, serve_control
+from lazyfs_pages import ACTIONS, OPS, File
+
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 SEEK_DATA, SEEK_HOLE = 3, 4
 TIMEOUT = 1.0
-IOV_BATCH = 512        # pages per pwritev, below IOV_MAX (1024)
-ACTIONS = {"eio": errno.EIO, "enospc": errno.ENOSPC, "short": None, "cut": errno.EIO}
-OPS = ("write", "fsync", "read", "create", "fsyncdir")
-
-
-class Rule:
-    """A fault: on matching ``op`` on a path matching ``path`` (fnmatch, relative
-    to the mount), after ``skip`` matches, fire every ``every``-th time, at
-    most ``count`` times (0: no limit)."""
-
-    def __init__(self, rid, op, path, action, skip=0, every=1, count=1, drop=True):
-        if op not in OPS or action not in ACTIONS:
-            raise ValueError(f"bad rule {op}/{action}")
-        self.id, self.op, self.path, self.action = rid, op, path, action
-        self.skip, self.every, self.count, self.drop = skip, max(1, every), count, drop
-        self.seen = 0
-        self.fired = 0
-
-    def matches(self, op, path) -> bool:
-        if op != self.op or not fnmatch.fnmatchcase(path, self.path):
-            return False
-        if self.count and self.fired >= self.count:
-            return False
-        self.seen += 1
-        n = self.seen - self.skip
-        if n <= 0 or n % self.every:
-            return False
-        self.fired += 1
-        return True
-
-    def as_dict(self):
-        return {k: getattr(self, k) for k in ("id", "op", "path", "action", "skip", "every",
-                                              "count", "seen", "fired")}
-
-
-class File:
-    """What this process knows of one regular file beyond BACKING."""
-
-    __slots__ = ("fd", "size", "dirty")
-
-    def __init__(self, fd):
-        self.fd = fd
-        self.size = os.fstat(fd).st_size
-        self.dirty: dict[int, bytes | bytearray] = {}   # page -> whole page (zeros past size)
 
 
 class Node:
@@ -119,7 +72,7 @@ def _guarded(fn):
     return run
 
 
-class LazyFS(pyfuse3.Operations):
+class LazyFS(Power, pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False     # write-through: every write() reaches us before it returns
     enable_acl = False
@@ -136,7 +89,7 @@ class LazyFS(pyfuse3.Operations):
         self.files: dict[int, File] = {}
         # parent ino -> {name: ("new",) | ("renamed", old parent ino, old name)}
         self.pending: dict[int, dict[str, tuple]] = {}
-        self.rules: list[Rule] = []
+        self.rules: list = []              # lazyfs_pages.Rule, added by control requests
         self._rule_ids = itertools.count(1)
         # Requests by kind (OPS), then what faults and cuts did.
         self.stats = {k: 0 for k in (*OPS, "write_bytes", "faults", "cuts", "pages_kept", "pages_dropped",
@@ -227,203 +180,6 @@ class LazyFS(pyfuse3.Operations):
     def _new_entry(self, parent, rel):
         self.pending.setdefault(parent, {})[os.path.basename(rel)] = ("new",)
 
-    # ------------------------------------------------------------ file data
-
-    def _base(self, f: File, page: int) -> bytearray:
-        data = os.pread(f.fd, PAGE, page * PAGE)
-        return bytearray(data.ljust(PAGE, b"\0"))
-
-    def _write(self, f: File, off: int, buf):
-        mv = memoryview(buf)
-        end = off + len(mv)
-        pos = off
-        while pos < end:
-            i = pos // PAGE
-            po = pos - i * PAGE
-            n = min(PAGE - po, end - pos)
-            page = f.dirty.get(i)
-            if n == PAGE:
-                f.dirty[i] = bytes(mv[pos - off:pos - off + n])
-            else:
-                if page is None:
-                    page = self._base(f, i)
-                elif type(page) is bytes:
-                    page = bytearray(page)
-                page[po:po + n] = mv[pos - off:pos - off + n]
-                f.dirty[i] = page
-            pos += n
-        f.size = max(f.size, end)
-
-    def _read(self, f: File, off: int, size: int) -> bytes:
-        end = min(off + size, f.size)
-        out = bytearray()
-        pos = off
-        while pos < end:
-            i = pos // PAGE
-            page = f.dirty.get(i)
-            if page is not None:
-                po = pos - i * PAGE
-                n = min(PAGE - po, end - pos)
-                out += page[po:po + n]
-                pos += n
-                continue
-            j = i + 1
-            while j * PAGE < end and j not in f.dirty:
-                j += 1
-            stop = min(j * PAGE, end)
-            data = os.pread(f.fd, stop - pos, pos)
-            out += data
-            if len(data) < stop - pos:
-                out += bytes(stop - pos - len(data))
-            pos = stop
-        return bytes(out)
-
-    def _truncate(self, f: File, size: int):
-        if size < f.size:
-            for i in [i for i in f.dirty if i * PAGE >= size]:
-                del f.dirty[i]
-            i, po = divmod(size, PAGE)
-            if po and i in f.dirty:
-                page = bytearray(f.dirty[i])
-                page[po:] = bytes(PAGE - po)
-                f.dirty[i] = page
-            # A shrink is made durable at once (a simplification: nothing the
-            # engine or LMDB does depends on losing one).
-            if os.fstat(f.fd).st_size > size:
-                os.ftruncate(f.fd, size)
-        f.size = size
-
-    def _zero(self, f: File, off: int, length: int):
-        end = min(off + length, f.size)
-        pos = off
-        while pos < end:
-            i = pos // PAGE
-            if pos == i * PAGE and end - pos >= PAGE:
-                f.dirty[i] = ZERO_PAGE
-                pos += PAGE
-            else:
-                n = min(PAGE - (pos - i * PAGE), end - pos)
-                self._write(f, pos, bytes(n))
-                pos += n
-
-    def _write_back(self, f: File, pages):
-        """Write the given dirty pages to BACKING, joined into runs."""
-        run: list[int] = []
-
-        def put():
-            start = run[0] * PAGE
-            stop = min((run[-1] + 1) * PAGE, f.size)
-            if stop > start:
-                bufs = [f.dirty[i] for i in run]
-                total = sum(len(b) for b in bufs)
-                if total > stop - start:
-                    bufs[-1] = bufs[-1][:len(bufs[-1]) - (total - (stop - start))]
-                os.pwritev(f.fd, bufs, start)
-        for i in sorted(pages):
-            if run and (i != run[-1] + 1 or len(run) >= IOV_BATCH):
-                put()
-                run = []
-            run.append(i)
-        if run:
-            put()
-
-    def _sync_file(self, f: File):
-        self._write_back(f, list(f.dirty))
-        f.dirty.clear()
-        if os.fstat(f.fd).st_size < f.size:
-            os.ftruncate(f.fd, f.size)
-
-    # ------------------------------------------------------------ cut and sync
-
-    def _cut(self, keep, lose, grow) -> dict:
-        """Power cut: write back a random subset of the dirty pages, lose some
-        new directory entries, forget the rest; from now on fail everything."""
-        rng = self.rng
-        keep = rng.choice((0.0, 0.25, 0.5, 0.75, 1.0)) if keep is None else keep
-        lose = 0.5 if lose is None else lose
-        grow = 0.25 if grow is None else grow
-        kept = dropped = 0
-        for ino in sorted(self.files):
-            f = self.files[ino]
-            pages = sorted(f.dirty)
-            chosen = [i for i in pages if rng.random() < keep]
-            self._write_back(f, chosen)
-            kept += len(chosen)
-            dropped += len(pages) - len(chosen)
-            # The new size reached the disk without (all) its data: zeros.
-            if pages and rng.random() < grow and os.fstat(f.fd).st_size < f.size:
-                os.ftruncate(f.fd, f.size)
-                self.stats["sizes_grown"] += 1
-            f.dirty.clear()
-        lost = []
-        for parent in sorted(self.pending):
-            node = self.nodes.get(parent)
-            if node is None or node.path is None:
-                continue
-            for name, how in sorted(self.pending[parent].items()):
-                if rng.random() >= lose:
-                    continue
-                rel = f"{node.path}/{name}" if node.path else name
-                full = self._full(rel)
-                if not os.path.lexists(full):
-                    continue
-                if how[0] == "new":
-                    if os.path.isdir(full) and not os.path.islink(full):
-                        shutil.rmtree(full, ignore_errors=True)
-                    else:
-                        os.unlink(full)
-                    lost.append(rel)
-                else:
-                    old = self.nodes.get(how[1])
-                    if old is None or old.path is None:
-                        continue
-                    old_rel = f"{old.path}/{how[2]}" if old.path else how[2]
-                    if not os.path.lexists(self._full(old_rel)) and os.path.isdir(self._full(old.path)):
-                        os.rename(full, self._full(old_rel))
-                        lost.append(f"{rel} (renamed back to {old_rel})")
-        self.pending.clear()
-        self.dead = True
-        self.stats["cuts"] += 1
-        self.stats["pages_kept"] += kept
-        self.stats["pages_dropped"] += dropped
-        self.stats["entries_lost"] += len(lost)
-        return {"keep": keep, "kept": kept, "dropped": dropped, "lost_entries": lost}
-
-    def sync_all(self):
-        """Everything durable: dirty pages and directory entries (an idle machine)."""
-        if self.dead:
-            raise OSError(errno.EIO, "the file system is dead (power cut)")
-        for f in self.files.values():
-            self._sync_file(f)
-        self.pending.clear()
-
-    def control(self, req: dict) -> dict:
-        cmd = req.get("cmd")
-        with self.lock:
-            if cmd == "ping":
-                return {"ok": True, "dead": self.dead}
-            if cmd == "stats":
-                return {"ok": True, "dead": self.dead, "rules": [r.as_dict() for r in self.rules],
-                        "dirty_pages": sum(len(f.dirty) for f in self.files.values()),
-                        "pending_entries": sum(len(p) for p in self.pending.values()),
-                        "fired": self.fired_log[-50:], **self.stats}
-            if cmd == "cut":
-                if self.dead:
-                    return {"ok": True, "already": True}
-                return {"ok": True, **self._cut(req.get("keep"), req.get("lose"), req.get("grow"))}
-            if cmd == "fault":
-                args = {k: v for k, v in req.items() if k != "cmd"}
-                rule = Rule(next(self._rule_ids), **args)
-                self.rules.append(rule)
-                return {"ok": True, "id": rule.id}
-            if cmd == "clear":
-                self.rules.clear()
-                return {"ok": True}
-            if cmd == "sync":
-                self.sync_all()
-                return {"ok": True}
-        return {"ok": False, "error": f"unknown command {cmd!r}"}
-
     # ------------------------------------------------------------ FUSE handlers
 
     @_guarded
@@ -453,7 +209,7 @@ class LazyFS(pyfuse3.Operations):
             node = self._node(inode)
             try:
                 if fields.update_size:
-                    self._truncate(self._file(inode), attr.st_size)
+                    self._file(inode).truncate(attr.st_size)
                 full = self._full(node.path) if node.path is not None else None
                 if full is not None:
                     if fields.update_mode:
@@ -525,7 +281,7 @@ class LazyFS(pyfuse3.Operations):
                 os.close(old.fd)
             self.files[node.ino] = File(fd)
             if flags & os.O_TRUNC:
-                self._truncate(self.files[node.ino], 0)
+                self.files[node.ino].truncate(0)
             self._new_entry(parent_inode, rel)
             return pyfuse3.FileInfo(fh=node.ino), self._attrs(node)
 
@@ -594,7 +350,7 @@ class LazyFS(pyfuse3.Operations):
                 _fail(errno.EIO)
             f = self._file(inode)
             if flags & os.O_TRUNC:
-                self._truncate(f, 0)
+                f.truncate(0)
             return pyfuse3.FileInfo(fh=inode)
 
     @_guarded
@@ -603,7 +359,7 @@ class LazyFS(pyfuse3.Operations):
             rule = self._check("read", fh)
             if rule is not None:
                 _fail(ACTIONS[rule.action] or errno.EIO)
-            return self._read(self._file(fh), off, size)
+            return self._file(fh).read(off, size)
 
     @_guarded
     async def write(self, fh, off, buf):
@@ -614,7 +370,7 @@ class LazyFS(pyfuse3.Operations):
                     _fail(ACTIONS[rule.action])
                 if len(buf) > 1:       # one byte cannot be cut short
                     buf = buf[:len(buf) // 2]
-            self._write(self._file(fh), off, buf)
+            self._file(fh).write(off, buf)
             self.stats["write_bytes"] += len(buf)
             return len(buf)
 
@@ -630,7 +386,7 @@ class LazyFS(pyfuse3.Operations):
                     self.stats["pages_dropped_by_eio"] += len(f.dirty)
                     f.dirty.clear()
                 _fail(ACTIONS[rule.action] or errno.EIO)
-            self._sync_file(f)
+            f.sync()
 
     @_guarded
     async def flush(self, fh):
@@ -707,7 +463,7 @@ class LazyFS(pyfuse3.Operations):
             if mode & FALLOC_FL_PUNCH_HOLE or mode & FALLOC_FL_ZERO_RANGE:
                 if mode & FALLOC_FL_PUNCH_HOLE and not mode & FALLOC_FL_KEEP_SIZE:
                     raise OSError(errno.EOPNOTSUPP, "punch needs keep-size")
-                self._zero(f, offset, length)
+                f.zero(offset, length)
                 if not mode & FALLOC_FL_KEEP_SIZE and offset + length > f.size:
                     f.size = offset + length
             elif mode & ~FALLOC_FL_KEEP_SIZE:
@@ -726,28 +482,6 @@ class LazyFS(pyfuse3.Operations):
                 raise OSError(errno.ENXIO, "past the end")
             # Everything is data: a correct if lazy answer.
             return offset if whence == SEEK_DATA else f.size
-
-
-def serve_control(fs: LazyFS, path: str):
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(8)
-
-    def client(conn):
-        with conn, conn.makefile("rwb") as stream:
-            for line in stream:
-                try:
-                    reply = fs.control(json.loads(line))
-                except Exception as e:        # a bad request must not end the server
-                    reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-                stream.write(json.dumps(reply).encode() + b"\n")
-                stream.flush()
-
-    def accept():
-        while True:
-            conn, _ = srv.accept()
-            threading.Thread(target=client, args=(conn,), daemon=True).start()
-    threading.Thread(target=accept, daemon=True).start()
 
 
 async def _main():

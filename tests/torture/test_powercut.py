@@ -171,17 +171,18 @@ def wait_for(cond, timeout, step=0.01) -> bool:
     return cond()
 
 
-def cut_power(rng, lazy, child, log, how) -> str:
+def cut_power(rng, lazy, child, log, how, longest: float) -> str:
     """Cut at a moment chosen by ``how``; returns what happened."""
     started = wait_for(lambda: read_log(log)["acks"] or child.poll() is not None, 15)
     if not started or child.poll() is not None:
         return "worker-died"
     if how == "time":
-        wait_for(lambda: child.poll() is not None, rng.uniform(0.05, 1.0))
+        wait_for(lambda: child.poll() is not None, rng.uniform(0.05, longest))
     elif how == "delete":
         wait_for(lambda: read_log(log)["deletes"] or child.poll() is not None, 4)
         if rng.random() < 0.5:
-            wait_for(lambda: child.poll() is not None, rng.uniform(0, 0.15))
+            # A big deletion takes some 30 ms here (several batches and commits).
+            wait_for(lambda: child.poll() is not None, rng.uniform(0, 0.03))
         else:
             lazy.fault("fsync", "*", "cut", skip=rng.randrange(8))
             wait_for(lambda: lazy.dead() or child.poll() is not None, 3)
@@ -200,7 +201,7 @@ def cut_power(rng, lazy, child, log, how) -> str:
 def new_figures():
     return {"power_cuts": 0, "faults_injected": 0, "operations": 0, "bytes_checked": 0,
             "acknowledged_writes_checked": 0, "losses": 0, "later_blocks_found": 0,
-            "cuts_in_deletion": 0, "cuts_by_rule": 0, "verify_runs": 0, "raw_errors": 0,
+            "cuts_in_deletion": 0, "cuts_in_big_deletion": 0, "cuts_by_rule": 0, "verify_runs": 0, "raw_errors": 0,
             "worker_sigbus": 0}
 
 
@@ -224,7 +225,7 @@ def test_power_cuts_through_the_api(lazyfs, processes, torture_budget, torture_f
         processes.append(child)
         how = rng.choice(CUTS)
         try:
-            outcome = cut_power(rng, lazyfs, child, log, how)
+            outcome = cut_power(rng, lazyfs, child, log, how, 3.0 if budget.long_run else 1.0)
             # A moment to meet the dead file system: what it raises is checked below.
             wait_for(lambda: child.poll() is not None, 0.2)
         finally:
@@ -246,6 +247,7 @@ def test_power_cuts_through_the_api(lazyfs, processes, torture_budget, torture_f
         fig["operations"] += last + 1
         exp = Expectation(seed, model, snaps, last)
         fig["cuts_in_deletion"] += exp.in_flight[0] == "delete"
+        fig["cuts_in_big_deletion"] += exp.in_flight[0] == "delete" and exp.in_flight[1].startswith("big")
         lazyfs.remount()
         try:
             model, snaps, problems = check_disk(path, exp, fig)
