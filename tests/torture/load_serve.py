@@ -55,6 +55,7 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
     """The CLI's error, asserting it is one line and no traceback."""
     err = r.stderr.strip()
     assert "Traceback" not in r.stderr, f"raw traceback from the CLI:\n{r.stderr}"
+    assert "internal error" not in r.stderr, f"the CLI met a bug: {r.stderr}"
     assert err and "\n" not in err, f"expected one error line, got {r.stderr!r}"
     return err
 

@@ -301,3 +301,292 @@ def test_control_deep_nesting_is_a_protocol_error(fuzz_disk, what):
     srv = fuzz_disk[0]
     assert _one_control_reply(srv, what) is None
     assert "Traceback" not in srv.log()
+
+
+# ---------------------------------------------------------------- (d) hostile snapshot names
+
+def _banner_exports(banner: str) -> dict[str, str]:
+    import re
+    return {m.group(2): m.group(1) for m in re.finditer(r"^\s+(\S+)\s+snapshot (.+) \(read-only\)$", banner, re.M)}
+
+
+def test_hostile_snapshot_names(tmp_path, torture_figures):
+    """Refused in one line, or accepted and usable everywhere: the API, the
+    CLI (locally and through a server), NBD export and URI, FUSE file,
+    revert and delete."""
+    from badinput_names import NAMES, Mount, cli_form, fuse_missing
+    from vdisk import Disk
+    from vdisk.errors import InvalidArgument
+    size = 1 << 20
+    problems: list[str] = []
+    content = {name: pattern(i + 1, 0, BS) for i, name in enumerate(NAMES)}
+    api_ok: list[str] = []
+    a = str(tmp_path / "a.vdisk")
+    with Disk.create(a, size) as d:
+        for name in NAMES:
+            d.write(0, content[name])
+            try:
+                d.create_snapshot(name)
+            except InvalidArgument as e:
+                if "\n" in str(e) or "\r" in str(e):
+                    problems.append(f"API: error for {name[:40]!r} is not one line: {str(e)[:200]!r}")
+                continue
+            except Exception as e:
+                problems.append(f"API: {name[:40]!r}: {type(e).__name__}: {e}"[:300])
+                continue
+            api_ok.append(name)
+        listed = [s.name for s in d.snapshots(exclusive=False)]
+        if listed != api_ok:
+            problems.append(f"API: listed {listed}, created {api_ok}")
+        for name in api_ok:
+            if d.open_snapshot(name).read(0, BS) != content[name]:
+                problems.append(f"API: snapshot {name!r} reads wrong data")
+
+    # The same names through the CLI and the control socket of a running server.
+    b = str(tmp_path / "b.vdisk")
+    with Disk.create(b, size):
+        pass
+    srv = Server(b, log_dir=str(tmp_path / "logs"))
+    cli_ok: list[str] = []
+    try:
+        h = srv.connect()
+        try:
+            for name in NAMES:
+                if "\0" in name:
+                    continue          # no argv can carry a NUL
+                h.pwrite(content[name], 0)
+                r = run_vdisk("snapshot", "create", b, *cli_form(name), check=False)
+                if r.returncode == 0:
+                    cli_ok.append(name)
+                elif r.returncode != 2 or "Traceback" in r.stderr or len(r.stderr.strip().splitlines()) != 1:
+                    problems.append(f"CLI create {name[:40]!r}: exit {r.returncode}: {r.stderr[:300]!r}")
+        finally:
+            close_handle(h)
+    finally:
+        srv.stop()
+    if cli_ok != [n for n in api_ok if "\0" not in n]:
+        problems.append(f"CLI accepted {cli_ok}, API {api_ok}")
+    assert not problems, "\n".join(problems)
+
+    # Every accepted name as an NBD export, by name and by the URI the banner prints.
+    nbd = import_nbd()
+    srv = Server(b, log_dir=str(tmp_path / "logs"))
+    try:
+        uris = _banner_exports(srv.banner)
+        if sorted(uris) != sorted(cli_ok):
+            problems.append(f"banner lists {sorted(uris)}, snapshots are {sorted(cli_ok)}")
+        for name in cli_ok:
+            h = srv.connect(name)
+            try:
+                if bytes(h.pread(BS, 0)) != content[name]:
+                    problems.append(f"export {name!r} reads another snapshot's data")
+            finally:
+                close_handle(h)
+            if name not in uris:
+                continue
+            h = nbd.NBD()
+            try:
+                h.connect_uri(uris[name])
+                if bytes(h.pread(BS, 0)) != content[name] or not h.is_read_only():
+                    problems.append(f"URI {uris[name]} does not reach snapshot {name!r}")
+            except nbd.Error as e:
+                problems.append(f"URI {uris[name]} of snapshot {name!r}: {e}")
+            finally:
+                close_handle(h)
+    finally:
+        srv.stop()
+
+    # Locally: revert to and delete each accepted name.
+    for name in cli_ok:
+        r = run_vdisk("snapshot", "revert", b, *cli_form(name), check=False)
+        if r.returncode:
+            problems.append(f"CLI revert {name!r}: {r.stderr.strip()}")
+            continue
+        with Disk.open(b, readonly=True) as d:
+            if d.read(0, BS) != content[name]:
+                problems.append(f"after revert to {name!r} the disk reads other data")
+    for name in cli_ok:
+        r = run_vdisk("snapshot", "delete", b, *cli_form(name), check=False)
+        if r.returncode:
+            problems.append(f"CLI delete {name!r}: {r.stderr.strip()}")
+    r = run_vdisk("snapshot", "list", b, "--json")
+    if r.stdout.strip() not in ("[]", ""):
+        problems.append(f"snapshots left after deleting all: {r.stdout[:300]}")
+
+    if not fuse_missing():
+        with Mount(a, str(tmp_path / "mnt")) as m:
+            snapdir = os.path.join(m.mp, "snapshots")
+            files = sorted(os.listdir(snapdir))
+            if files != sorted(n + ".img" for n in api_ok):
+                problems.append(f"FUSE lists {files}, snapshots are {api_ok}")
+            for name in api_ok:
+                try:
+                    with open(os.path.join(snapdir, name + ".img"), "rb") as f:
+                        if f.read(BS) != content[name]:
+                            problems.append(f"FUSE file {name}.img reads other data")
+                except OSError as e:
+                    problems.append(f"FUSE file {name}.img: {e}")
+    torture_figures.update(bad_inputs_tried=2 * len(NAMES), operations=4 * len(NAMES), accepted=len(cli_ok),
+                           losses=0, fuse_checked=not fuse_missing())
+    assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------- (b) byte flips in a closed disk
+
+def _serve_damaged(disk: str, expected: dict[str, bytes], logs: str) -> tuple[list[str], bool]:
+    """(problems, damage seen) serving a damaged disk and reading every export."""
+    from badinput_nbd import unexpected_exceptions
+    nbd = import_nbd()
+    try:
+        srv = Server(disk, log_dir=logs)
+    except AssertionError as e:
+        msg = str(e)
+        if "Traceback" in msg:
+            return [f"vdisk serve refused with a traceback: {msg[-1500:]}"], True
+        return [], True
+    problems, damaged = [], False
+    try:
+        for name, want in expected.items():
+            try:
+                h = srv.connect(name)
+            except nbd.Error:
+                damaged = True
+                continue
+            try:
+                for off in range(0, len(want), 64 << 10):
+                    try:
+                        got = bytes(h.pread(64 << 10, off))
+                    except nbd.Error:
+                        damaged = True
+                        got = None
+                    if got is None:
+                        for o in range(off, off + (64 << 10), BS):
+                            try:
+                                if bytes(h.pread(BS, o)) != want[o:o + BS]:
+                                    problems.append(f"serve: export {name!r} WRONG BYTES at {o}")
+                            except nbd.Error as e:
+                                if not e.errnum:
+                                    problems.append(f"serve: export {name!r}: read failed without an errno: {e}")
+                    elif got != want[off:off + (64 << 10)]:
+                        problems.append(f"serve: export {name!r} WRONG BYTES in {off}+64K")
+            finally:
+                close_handle(h)
+        if not srv.running():
+            problems.append(f"serve: the server died:\n{srv.log()[-1500:]}")
+        problems += [f"serve: raw exception in the log: {b}" for b in unexpected_exceptions(srv.log())]
+    finally:
+        srv.stop()
+    return problems, damaged
+
+
+def test_byte_flips_in_a_closed_disk(tmp_path, torture_budget, torture_figures):
+    import random
+    import shutil
+    from badinput_flips import build, copy, flip, judge_probe, known_defect, probe
+    budget = torture_budget(20, 12, weight=0.75)
+    pristine, exp = str(tmp_path / "pristine.vdisk"), str(tmp_path / "expected")
+    expected = build(pristine, exp, budget.seed)
+    figures = dict(rounds=0, bad_inputs_tried=0, bytes_flipped=0, damage_detected=0, refused_open=0,
+                   served=0, operations=0, bytes_checked=0, losses=0, seed=budget.seed)
+    findings: list[str] = []
+    known: list[str] = []          # hits of defects an xfail test below already pins
+    try:
+        for rnd in budget.rounds():
+            rng = random.Random(f"{budget.seed}/{rnd}")
+            work = str(tmp_path / f"r{rnd}.vdisk")
+            copy(pristine, work)
+            target = ("meta/data.mdb", "data", "meta/data.mdb")[rnd % 3]
+            flips = flip(os.path.join(work, target), rng, aim=rnd % 3 == 2)
+            where = f"round {rnd} (seed {budget.seed}), {target}, flips {flips}"
+            figures["bad_inputs_tried"] += 1
+            figures["bytes_flipped"] += len(flips)
+            r = run_vdisk("verify", work, "--data", check=False)
+            if r.returncode not in (0, 1, 2) or "Traceback" in r.stdout + r.stderr:
+                p = f"{where}: vdisk verify --data exit {r.returncode}:\n{(r.stdout + r.stderr)[-1500:]}"
+                (known if known_defect(p, 1) else findings).append(p)
+            seen = False
+            for mode in ("readonly", "writable"):
+                # the writable open may commit: check the read-only way first
+                report, trouble = probe(work, exp, mode)
+                if trouble:
+                    findings.append(f"{where}: {trouble}")
+                    continue
+                problems, damaged = judge_probe(report, mode)
+                for p in problems:
+                    pinned = known_defect(p, r.returncode)
+                    if pinned:
+                        known.append(f"{where}: {p} (pinned by {pinned})")
+                    else:
+                        findings.append(f"{where}: {p}")
+                        figures["losses"] += "WRONG BYTES" in p
+                figures["refused_open"] += report["open"] is not None
+                figures["bytes_checked"] += sum(e.get("ok", 0) for e in report["exports"].values()) * BS
+                seen |= damaged
+                if mode == "readonly" and damaged and r.returncode == 0:
+                    findings.append(f"{where}: reads meet damage but vdisk verify --data says clean")
+                if mode == "readonly" and rnd % 4 == 0:
+                    problems, damaged = _serve_damaged(work, expected, str(tmp_path / "logs"))
+                    findings += [f"{where}: {p}" for p in problems]
+                    figures["served"] += 1
+            figures["damage_detected"] += seen or r.returncode != 0
+            figures["operations"] += 3 + (rnd % 4 == 0)
+            figures["rounds"] += 1
+            shutil.rmtree(work)
+    finally:
+        torture_figures.update(figures, findings=len(findings), known_defect_hits=len(known))
+        for k in known[:10]:
+            print("known defect:", k[:400])
+    assert not findings, "\n".join(findings[:15])
+
+
+@pytest.fixture
+def damaged_copy(tmp_path):
+    """Factory: damaged_copy(kind) -> (disk, expected dir), one pristine build per test."""
+    from badinput_flips import build, copy, damage
+    pristine, exp = str(tmp_path / "pristine.vdisk"), str(tmp_path / "expected")
+    build(pristine, exp, 1)
+
+    def make(kind):
+        disk = str(tmp_path / "damaged.vdisk")
+        copy(pristine, disk)
+        damage(disk, kind)
+        return disk, exp
+    return make
+
+
+@pytest.mark.xfail(strict=True, reason="a writable open does not check the unchecksummed store/disk records against "
+                   "the trees (vdisk verify reports each as 'counter:'/'ownership:' problems or an empty store): "
+                   "btree/tree.py Forest._load_counters re-initialises a store whose 'format' key is missing, and "
+                   "Disk.open takes a halved counter/node, vba_next or watermark as is - later writes reuse node ids "
+                   "or VBAs or write in place into snapshot blocks, and snapshots read WRONG BYTES (defect 5 class)")
+@pytest.mark.parametrize("kind", ["store header key renamed", "node counter halved", "vba_next halved",
+                                  "watermark halved"])
+def test_damaged_counters_refuse_writable_open(damaged_copy, kind):
+    from badinput_flips import probe
+    disk, exp = damaged_copy(kind)
+    assert run_vdisk("verify", disk, check=False).returncode in (1, 2), "verify should see this damage"
+    report, trouble = probe(disk, exp, "writable")
+    assert not trouble, trouble
+    assert report["open"] is not None and report["open"]["vdisk"], (
+        f"opened for writing despite {kind}; after writing: "
+        + str({n: r.get("wrong") for n, r in report["exports"].items() if r.get("wrong")}))
+
+
+@pytest.mark.xfail(strict=True, reason="a record key that is not UTF-8 escapes as a raw UnicodeDecodeError: "
+                   "btree/tree.py Forest.tree_names (under vdisk verify) and vdisk/disk.py "
+                   "Disk._snapshot_records (Disk.snapshots() and a writable Disk.open raise it); the CLI shows them as "
+                   "'internal error' (exit 70; verify promises 0, 1 or 2)")
+@pytest.mark.parametrize("kind", ["tree key not UTF-8", "snapshot key not UTF-8"])
+def test_undecodable_record_keys_are_damage(damaged_copy, kind):
+    from badinput_flips import judge_probe, probe
+    disk, exp = damaged_copy(kind)
+    problems = []
+    for args, codes in ((("verify", disk), (1, 2)), (("info", disk), (3, 8))):
+        r = run_vdisk(*args, check=False)
+        out = r.stdout + r.stderr
+        if "Traceback" in out or "internal error" in out or r.returncode not in codes:
+            problems.append(f"vdisk {args[0]}: exit {r.returncode}: {r.stderr.strip().splitlines()[-1:]}")
+    for mode in ("readonly", "writable"):
+        report, trouble = probe(disk, exp, mode)
+        problems += [trouble] if trouble else judge_probe(report, mode)[0]
+    assert not problems, "\n".join(problems)
