@@ -21,7 +21,7 @@ it and say so.
 from __future__ import annotations
 
 import fcntl
-import functools
+import json
 import logging
 import os
 import select
@@ -31,28 +31,15 @@ import time
 
 import click
 
-from vdisk.errors import Busy, InvalidArgument, NotFound, VdiskError
+from vdisk.errors import Busy, Interrupted, InvalidArgument, NotFound, VdiskError
+
+from .common import emit_json, json_option, require_disk
 
 LOG_NAME = "mount.log"
 READY_TIMEOUT = 60.0
 # The final flush of a big disk can take long; this is only a last resort.
 STOP_TIMEOUT = 600.0
 POLL = 0.05
-
-
-def _engine_errors(fn):
-    """One line on stderr and the error's exit code (as in vdisk.cli.main)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except VdiskError as e:
-            click.echo(f"vdisk: error: {e}", err=True)
-            sys.exit(e.exit_code)
-        except OSError as e:
-            click.echo(f"vdisk: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", err=True)
-            sys.exit(1)
-    return wrapper
 
 
 def _note(message: str):
@@ -69,36 +56,40 @@ def _note(message: str):
 @click.option("--allow-other", is_flag=True,
               help="Let other users reach the files (file modes still apply; root, or "
                    "user_allow_other in /etc/fuse.conf).")
+@click.option("--mkdir", is_flag=True, help="Create MOUNTPOINT (and its parents) if it does not exist.")
 @click.option("--debug-fuse", is_flag=True, help="Log every FUSE request (libfuse debug output).")
 @click.option("--ready-fd", type=int, hidden=True)
-@_engine_errors
-def mount(disk, mountpoint, foreground, allow_other, debug_fuse, ready_fd):
-    """Mount DISK at MOUNTPOINT as image files: disk.img (the running point,
-    read-write) and snapshots/NAME.img (read-only).
+@json_option
+def mount(disk, mountpoint, foreground, allow_other, mkdir, debug_fuse, ready_fd, as_json):
+    """Mount DISK at MOUNTPOINT as image files.
 
-    Returns once the mount is ready; the mount process runs on until
-    `vdisk umount MOUNTPOINT`. Snapshots taken or deleted while mounted
-    appear and disappear under snapshots/. A disk cannot be mounted while it
-    is served (vdisk serve) or mounted elsewhere.
+    MOUNTPOINT/disk.img is the running point (read-write) and
+    MOUNTPOINT/snapshots/NAME.img each snapshot (read-only). Returns once
+    the mount is ready; the mount process runs on until `vdisk umount
+    MOUNTPOINT`. Snapshots taken or deleted while mounted appear and
+    disappear under snapshots/. A disk cannot be mounted while it is served
+    (vdisk serve) or mounted elsewhere.
 
-    Example: vdisk mount vm1.vdisk /mnt/vm1 && qemu-img info /mnt/vm1/disk.img
+    disk.img has the disk's fixed size, so it cannot be truncated: `cp` and
+    shell `>` fail with EPERM. Copy an image in place instead:
+    `dd if=IMG of=MOUNTPOINT/disk.img conv=notrunc,sparse bs=1M` or
+    `qemu-img convert -n -O raw IMG MOUNTPOINT/disk.img`.
+
+    Example: vdisk mount vm1.vdisk /mnt/vm1 --mkdir && qemu-img info /mnt/vm1/disk.img
     """
     path = os.path.abspath(disk)
     mp = os.path.abspath(mountpoint)
-    _check(path, disk, mp)
+    _check(path, disk, mp, mkdir)
     if foreground or ready_fd is not None:
-        _serve(path, mp, allow_other, debug_fuse, ready_fd)
+        _serve(path, mp, allow_other, debug_fuse, ready_fd, as_json)
     else:
-        _start_child(path, disk, mp, allow_other, debug_fuse)
+        _start_child(path, disk, mp, allow_other, debug_fuse, as_json)
 
 
-def _check(path: str, disk: str, mp: str):
+def _check(path: str, disk: str, mp: str, mkdir: bool = False):
     """Refuse early, with a clear message, what the mount would fail on."""
     from vdisk.fusefs import mounttab
-    if not os.path.isdir(path):
-        raise NotFound(f"no disk at {disk}")
-    if not os.path.isdir(os.path.join(path, "meta")):
-        raise InvalidArgument(f"{disk} is not a vdisk disk (it has no meta/ directory)")
+    require_disk(disk)
     for m in mounttab.mounts_of_disk(path):
         if mounttab.is_stale(m.mountpoint):
             _clean_stale(m)
@@ -111,8 +102,10 @@ def _check(path: str, disk: str, mp: str):
         else:
             how = f"vdisk umount {mp}" if m.is_vdisk else f"umount {mp}"
             raise Busy(f"{mp} is already a mount point ({m.fstype} of {m.source}); unmount it first ({how})")
+    if not os.path.exists(mp) and mkdir:
+        os.makedirs(mp, exist_ok=True)
     if not os.path.exists(mp):
-        raise NotFound(f"mount point {mp} does not exist; create it with mkdir")
+        raise NotFound(f"mount point {mp} does not exist; create it with mkdir, or add --mkdir")
     if not os.path.isdir(mp):
         raise InvalidArgument(f"mount point {mp} is not a directory")
     entries = os.listdir(mp)
@@ -163,7 +156,7 @@ def _setup_logging(debug: bool):
     logging.getLogger("pyfuse3").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
-def _serve(path: str, mp: str, allow_other: bool, debug: bool, ready_fd: int | None):
+def _serve(path: str, mp: str, allow_other: bool, debug: bool, ready_fd: int | None, as_json: bool = False):
     """The mount process: serve until unmounted or signalled."""
     import faulthandler
     from vdisk.fusefs import daemon
@@ -172,8 +165,11 @@ def _serve(path: str, mp: str, allow_other: bool, debug: bool, ready_fd: int | N
 
     def ready():
         if ready_fd is None:
-            click.echo(f"mounted {path} at {mp}: {mp}/disk.img, {mp}/snapshots/; "
-                       f"stop with Ctrl-C or vdisk umount {mp}")
+            if as_json:
+                click.echo(json.dumps({"event": "mounted", **_mounted_json(path, mp, os.getpid())}))
+            else:
+                click.echo(f"mounted {path} at {mp}: {mp}/disk.img, {mp}/snapshots/; "
+                           f"stop with Ctrl-C or vdisk umount {mp}")
             sys.stdout.flush()
             return
         # The log names files and errors of the disk: its owner's only, as
@@ -189,13 +185,20 @@ def _serve(path: str, mp: str, allow_other: bool, debug: bool, ready_fd: int | N
         logging.getLogger("vdisk.fusefs").info("mounted %s at %s", path, mp)
 
     daemon.run(path, mp, allow_other=allow_other, on_ready=ready, debug=debug)
-    if ready_fd is None:
+    if ready_fd is None and as_json:
+        click.echo(json.dumps({"event": "unmounted", "disk": path, "mountpoint": mp}))
+    elif ready_fd is None:
         click.echo(f"unmounted {mp}; {path} flushed and closed")
     else:
         logging.getLogger("vdisk.fusefs").info("unmounted %s; disk flushed and closed", mp)
 
 
-def _start_child(path: str, disk: str, mp: str, allow_other: bool, debug: bool):
+def _mounted_json(path: str, mp: str, pid: int) -> dict:
+    return {"disk": path, "mountpoint": mp, "pid": pid, "image": os.path.join(mp, "disk.img"),
+            "snapshots": os.path.join(mp, "snapshots"), "log": os.path.join(path, LOG_NAME)}
+
+
+def _start_child(path: str, disk: str, mp: str, allow_other: bool, debug: bool, as_json: bool = False):
     r, w = os.pipe()
     argv = [sys.executable, "-m", "vdisk.cli.main", "mount", "--ready-fd", str(w), path, mp]
     if allow_other:
@@ -214,11 +217,15 @@ def _start_child(path: str, disk: str, mp: str, allow_other: bool, debug: bool):
         # mount anyway; stop it (it unmounts on SIGTERM if it got that far).
         proc.terminate()
         proc.wait(timeout=STOP_TIMEOUT)
-        raise VdiskError("interrupted: the mount was not made") from None
+        raise Interrupted("interrupted: the mount was not made") from None
     finally:
         os.close(r)
+    if as_json:
+        emit_json(_mounted_json(path, mp, pid))
+        return
     click.echo(f"mounted {disk} at {mp} (mount process PID {pid}, log {os.path.join(path, LOG_NAME)})")
-    click.echo(f"  {os.path.join(mp, 'disk.img')}  running point (read-write)")
+    click.echo(f"  {os.path.join(mp, 'disk.img')}  running point (read-write; copy an image in with "
+               f"dd conv=notrunc, not cp)")
     click.echo(f"  {os.path.join(mp, 'snapshots')}/NAME.img  snapshots (read-only)")
     click.echo(f"unmount with: vdisk umount {mp}")
 
@@ -269,8 +276,8 @@ def _wait_ready(proc: subprocess.Popen, ready_r: int) -> int:
 @click.option("--lazy", "-l", is_flag=True,
               help="Detach now even if files under MOUNTPOINT are open; the mount process flushes "
                    "and exits once the last one is closed.")
-@_engine_errors
-def umount(mountpoint, lazy):
+@json_option
+def umount(mountpoint, lazy, as_json):
     """Unmount a vdisk mount: flush the disk and release it.
 
     Waits until the mount process has flushed and closed the disk. Cleans up
@@ -288,9 +295,12 @@ def umount(mountpoint, lazy):
     if mounttab.is_stale(mp):
         done, why = mounttab.unmount(mp, lazy=True)
         if not done:
-            raise VdiskError(f"{mp} is a stale mount (its mount process died); unmounting it failed: {why}")
-        click.echo(f"{mp} was a stale mount of {m.source}: its mount process had died; unmounted it "
-                   f"(writes it had not flushed are lost)")
+            raise Busy(f"{mp} is a stale mount (its mount process died); unmounting it failed: {why}")
+        if as_json:
+            emit_json({"mountpoint": mp, "disk": m.source, "stale": True, "lazy": True, "pid": None})
+        else:
+            click.echo(f"{mp} was a stale mount of {m.source}: its mount process had died; unmounted it "
+                       f"(writes it had not flushed are lost)")
         return
     pid = _mount_pid(m.source)
     done, why = mounttab.unmount(mp, lazy=lazy)
@@ -298,13 +308,16 @@ def umount(mountpoint, lazy):
         if "busy" in why.lower():
             raise Busy(f"{mp} is busy: a process has a file open under it (fuser -vm {mp} lists them); "
                        f"close them, or use --lazy")
-        raise VdiskError(f"cannot unmount {mp}: {why}")
-    if lazy:
+        raise Busy(f"cannot unmount {mp}: {why}")
+    if not lazy:
+        _wait_released(m.source, pid)
+    if as_json:
+        emit_json({"mountpoint": mp, "disk": m.source, "stale": False, "lazy": lazy, "pid": pid})
+    elif lazy:
         click.echo(f"detached {mp}; the mount process{f' (PID {pid})' if pid else ''} flushes {m.source} "
                    f"and exits once the last open file under it is closed")
-        return
-    _wait_released(m.source, pid)
-    click.echo(f"unmounted {mp}; {m.source} flushed and closed")
+    else:
+        click.echo(f"unmounted {mp}; {m.source} flushed and closed")
 
 
 def _mount_pid(disk_path: str) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -26,6 +27,8 @@ import click
 
 from vdisk.errors import Busy, InvalidArgument, NotFound, VdiskError
 
+from .common import disk_argument, json_option, require_disk
+
 READY_TIMEOUT = 60.0
 # nbdkit exits on SIGTERM only once its clients disconnect; after this long
 # the disk is flushed and closed over the control socket and nbdkit killed.
@@ -37,47 +40,41 @@ DEFAULT_BIND = "127.0.0.1"
 X509_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem")
 
 
-def command(disk_argument, engine_errors) -> click.Command:
-    """The ``serve`` command, built with the CLI's shared decorators.
+@click.command()
+@disk_argument
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False),
+              help=f"Unix socket to listen on (default: DISK/{DEFAULT_SOCKET}).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Listen on this TCP port instead of a unix socket.")
+@click.option("--bind", help=f"Address to listen on with --port (default {DEFAULT_BIND}).")
+@click.option("--readonly", is_flag=True,
+              help="Serve read-only, without the writer lock (another process may write).")
+@click.option("--tls", is_flag=True,
+              help="Require TLS on every connection (nbdkit --tls=require), with --tls-certificates "
+                   "or --tls-psk.")
+@click.option("--tls-certificates", type=click.Path(file_okay=False),
+              help="X.509: directory with ca-cert.pem, server-cert.pem, server-key.pem (implies --tls).")
+@click.option("--tls-psk", type=click.Path(dir_okay=False),
+              help="Pre-shared keys: file of USERNAME:HEXKEY lines, e.g. from psktool (implies --tls).")
+@click.option("--insecure", is_flag=True,
+              help="Allow plaintext NBD on a --bind address other than loopback.")
+@json_option
+def serve(disk, socket_path, port, bind, readonly, tls, tls_certificates, tls_psk, insecure, as_json):
+    """Serve DISK over NBD until Ctrl-C or SIGTERM.
 
-    A factory rather than an import of vdisk.cli.main, so that running
-    ``python -m vdisk.cli.main`` (which imports this module) has no cycle.
+    The running point is the default export, each snapshot a read-only
+    export under its name; the URIs are printed once it serves (with --json,
+    a "serving" event, then "stopped": docs/CLI.md).
+
+    While it runs, `vdisk snapshot ...`, `vdisk info` and `vdisk resize` on
+    DISK go through the server, so snapshots can be taken live.
+
+    Listens on DISK/nbd.sock, or with --port on 127.0.0.1. A --bind
+    address other than loopback needs TLS (or --insecure for plaintext).
+
+    Example: vdisk serve vm1.vdisk    (then: nbdinfo --list 'nbd+unix:///?socket=vm1.vdisk/nbd.sock')
     """
-    @click.command()
-    @disk_argument
-    @click.option("--socket", "socket_path", type=click.Path(dir_okay=False),
-                  help=f"Unix socket to listen on (default: DISK/{DEFAULT_SOCKET}).")
-    @click.option("--port", type=click.IntRange(1, 65535), help="Listen on this TCP port instead of a unix socket.")
-    @click.option("--bind", help=f"Address to listen on with --port (default {DEFAULT_BIND}).")
-    @click.option("--readonly", is_flag=True,
-                  help="Serve read-only, without the writer lock (another process may write).")
-    @click.option("--tls", is_flag=True,
-                  help="Require TLS on every connection (nbdkit --tls=require), with --tls-certificates "
-                       "or --tls-psk.")
-    @click.option("--tls-certificates", type=click.Path(file_okay=False),
-                  help="X.509: directory with ca-cert.pem, server-cert.pem, server-key.pem (implies --tls).")
-    @click.option("--tls-psk", type=click.Path(dir_okay=False),
-                  help="Pre-shared keys: file of USERNAME:HEXKEY lines, e.g. from psktool (implies --tls).")
-    @click.option("--insecure", is_flag=True,
-                  help="Allow plaintext NBD on a --bind address other than loopback.")
-    @engine_errors
-    def serve(disk, socket_path, port, bind, readonly, tls, tls_certificates, tls_psk, insecure):
-        """Serve DISK over NBD until Ctrl-C: the running point as the default
-        export, each snapshot as a read-only export under its name.
-
-        While it runs, `vdisk snapshot ...`, `vdisk info` and `vdisk resize` on
-        DISK go through the server, so snapshots can be taken live.
-
-        Listens on DISK/nbd.sock, or with --port on 127.0.0.1. A --bind
-        address other than loopback needs TLS (or --insecure for plaintext).
-
-        Example: vdisk serve vm1.vdisk    (then: nbdinfo --list 'nbd+unix:///?socket=vm1.vdisk/nbd.sock')
-        """
-        run(disk, socket_path, port, bind, readonly,
-            tls=TLS.of(tls, tls_certificates, tls_psk), insecure=insecure)
-
-    return serve
-
+    run(disk, socket_path, port, bind, readonly,
+        tls=TLS.of(tls, tls_certificates, tls_psk), insecure=insecure, as_json=as_json)
 
 class TLS:
     """How connections are secured: ``kind`` "x509" (``path`` a certificate
@@ -154,7 +151,7 @@ def check_exposure(port, bind, tls: "TLS | None", insecure: bool):
 
 
 def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS | None = None,
-        insecure: bool = False):
+        insecure: bool = False, as_json: bool = False):
     """Serve until a signal; engine errors propagate (the command maps them)."""
     if bind is not None and port is None:
         raise click.UsageError("--bind needs --port")
@@ -163,15 +160,12 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS |
     check_exposure(port, bind, tls, insecure)
     if tls is not None:
         tls.check()
+    require_disk(disk)
     path = os.path.abspath(disk)
-    if not os.path.isdir(path):
-        raise NotFound(f"no disk at {disk}")
-    if not os.path.isdir(os.path.join(path, "meta")):
-        raise InvalidArgument(f"{disk} is not a vdisk disk (it has no meta/ directory)")
     from vdisk.nbdplugin import NBDKIT, nbdkit_command, nbdkit_env
     env = nbdkit_env()
     if shutil.which(NBDKIT, path=env["PATH"]) is None:
-        raise VdiskError("nbdkit is not installed (Debian packages nbdkit and nbdkit-plugin-python; "
+        raise NotFound("nbdkit is not installed (Debian packages nbdkit and nbdkit-plugin-python; "
                          "./dev setup installs them)")
     if not readonly:
         _refuse_if_served(path)
@@ -207,7 +201,7 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS |
     try:
         _wait_ready(proc, pidfile, path, readonly, stopping)
         if proc.poll() is None and not stopping:
-            _announce(path, sock, port, bind or DEFAULT_BIND, readonly, proc.pid, tls)
+            _announce(path, sock, port, bind or DEFAULT_BIND, readonly, proc.pid, tls, as_json)
         code = _wait(proc, stopping, path, readonly)
     finally:
         if proc.poll() is None:
@@ -225,7 +219,10 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS |
         raise VdiskError(f"nbdkit was killed by signal {-code}; writes since the last flush may be lost")
     if code:
         sys.exit(code)   # nbdkit or the plugin already said why on stderr
-    click.echo(f"stopped serving {path}")
+    if as_json:
+        click.echo(json.dumps({"event": "stopped", "disk": path}))
+    else:
+        click.echo(f"stopped serving {path}")
 
 
 def _refuse_if_served(path: str):
@@ -345,10 +342,23 @@ def _remove_stale_control(path: str):
         _remove_socket(control)
 
 
-def _announce(path, sock, port, bind, readonly, pid, tls):
+def _announce(path, sock, port, bind, readonly, pid, tls, as_json=False):
     names = _snapshot_names(path, readonly)
     mode = "read-only" if readonly else "read-write"
     secure = tls is not None
+    if as_json:
+        # One line per event (JSON Lines): a script reads the first line to
+        # know it serves, and the next when it stopped.
+        exports = [{"name": "", "snapshot": None, "readonly": readonly,
+                    "uri": export_uri(sock, port, bind, "", secure)}]
+        exports += [{"name": n, "snapshot": n, "readonly": True, "uri": export_uri(sock, port, bind, n, secure)}
+                    for n in names]
+        click.echo(json.dumps({"event": "serving", "disk": path, "pid": pid, "readonly": readonly,
+                               "socket": sock, "port": port, "bind": bind if port else None,
+                               "tls": None if tls is None else tls.kind, "exports": exports},
+                              ensure_ascii=False))
+        sys.stdout.flush()
+        return
     click.echo(f"serving {path} over NBD (nbdkit PID {pid}); stop with Ctrl-C")
     rows = [(export_uri(sock, port, bind, "", secure), f"running point ({mode})")]
     rows += [(export_uri(sock, port, bind, n, secure), f"snapshot {n} (read-only)") for n in names]

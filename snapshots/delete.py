@@ -58,19 +58,20 @@ SCAN_SLICE = 4096
 
 
 def delete_snapshot(disk, name: str, buffer_bytes: int = DEFAULT_LIMIT_BYTES,
-                    stall: float = DEFAULT_STALL) -> int:
+                    stall: float = DEFAULT_STALL, progress=None) -> int:
     """Delete snapshot ``name``; returns the number of blocks freed now.
 
     A snapshot that is the base of two or more others (a child snapshot and
     the running point after a revert, say) is deferred: it disappears for
     users at once, and its space returns when at most one dependent is left.
+    ``progress`` is passed to :func:`run_pending`.
     """
     with disk._delete_lock, disk.maintenance():
         with disk._lock:
             pending = disk.forest.meta_get(DELETING_KEY) is not None
             if not pending:
                 disk._snapshot_record(name)
-        freed = run_pending(disk, buffer_bytes, stall) if pending else 0
+        freed = run_pending(disk, buffer_bytes, stall, progress) if pending else 0
         disk.sync_data()                   # see Disk.sync_data
         with disk._lock:
             disk.check_cancelled()
@@ -81,8 +82,8 @@ def delete_snapshot(disk, name: str, buffer_bytes: int = DEFAULT_LIMIT_BYTES,
                 return freed
             with disk.changing():
                 begin(disk, name)
-        freed += run_pending(disk, buffer_bytes, stall)
-        return freed + _reap(disk, buffer_bytes, stall)
+        freed += run_pending(disk, buffer_bytes, stall, progress)
+        return freed + _reap(disk, buffer_bytes, stall, progress)
 
 
 def reap_deferred(disk, buffer_bytes: int = DEFAULT_LIMIT_BYTES, stall: float = DEFAULT_STALL) -> int:
@@ -124,7 +125,7 @@ def _defer(disk, rec: fmt.SnapshotRecord):
              "when at most one of them is left", old)
 
 
-def _reap(disk, buffer_bytes: int, stall: float) -> int:
+def _reap(disk, buffer_bytes: int, stall: float, progress=None) -> int:
     from vdisk.disk import DEFERRED_PREFIX
     freed = 0
     while True:
@@ -136,7 +137,7 @@ def _reap(disk, buffer_bytes: int, stall: float) -> int:
                 return freed
             with disk.changing():
                 begin(disk, ready[0])
-        freed += run_pending(disk, buffer_bytes, stall)
+        freed += run_pending(disk, buffer_bytes, stall, progress)
 
 
 def begin(disk, name: str):
@@ -175,16 +176,22 @@ def pending_deletion(disk) -> fmt.DeletionRecord | None:
     return None if buf is None else fmt.decode_deletion(buf)
 
 
-def run_pending(disk, buffer_bytes: int = DEFAULT_LIMIT_BYTES, stall: float = DEFAULT_STALL) -> int:
-    """Steps 2 and 3 of a begun deletion; returns the number of blocks freed."""
+def run_pending(disk, buffer_bytes: int = DEFAULT_LIMIT_BYTES, stall: float = DEFAULT_STALL,
+                progress=None) -> int:
+    """Steps 2 and 3 of a begun deletion; returns the number of blocks freed.
+
+    ``progress(phase, done, total)``, if given, is called under the disk lock
+    after each step: phase "scan" counts the nodes read, "sweep" the runs of
+    blocks freed.
+    """
     with disk._lock:
         rec = pending_deletion(disk)
     if rec is None:
         return 0
     remove_stale(disk.path)
     with RunBuffer(disk.path, buffer_bytes) as buf:
-        _scan(disk, rec, buf, stall)
-        freed = _sweep(disk, buf, stall)
+        _scan(disk, rec, buf, stall, progress)
+        freed = _sweep(disk, buf, stall, progress)
     disk.sync_data()
     with disk._lock:
         disk.check_cancelled()
@@ -205,17 +212,17 @@ def _live_maps(disk, rec: fmt.DeletionRecord) -> list[ExtentMap]:
     return [ExtentMap(disk.forest.tree(n)) for n in names]
 
 
-def _scan(disk, rec: fmt.DeletionRecord, buf: RunBuffer, stall: float):
+def _scan(disk, rec: fmt.DeletionRecord, buf: RunBuffer, stall: float, progress=None):
     maps: list[ExtentMap] = []
 
     def refresh_maps():
         # Trees may have been created or replaced while the lock was free.
         maps[:] = _live_maps(disk, rec)
 
-    disk.run_in_batches(_scan_steps(disk, rec, buf, maps), stall, refresh_maps)
+    disk.run_in_batches(_scan_steps(disk, rec, buf, maps, progress), stall, refresh_maps)
 
 
-def _scan_steps(disk, rec: fmt.DeletionRecord, buf: RunBuffer, maps: list[ExtentMap]):
+def _scan_steps(disk, rec: fmt.DeletionRecord, buf: RunBuffer, maps: list[ExtentMap], progress=None):
     """Scan the deletion's leaves, yielding after each bounded piece of work.
 
     A leaf entry can cover millions of blocks (a disk filled sequentially is
@@ -223,8 +230,10 @@ def _scan_steps(disk, rec: fmt.DeletionRecord, buf: RunBuffer, maps: list[Extent
     are checked in slices of SCAN_SLICE blocks. The leaves only the deleted
     snapshot reached cannot change meanwhile: no tree reaches them.
     """
-    for node_id in rec.node_ids:
+    for done, node_id in enumerate(rec.node_ids, 1):
         node = disk.forest.node(node_id)
+        if progress is not None:
+            progress("scan", done, len(rec.node_ids))
         yield
         if not node.leaf:
             continue
@@ -236,16 +245,18 @@ def _scan_steps(disk, rec: fmt.DeletionRecord, buf: RunBuffer, maps: list[Extent
                 yield
 
 
-def _sweep(disk, buf: RunBuffer, stall: float) -> int:
+def _sweep(disk, buf: RunBuffer, stall: float, progress=None) -> int:
     freed = [0]
-    disk.run_in_batches(_sweep_steps(disk, buf, freed), stall)
+    disk.run_in_batches(_sweep_steps(disk, buf, freed, progress), stall)
     return freed[0]
 
 
-def _sweep_steps(disk, buf: RunBuffer, freed: list[int]):
+def _sweep_steps(disk, buf: RunBuffer, freed: list[int], progress=None):
     since_commit = 0
-    for run in buf.sorted_runs():
+    for done, run in enumerate(buf.sorted_runs(), 1):
         freed[0] += disk._forget_vbas(*run)
+        if progress is not None:
+            progress("sweep", done, buf.total)
         since_commit += 1
         # Commit in small steps: a commit folds every pending free into the
         # free map under the lock, ~4.5 us each, so it must stay short.

@@ -43,7 +43,6 @@ import errno
 import fcntl
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -53,7 +52,8 @@ import blake3
 
 from vdisk.btree import Forest, Layout, LmdbNodeStore
 from vdisk.errors import (AlreadyExists, Busy, Cancelled, ChecksumMismatch, DiskFailed, IntegrityError,
-                          InvalidArgument, NoSpace, NotFound, ReadOnly, StorageError, VdiskError)
+                          InvalidArgument, NoSpace, NotADisk, NotFound, ReadOnly, StorageError, VdiskError,
+                          quote)
 
 from . import format as fmt
 from .alloc import Allocator
@@ -62,7 +62,13 @@ from .extents import MAX_TARGET, ExtentMap
 log = logging.getLogger("vdisk")
 
 CSUM_BYTES = 16
-SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Snapshot names: printable, at most SNAPSHOT_NAME_BYTES of UTF-8, not
+# starting with '-' (it would read as an option, and '-' is "none" in lists)
+# or '.' ('.', '..' and hidden files in a mount), no '/' (a path in a mount)
+# and no '~' (the prefix of deferred deletions). Spaces inside are allowed.
+SNAPSHOT_NAME_BYTES = 128
+SNAPSHOT_NAME_RULE = (f"a snapshot name is 1 to {SNAPSHOT_NAME_BYTES} bytes of printable UTF-8, not starting "
+                      f"with '-', '.' or a space, not ending with a space, without '/' or '~'")
 AUTO_COMMIT_BLOCKS = 16384
 MAX_DISK_SIZE = 1 << 60
 # Larger than LMDB's reader table for its default 126 readers (about 8 KiB).
@@ -146,8 +152,30 @@ class SnapshotInfo:
 
 
 def validate_snapshot_name(name: str):
-    if not isinstance(name, str) or not SNAPSHOT_NAME.fullmatch(name):
-        raise InvalidArgument(f"bad snapshot name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    """Refuse a name outside the rule (SNAPSHOT_NAME_RULE), saying what is wrong."""
+    if not isinstance(name, str):
+        raise InvalidArgument(f"bad snapshot name {name!r}: it must be a string")
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        size = None
+    if not name:
+        why = "it is empty"
+    elif size is None:
+        why = "it is not valid UTF-8"
+    elif size > SNAPSHOT_NAME_BYTES:
+        why = f"it is {size} bytes long, more than {SNAPSHOT_NAME_BYTES}"
+    elif name[0] in "-.":
+        why = f"it starts with {name[0]!r}"
+    elif "/" in name or "~" in name:
+        why = f"it contains {'/' if '/' in name else '~'!r}"
+    elif not name.isprintable():
+        why = "it contains a control or other unprintable character"
+    elif name != name.strip():
+        why = "it starts or ends with a space"
+    else:
+        return
+    raise InvalidArgument(f"bad snapshot name {quote(name)}: {why} ({SNAPSHOT_NAME_RULE})")
 
 
 class _Reader:
@@ -344,7 +372,14 @@ class Disk(_Reader):
     def open(cls, path: str | os.PathLike, readonly: bool = False) -> "Disk":
         path = os.fspath(path)
         if not os.path.isdir(path):
+            if os.path.exists(path):
+                raise NotADisk(path)
             raise NotFound(f"no disk at {path}")
+        # Before the lock, which creates DISK/lock: a directory that is not a
+        # disk must be left as it was. One with a data file but no meta/ is
+        # a damaged disk, which the constructor names.
+        if not os.path.isdir(os.path.join(path, "meta")) and not os.path.exists(os.path.join(path, "data")):
+            raise NotADisk(path)
         lock_fd = None if readonly else _take_lock(path)
         return cls(path, readonly, lock_fd)
 
@@ -816,7 +851,7 @@ class Disk(_Reader):
                 done.add(run)
                 punch_hole(self._fd, run[0] * bs, run[1] * bs)
 
-    def compact(self, stall: float = 0.02) -> int:
+    def compact(self, stall: float = 0.02, progress=None) -> int:
         """Return every free block still in the data file to the file system.
 
         Single freed blocks are not punched when they are freed (see
@@ -825,17 +860,23 @@ class Disk(_Reader):
         holes cost nothing), in batches (:meth:`run_in_batches`) so I/O
         continues meanwhile. Under the lock the free map is exact (blocks
         being written are not in it), so no live block can be punched.
-        Returns the bytes punched.
+        Returns the bytes punched. ``progress(phase, done, total)``, if
+        given, is called under the lock after each extent with the bytes of
+        free space looked at so far and the free space there was at the start
+        (phase "compact"); it must be quick.
         """
         self._check_writable()
         punched = [0]
         with self.maintenance():
-            self.run_in_batches(self._compact_steps(punched), stall)
+            self.run_in_batches(self._compact_steps(punched, progress), stall)
         return punched[0]
 
-    def _compact_steps(self, punched: list[int]):
+    def _compact_steps(self, punched: list[int], progress=None):
         bs = self.block_size
         cursor = 0
+        with self._lock:
+            total = self.alloc.free_blocks() * bs
+        seen = 0
         while True:
             # The free map may change between batches: look up from a cursor.
             item = next(self.alloc.free.items(cursor), None)
@@ -844,6 +885,10 @@ class Disk(_Reader):
             pba, count = item
             cursor = pba + count
             punched[0] += self._punch_data_in(pba * bs, count * bs)
+            if progress is not None:
+                # Frees since the start can make the walk longer than the total.
+                seen += count * bs
+                progress("compact", min(seen, total), total)
             yield
 
     def run_in_batches(self, steps, stall: float, before_batch=None):
@@ -1017,18 +1062,21 @@ class Disk(_Reader):
         from vdisk.snapshots.delete import reap_deferred
         reap_deferred(self)
 
-    def delete_snapshot(self, name: str, buffer_bytes: int | None = None) -> int:
+    def delete_snapshot(self, name: str, buffer_bytes: int | None = None, progress=None) -> int:
         """Delete a snapshot, returning the space only it held; returns blocks freed.
 
         Runs in short batches (see :mod:`vdisk.snapshots.delete`), so other
         threads' reads and writes continue meanwhile. ``buffer_bytes`` bounds
         the memory of the sort buffer (default 64 MiB); past it, sorted runs
-        spill to files in the disk directory.
+        spill to files in the disk directory. ``progress(phase, done, total)``,
+        if given, is called under the lock as the batches advance (phases
+        "scan": nodes read, and "sweep": runs of blocks freed); it must be
+        quick.
         """
         validate_snapshot_name(name)
         self._check_writable()
         from vdisk.snapshots.delete import DEFAULT_LIMIT_BYTES, delete_snapshot
-        return delete_snapshot(self, name, buffer_bytes or DEFAULT_LIMIT_BYTES)
+        return delete_snapshot(self, name, buffer_bytes or DEFAULT_LIMIT_BYTES, progress=progress)
 
     # ----------------------------------------------------------- info
 

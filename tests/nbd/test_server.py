@@ -93,7 +93,7 @@ def test_cli_commands_go_through_the_server(disk, serve):
     assert r.returncode == 4 and "already exists" in r.stderr
     r = run_vdisk("snapshot", "delete", disk, "nope", check=False)
     assert r.returncode == 3 and "no snapshot named 'nope'" in r.stderr
-    r = run_vdisk("snapshot", "create", disk, "bad name!", check=False)
+    r = run_vdisk("snapshot", "create", disk, "bad/name", check=False)
     assert r.returncode == 2 and "bad snapshot name" in r.stderr
     r = run_vdisk("snapshot", "revert", disk, "a", check=False)
     assert r.returncode == 5 and "disconnect them" in r.stderr

@@ -1,0 +1,174 @@
+"""What every ``vdisk`` command shares: arguments and options, opening a
+disk, JSON output, tables and times.
+
+Commands are thin: open the disk (:func:`open_disk`, or :func:`open_live`
+when a running ``vdisk serve``/``vdisk mount`` may hold it), call one library
+function, print. They raise :mod:`vdisk.errors` exceptions and never print
+errors themselves; :mod:`vdisk.cli.failures` turns them into one line.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import unicodedata
+
+import click
+
+from vdisk.errors import Interrupted, NotADisk, NotFound, VdiskError
+from vdisk.units import parse_size
+
+from . import failures
+
+
+class VdiskGroup(click.Group):
+    """A command group whose errors all go through :mod:`vdisk.cli.failures`."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        parent = super()
+
+        def invoke():
+            return parent.main(argv, prog_name or "vdisk", complete_var, standalone_mode=False, **extra)
+
+        if not standalone_mode:
+            return invoke()
+        sys.exit(failures.run(invoke, argv))
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise failures.PipeClosed() from None
+        except KeyboardInterrupt:
+            # Before click sees it: it would print a blank line to stderr.
+            raise Interrupted("interrupted") from None
+
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else ""
+        if (not name.startswith("-") and self.get_command(ctx, name) is None
+                and not ctx.resilient_parsing):
+            raise click.UsageError(failures.unknown_command(ctx, name, self.list_commands(ctx)), ctx)
+        return super().resolve_command(ctx, args)
+
+
+def help_when_bare(ctx: click.Context):
+    """``vdisk`` or ``vdisk snapshot`` alone: the help, and success."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
+
+
+class SizeType(click.ParamType):
+    """A size as :func:`vdisk.units.parse_size` reads it (10G, 1.5TiB, 4096)."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(value)
+        except VdiskError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _complete_snapshot(ctx, param, incomplete):
+    """Shell completion of NAME: the snapshots of the DISK already typed."""
+    disk = ctx.params.get("disk")
+    if not disk:
+        return []
+    try:
+        with open_live(disk, readonly=True) as d:
+            names = [s.name for s in d.snapshots(exclusive=False)]
+    except Exception:         # completion must never print an error into the shell
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def _note_json(ctx, param, value):
+    if value:
+        failures.STATE.json = True
+    return value
+
+
+disk_argument = click.argument("disk", type=click.Path(file_okay=False))
+snapshot_argument = click.argument("name", shell_complete=_complete_snapshot)
+json_option = click.option("--json", "as_json", is_flag=True, callback=_note_json,
+                           help="Print JSON on stdout instead of text (schema: docs/CLI.md).")
+quiet_option = click.option("--quiet", "-q", is_flag=True,
+                            help="No progress bar (there is one on stderr when it is a terminal).")
+
+
+def require_disk(path: str):
+    """Refuse what is not a disk, as :meth:`vdisk.Disk.open` would, without opening it.
+
+    For front ends whose disk is opened by another process (nbdkit, the
+    mount process), so the refusal comes first and as one line.
+    """
+    if not os.path.isdir(path):
+        if os.path.exists(path):
+            raise NotADisk(path)
+        raise NotFound(f"no disk at {path}")
+    if not os.path.isdir(os.path.join(path, "meta")) and not os.path.exists(os.path.join(path, "data")):
+        raise NotADisk(path)
+
+
+def open_disk(path: str, readonly: bool = False):
+    from vdisk import Disk
+    return Disk.open(path, readonly=readonly)
+
+
+def open_live(path: str, readonly: bool = False):
+    """The disk, or - when a server (vdisk serve, vdisk mount) holds it - a
+    proxy to that server with the same methods (see vdisk.control.client)."""
+    from vdisk.control.client import find_server
+    server = find_server(path)
+    return server if server is not None else open_disk(path, readonly)
+
+
+def is_local(d) -> bool:
+    """Whether ``d`` is a Disk opened here (so it takes a progress callback),
+    not a proxy to a server that runs the work itself."""
+    from vdisk import Disk
+    return isinstance(d, Disk)
+
+
+def emit_json(obj):
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def snapshot_json(s) -> dict:
+    """One snapshot as every --json output shows it (docs/CLI.md)."""
+    return {"name": s.name, "created": s.created, "size": s.size, "parent": s.parent,
+            "exclusive_bytes": s.exclusive_bytes, "seq": s.seq}
+
+
+def local_time(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
+
+
+def width(text: str) -> int:
+    """Columns ``text`` takes in a terminal (wide CJK characters take two)."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
+
+
+def table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> list[str]:
+    """Lines of a table whose columns fit their longest cell; the last column is not padded."""
+    cols = len(headers)
+    widths = [max([width(headers[i])] + [width(r[i]) for r in rows]) for i in range(cols)]
+
+    def line(cells):
+        out = []
+        for i, cell in enumerate(cells):
+            pad = " " * (widths[i] - width(cell))
+            if i == cols - 1 and i not in right:
+                out.append(cell)
+            else:
+                out.append(pad + cell if i in right else cell + pad)
+        return "  ".join(out).rstrip()
+
+    return [line(headers)] + [line(r) for r in rows]
