@@ -41,6 +41,8 @@ class NodeStore(Protocol):
 
     def node_ids(self) -> Iterator[int]: ...
 
+    def last_node_id(self) -> int | None: ...
+
     def close(self) -> None: ...
 
 
@@ -76,6 +78,9 @@ class MemoryNodeStore:
 
     def node_ids(self):
         return iter(sorted(self.nodes))
+
+    def last_node_id(self):
+        return max(self.nodes, default=None)
 
     def close(self):
         pass
@@ -335,6 +340,19 @@ class LmdbNodeStore:
         except lmdb.Error as e:
             raise self._error(e) from None
         return iter(ids)
+
+    def last_node_id(self):
+        """The highest stored node id, or None: one cursor step, not a scan."""
+        try:
+            txn = self._txn()
+            if txn is not None:
+                cur = txn.cursor(db=self.nodes_db)
+                return _NODE_KEY.unpack(cur.key())[0] if cur.last() else None
+            with self._begin(db=self.nodes_db) as t:
+                cur = t.cursor()
+                return _NODE_KEY.unpack(cur.key())[0] if cur.last() else None
+        except lmdb.Error as e:
+            raise self._error(e) from None
 
     # ------------------------------------------------------------ writes
 

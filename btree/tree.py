@@ -89,6 +89,14 @@ _NODE_ID_KEY = b"counter/node"
 _TREE_PREFIX = b"tree/"
 
 
+def _tree_name(key: bytes) -> str:
+    try:
+        return key[len(_TREE_PREFIX):].decode()
+    except UnicodeDecodeError:
+        raise IntegrityError(f"tree record key {key[:80]!r} is not UTF-8: the store is damaged; "
+                             f"run vdisk verify") from None
+
+
 class Forest:
     """Named copy-on-write B+trees sharing one node store and one seq counter."""
 
@@ -110,6 +118,11 @@ class Forest:
         if header is None:
             if self.store.readonly:
                 raise IntegrityError("metadata store is empty: not a vdisk B+tree store")
+            # Only a store with nothing in it may be started afresh: counters
+            # begun again over old nodes would reuse their ids and seqs.
+            if self.store.last_node_id() is not None or self.store.meta_items(b""):
+                raise IntegrityError("metadata store header is missing from a store that holds data: "
+                                     "the store is damaged; run vdisk verify")
             self._meta[b"format"] = fmt.encode_store_header()
             self.seq = 0
             self._next_id = 1
@@ -122,6 +135,28 @@ class Forest:
             self.seq = fmt.decode_u64(seq)
             self._next_id = fmt.decode_u64(nid)
         self._committed_seq = self.seq
+
+    def check_counters(self):
+        """Raise IntegrityError if a counter is behind what the store holds.
+
+        A writer must not start from such counters (readers and the checker
+        may: they report it): a node counter at or below a stored node would
+        hand out live ids, and a seq counter behind a tree would make the
+        seq rule judge nodes a snapshot shares as the writer's own and change
+        them in place. Costs one cursor step, and one record and one root
+        node per tree; the loaded roots stay cached.
+        """
+        last = self.store.last_node_id()
+        if last is not None and self._next_id <= last:
+            raise IntegrityError(f"metadata node counter {self._next_id} is not past the highest stored "
+                                 f"node {last}: the store is damaged; run vdisk verify")
+        for key, buf in self.store.meta_items(_TREE_PREFIX):
+            name = _tree_name(key)
+            rec = fmt.decode_tree_record(name, buf)
+            newest = max(rec.snap_seq, rec.created_seq, self._load(rec.root).seq if rec.root else 0)
+            if newest > self.seq:
+                raise IntegrityError(f"metadata seq counter {self.seq} is behind tree {name!r} (seq {newest}): "
+                                     f"the store is damaged; run vdisk verify")
 
     @property
     def next_node_id(self) -> int:
@@ -204,10 +239,10 @@ class Forest:
         return _TREE_PREFIX + name.encode()
 
     def tree_names(self) -> list[str]:
-        names = {k[len(_TREE_PREFIX):].decode() for k, _ in self.store.meta_items(_TREE_PREFIX)}
+        names = {_tree_name(k) for k, _ in self.store.meta_items(_TREE_PREFIX)}
         for k, v in self._meta.items():
             if k.startswith(_TREE_PREFIX):
-                name = k[len(_TREE_PREFIX):].decode()
+                name = _tree_name(k)
                 if v is None:
                     names.discard(name)
                 else:

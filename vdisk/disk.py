@@ -57,7 +57,7 @@ from vdisk.errors import (AlreadyExists, Busy, Cancelled, ChecksumMismatch, Disk
 
 from . import format as fmt
 from .alloc import Allocator
-from .extents import MAX_TARGET, ExtentMap
+from .extents import MAX_TARGET, ExtentMap, unpack
 
 log = logging.getLogger("vdisk")
 
@@ -318,6 +318,7 @@ class Disk(_Reader):
                 raise IntegrityError(f"data file {data_path} is not a regular file")
             self._load()
             if not readonly:
+                self._check_counters()
                 self._resume_in_background()
         except BaseException:
             # LMDB allows one environment per file per process: a store left
@@ -397,6 +398,40 @@ class Disk(_Reader):
         self._vba = ExtentMap(self.forest.tree(VBA_TREE))
         self._csum = self.forest.tree(CSUM_TREE)
         self.alloc = Allocator(self.forest.tree(FREE_TREE), self.state.pba_end)
+
+    def _check_counters(self):
+        """Refuse to write on counters that are behind what the maps hold.
+
+        The records that carry them are small and unchecksummed beyond their
+        format; a damaged one (a counter gone back) would make new writes
+        reuse live VBAs or node ids, or change snapshot blocks in place: a
+        snapshot would then read wrong bytes. A few lookups at the ends of
+        the trees catch it before any write; readers need no such check.
+        """
+        self.forest.check_counters()
+        st = self.state
+
+        def damaged(what):
+            raise IntegrityError(f"disk {self.path}: {what}: the running point's record is damaged; "
+                                 f"run vdisk verify")
+        last = self._vba.tree.last()
+        if last is not None and st.vba_next < last[0] + unpack(last[1])[1]:
+            damaged(f"next VBA {st.vba_next} is not past the mapped VBA {last[0]}")
+        last = self._csum.last()
+        if last is not None and st.vba_next <= last[0]:
+            damaged(f"next VBA {st.vba_next} is not past the checksummed VBA {last[0]}")
+        if not 1 <= st.vba_watermark <= st.vba_next:
+            damaged(f"watermark {st.vba_watermark} is outside 1..{st.vba_next}")
+        last = self.alloc.free.last()
+        if last is not None and st.pba_end < last[0] + last[1]:
+            damaged(f"PBA end {st.pba_end} is before the free extent at {last[0]}")
+        for rec in self._snapshot_records():
+            if rec.vba_watermark > st.vba_next or rec.seq > self.forest.seq:
+                damaged(f"snapshot {rec.name!r} is newer than the running point's counters")
+            if rec.name == st.parent and st.vba_watermark < rec.vba_watermark:
+                # Blocks of the parent at or above the watermark would be
+                # rewritten in place: the snapshot would change.
+                damaged(f"watermark {st.vba_watermark} is below its snapshot's {rec.vba_watermark}")
 
     def _resume_in_background(self):
         """Finish a snapshot deletion a crash interrupted, beside the caller's I/O.
@@ -988,8 +1023,7 @@ class Disk(_Reader):
         return fmt.decode_snapshot(name, buf)
 
     def _snapshot_records(self) -> list[fmt.SnapshotRecord]:
-        recs = [fmt.decode_snapshot(k[len(SNAP_META_PREFIX):].decode(), v)
-                for k, v in self.forest.meta_items(SNAP_META_PREFIX)]
+        recs = [fmt.decode_snapshot(_snapshot_name(k), v) for k, v in self.forest.meta_items(SNAP_META_PREFIX)]
         # Snapshots taken with no change between them share a seq.
         recs.sort(key=lambda r: (r.seq, r.created_ns))
         return recs
@@ -1093,6 +1127,14 @@ class Disk(_Reader):
                 "file_bytes": os.fstat(self._fd).st_blocks * 512,
                 "snapshots": [s.__dict__ for s in self.snapshots(exclusive=False)],
             }
+
+
+def _snapshot_name(key: bytes) -> str:
+    try:
+        return key[len(SNAP_META_PREFIX):].decode()
+    except UnicodeDecodeError:
+        raise IntegrityError(f"snapshot record key {key[:80]!r} is not UTF-8: the disk is damaged; "
+                             f"run vdisk verify") from None
 
 
 def _never() -> bool:
