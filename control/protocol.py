@@ -113,7 +113,8 @@ def decode_request(line: bytes) -> tuple[object, str, dict]:
     if not isinstance(req_id, int) or isinstance(req_id, bool):
         req_id = None
     v = msg.get("v")
-    if v != VERSION:
+    # JSON true and 1.0 equal 1 in Python; the version is the integer 1.
+    if type(v) is not int or v != VERSION:
         raise _with_id(errors.UnsupportedVersion(
             f"control protocol version {v!r} is not supported (this server speaks {VERSION})"), req_id)
     if req_id is None:
@@ -169,6 +170,8 @@ def _decode_object(line: bytes) -> dict:
         msg = json.loads(line)
     except (UnicodeDecodeError, ValueError) as e:
         raise ProtocolError(f"control message is not JSON: {e}") from None
+    except RecursionError:
+        raise ProtocolError("control message is nested too deeply") from None
     if not isinstance(msg, dict):
         raise ProtocolError("control message must be a JSON object")
     return msg

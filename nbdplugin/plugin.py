@@ -273,7 +273,13 @@ def _open(_h, readonly, name):
 
 
 def open(readonly):
-    return _open(None, readonly, nbdkit.export_name())
+    try:
+        name = nbdkit.export_name()
+    except UnicodeDecodeError:
+        # NBD names are UTF-8 by the protocol; vdisk's are, too.
+        nbdkit.set_error(errno.ENOENT)
+        raise ClientError("export name is not UTF-8: no such export") from None
+    return _open(None, readonly, name)
 
 
 def close(h):
