@@ -21,6 +21,7 @@ import time
 from vdisk.units import format_size
 
 REDRAW_SECONDS = 0.1
+RATE_AFTER = 0.5
 # phase -> (label, unit); unit "bytes" prints sizes and byte rates.
 PHASES = {
     "trees": ("metadata trees", "nodes"),
@@ -90,18 +91,22 @@ class Progress:
         frac = min(1.0, done / total) if total > 0 else 1.0
         amount = (f"{format_size(done)}/{format_size(total)}" if unit == "bytes"
                   else f"{done}/{total} {unit}")
-        speed = f"{format_size(int(rate))}/s" if unit == "bytes" else f"{rate:.0f} {unit}/s"
         if final:
             tail = f"{amount} in {_clock(elapsed)}"
+        elif elapsed < RATE_AFTER or rate <= 0:
+            tail = amount           # too early for a rate that means anything
         else:
-            eta = _clock((total - done) / rate) if rate > 0 and total >= done else "?"
-            tail = f"{amount}  {speed}  ETA {eta}"
-        text = f"{label}  {int(frac * 100):3d}%  {tail}"
+            speed = f"{format_size(int(rate))}/s" if unit == "bytes" else f"{rate:.0f} {unit}/s"
+            tail = f"{amount}  {speed}  ETA {_clock(max(0, total - done) / rate)}"
         columns = _columns(self.stream)
-        room = columns - len(text) - 4
-        if room >= 10:
-            fill = int(frac * min(room, 40))
-            text = f"{label}  [{'#' * fill}{'.' * (min(room, 40) - fill)}]  {int(frac * 100):3d}%  {tail}"
+        # A bar of one width for the whole phase, whatever the tail's length.
+        bar = min(40, columns - len(label) - 50)
+        pct = f"{int(frac * 100):3d}%"
+        if bar >= 10:
+            fill = int(frac * bar)
+            text = f"{label}  [{'#' * fill}{'.' * (bar - fill)}]  {pct}  {tail}"
+        else:
+            text = f"{label}  {pct}  {tail}"
         # \r and erase-to-end-of-line: each draw replaces the last.
         self._write("\r" + text[:columns - 1] + "\x1b[K")
 
