@@ -39,6 +39,16 @@ class PipeClosed(Exception):
     """
 
 
+class CommandFailed(VdiskError):
+    """An error with the command's context added, keeping the cause's code and kind."""
+
+    def __init__(self, message: str, cause: VdiskError):
+        super().__init__(message)
+        self.exit_code = cause.exit_code
+        self.errno = cause.errno
+        self.kind = getattr(cause, "kind", type(cause).__name__)
+
+
 def one_line(message: str) -> str:
     parts = [p.strip() for p in str(message).splitlines() if p.strip()]
     return "; ".join(parts)
@@ -67,7 +77,7 @@ def run(invoke, argv: list[str]) -> int:
     except (click.Abort, KeyboardInterrupt) as e:
         return _report("interrupted", EXIT_INTERRUPTED, "Interrupted", e)
     except VdiskError as e:
-        return _report(str(e), e.exit_code, type(e).__name__, e)
+        return _report(str(e), e.exit_code, getattr(e, "kind", type(e).__name__), e)
     except OSError as e:
         if e.errno == errno.EPIPE:
             _silence_stdout()

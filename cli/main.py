@@ -53,10 +53,6 @@ def _register():
     for cmd in (disk.create, disk.info, disk.resize, disk.compact, snapshot.snapshot, serve.serve,
                 mount.mount, mount.umount, verify.verify, completion.completion):
         main.add_command(cmd)
-    # verify's first sentence is longer than the command list's column; the
-    # list would cut it mid-phrase.
-    if not verify.verify.short_help:
-        verify.verify.short_help = "Check every snapshot, map and the allocator."
 
 
 _register()

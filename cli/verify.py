@@ -1,9 +1,10 @@
 """``vdisk verify``: check a disk's metadata, and with ``--data`` its blocks.
 
 The work is :func:`vdisk.snapshots.verify.verify`; this module prints its
-report. Exit status: 0 clean, 1 problems found, 2 the disk cannot be opened
-(the codes of :mod:`vdisk.errors` do not apply here: ``verify`` promises
-these three, as fsck-like tools do).
+report. Exit status: 0 clean, 1 problems found; a disk that cannot be
+opened exits with the code of the reason, as every command does (3 not
+found, 2 not a disk, 8 damaged beyond reading, 9 newer format; see
+:data:`vdisk.errors.EXIT_CODES`).
 """
 
 from __future__ import annotations
@@ -14,37 +15,11 @@ from collections import Counter
 
 import click
 
-from vdisk.errors import VdiskError
+from vdisk.errors import EXIT_OK, EXIT_PROBLEMS, VdiskError, from_os_error
 
-EXIT_CLEAN = 0
-EXIT_PROBLEMS = 1
-EXIT_CANNOT_OPEN = 2
-
-
-class _Progress:
-    """One click progress bar per phase, drawn on stderr."""
-
-    LABELS = {"trees": "metadata trees", "data": "data blocks"}
-
-    def __init__(self):
-        self.bar = None
-        self.phase = None
-        self.done = 0
-
-    def __call__(self, phase: str, done: int, total: int):
-        if phase != self.phase:
-            self.close()
-            self.phase, self.done = phase, 0
-            self.bar = click.progressbar(length=max(total, 1), label=self.LABELS.get(phase, phase),
-                                         file=sys.stderr)
-            self.bar.__enter__()
-        self.bar.update(done - self.done)
-        self.done = done
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
+from .common import disk_argument, json_option, quiet_option, require_disk
+from .failures import CommandFailed
+from .progress import Progress
 
 
 def summary_line(report) -> str:
@@ -59,34 +34,33 @@ def summary_line(report) -> str:
 
 
 @click.command()
-@click.argument("disk", type=click.Path(file_okay=False))
+@disk_argument
 @click.option("--data", is_flag=True, help="Also read every live block back and check its checksum.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(disk, data, as_json):
-    """Check that DISK is consistent: every snapshot, the maps, the allocator.
+@quiet_option
+@json_option
+def verify(disk, data, quiet, as_json):
+    """Check every snapshot, map and the allocator of DISK.
 
     Safe while the disk is in use: it reads one committed state of the
     metadata and never pauses the writer. Snapshots are walked oldest first
     and subtrees shared with an older one are not read again, so many
     snapshots cost little more than one. Each problem is one line naming the
-    snapshot, node or extent and what is wrong.
+    snapshot, node or extent and what is wrong. A progress bar is drawn on
+    stderr when it is a terminal.
 
-    Exit status: 0 clean, 1 problems found, 2 the disk cannot be opened.
+    Exit status: 0 clean, 1 problems found; a disk that cannot be opened
+    gives the code of the reason (3 not found, 8 damaged, ...).
 
     Example: vdisk verify vm1.vdisk --data
     """
     from vdisk.snapshots.verify import verify as run_verify
-    progress = _Progress() if sys.stdout.isatty() and sys.stderr.isatty() and not as_json else None
     try:
-        report = run_verify(disk, data=data, progress=progress)
+        require_disk(disk)      # the same refusal as every command, before the verifier's own
+        with Progress(quiet) as progress:
+            report = run_verify(disk, data=data, progress=progress)
     except (VdiskError, OSError) as e:
-        if progress is not None:
-            progress.close()
-        message = str(e) if isinstance(e, VdiskError) else f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}"
-        click.echo(f"vdisk: error: cannot verify {disk}: {message}", err=True)
-        sys.exit(EXIT_CANNOT_OPEN)
-    if progress is not None:
-        progress.close()
+        err = e if isinstance(e, VdiskError) else from_os_error(e)
+        raise CommandFailed(f"cannot verify {disk}: {err}", err) from e
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -101,4 +75,4 @@ def verify(disk, data, as_json):
             kinds = Counter(p.kind for p in report.problems)
             click.echo(f"{len(report.problems)} problem{'s' if len(report.problems) != 1 else ''} found ("
                        + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")")
-    sys.exit(EXIT_CLEAN if report.ok else EXIT_PROBLEMS)
+    sys.exit(EXIT_OK if report.ok else EXIT_PROBLEMS)

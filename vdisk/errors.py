@@ -39,9 +39,9 @@ An :class:`OSError` that reaches a front end becomes the class that fits its
 errno (:func:`from_os_error`), so a missing file is 3 and a full file system
 7 whichever command met them.
 
-``vdisk verify`` alone follows the convention of checkers (fsck, thin_check):
-0 clean, 1 problems found, 2 the disk could not be opened at all (whatever
-the reason: not found, damaged beyond reading, newer format).
+``vdisk verify`` exits 0 when the disk is clean and 1 when it found problems
+(each one a line of its report); a disk it cannot open at all gives the
+code of the reason, as from every other command.
 """
 
 from __future__ import annotations

@@ -111,7 +111,9 @@ def test_a_bug_is_one_line_exit_70_and_debug_shows_the_traceback(disk, monkeypat
 
 
 def test_json_commands_print_the_error_as_json_on_stdout_too(tmp_path, notdisk):
-    for args in (["info", notdisk, "--json"], ["create", str(tmp_path / "x"), "--size", "-1", "--json"]):
+    # verify --json on a directory that is not a disk printed nothing on stdout.
+    for args in (["info", notdisk, "--json"], ["verify", notdisk, "--json"],
+                 ["create", str(tmp_path / "x"), "--size", "-1", "--json"]):
         r = run_proc(*args)
         assert r.returncode == 2
         err = json.loads(r.stdout)["error"]
@@ -126,6 +128,13 @@ def test_a_closed_stdout_is_quiet_exit_141(disk):
     p.stdout.close()           # like `| head -0`
     _, err = p.communicate(timeout=60)
     assert p.returncode == 141 and err == b"", err
+
+
+@pytest.mark.parametrize("make, code", [(lambda p: None, 3), (lambda p: os.mkdir(p), 2)], ids=["missing", "not a disk"])
+def test_verify_exits_with_the_code_every_command_gives_the_cause(tmp_path, make, code):
+    path = str(tmp_path / "x.vdisk")
+    make(path)
+    assert run_proc("verify", path).returncode == run_proc("info", path).returncode == code
 
 
 def test_ctrl_c_is_exit_130(disk, monkeypatch):

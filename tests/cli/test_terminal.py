@@ -108,6 +108,28 @@ def test_no_bar_with_term_dumb_or_quiet_even_on_a_terminal(busy_disk, how):
         assert code == 0 and tty == "", repr(tty)
 
 
+def test_verify_data_draws_bars_when_only_stderr_is_a_terminal(busy_disk):
+    # `vdisk verify --data D > report.txt` still shows progress.
+    code, tty, out = on_terminal("verify", "--data", busy_disk)
+    assert code == 0, tty
+    _assert_bar(tty, "metadata trees")
+    _assert_bar(tty, "data blocks")
+    assert out.endswith("no problems found\n") and "\x1b" not in out
+
+
+@pytest.mark.parametrize("how", [{"env": {"TERM": "dumb"}}, {"flag": "--quiet"}], ids=["TERM=dumb", "--quiet"])
+def test_verify_draws_nothing_with_term_dumb_or_quiet(busy_disk, how):
+    code, tty, out = on_terminal("verify", "--data", busy_disk, *([how["flag"]] if "flag" in how else []),
+                                 env=how.get("env"))
+    assert code == 0 and tty == "", repr(tty)
+
+
+def test_verify_draws_nothing_into_a_pipe(busy_disk):
+    r = subprocess.run(vdisk_cmd("verify", "--data", busy_disk), capture_output=True, text=True,
+                       env={**os.environ, "TERM": "xterm"}, timeout=120)
+    assert r.returncode == 0 and r.stderr == "", repr(r.stderr)
+
+
 def test_a_big_grow_asks_on_a_terminal(disk):
     code, tty, out = on_terminal("resize", disk, "1024P", stdin_tty=True, answer=b"n\n")
     assert code == 2 and "cannot be shrunk back [y/N]" in tty and "not resized" in tty

@@ -71,9 +71,9 @@ def test_json_of_a_clean_disk(template):
     assert report["ok"] is True and report["problems"] == [] and report["data_blocks"] == 0
 
 
-def test_missing_disk_exits_2(scratch):
+def test_missing_disk_exits_3_as_from_every_command(scratch):
     r = _run(os.path.join(scratch, "nope"))
-    assert r.exit_code == 2
+    assert r.exit_code == 3
     assert r.output.strip().startswith("vdisk: error: cannot verify ") and "no disk at" in r.output
     assert len(r.output.strip().splitlines()) == 1
 
