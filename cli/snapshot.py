@@ -139,9 +139,10 @@ def snapshot_delete(disk, name, quiet, as_json):
         emit_json({"name": name, "exclusive_bytes": exclusive, "freed_bytes": freed,
                    "deferred": bool(kept), "still_held_bytes": kept})
         return
-    if freed is None:
-        click.echo(f"deleted snapshot {name}; it held {describe_size(exclusive)} alone, which the server "
-                   f"gives back")
+    if freed is None and not exclusive:
+        click.echo(f"deleted snapshot {name}; it held no blocks alone")
+    elif freed is None:
+        click.echo(f"deleted snapshot {name}; the server frees the {describe_size(exclusive)} it held alone")
     elif kept:
         click.echo(f"deleted snapshot {name}; it is the base of other snapshots (after a revert), so the "
                    f"{describe_size(kept)} it holds alone return when at most one of them is left")

@@ -170,3 +170,9 @@ def test_codes_are_unique_and_every_error_class_has_one():
     classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.VdiskError)]
     assert {c.exit_code for c in classes} <= set(codes)
     assert all(c.exit_code != errors.EXIT_PROBLEMS for c in classes)
+
+
+def test_a_missing_mount_point_offers_mkdir(disk, tmp_path):
+    mp = tmp_path / "not" / "yet"
+    one_error_line(run_proc("mount", disk, str(mp)), 3, "does not exist", "--mkdir")
+    assert not mp.exists()

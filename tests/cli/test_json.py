@@ -153,3 +153,15 @@ def test_the_error_object_is_documented(tmp_path):
     r = run("info", str(tmp_path / "nope"), "--json")
     assert r.exit_code == 3 and set(json.loads(r.stdout)) == DOC["error"]
     assert set(json.loads(r.stdout)["error"]) == {"message", "kind", "exit_code"}
+
+
+@pytest.mark.skipif(not _fuse_usable(), reason="needs FUSE (fusermount3, /dev/fuse)")
+def test_the_mount_banner_says_how_to_copy_an_image_in(disk, tmp_path):
+    # cp opens disk.img with O_TRUNC, which a fixed-size image refuses (EPERM).
+    mp = str(tmp_path / "a" / "mnt")
+    r = run_proc("mount", disk, mp, "--mkdir")
+    try:
+        assert r.returncode == 0, r.stderr
+        assert "dd conv=notrunc, not cp" in r.stdout
+    finally:
+        assert run_proc("umount", mp).returncode == 0
