@@ -84,8 +84,8 @@ def snapshot_info(disk, name, as_json):
 
     Example: vdisk snapshot info vm1.vdisk before-upgrade
     """
-    from vdisk.disk import validate_snapshot_name
-    validate_snapshot_name(name)
+    from vdisk.disk import check_snapshot_lookup
+    check_snapshot_lookup(name)
     with open_live(disk, readonly=True) as d:
         snaps = d.snapshots()
     found = [s for s in snaps if s.name == name]
@@ -118,8 +118,8 @@ def snapshot_delete(disk, name, quiet, as_json):
 
     Example: vdisk snapshot delete vm1.vdisk nightly-2026-11-01
     """
-    from vdisk.disk import validate_snapshot_name
-    validate_snapshot_name(name)
+    from vdisk.disk import check_snapshot_lookup
+    check_snapshot_lookup(name)
     with open_live(disk) as d:
         held = {s.name: s.exclusive_bytes for s in d.snapshots()}
         if name not in held:

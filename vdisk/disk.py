@@ -151,6 +151,24 @@ class SnapshotInfo:
     exclusive_bytes: int | None = None
 
 
+def check_snapshot_lookup(name: str):
+    """Refuse what cannot name an existing snapshot, but no more than that.
+
+    Snapshots made under an older, looser rule (names like ``-`` or ``..``)
+    must stay reachable to be read, reverted to and deleted; only creating
+    (and renaming) applies the full rule. Hidden deferred snapshots are not
+    users' to name.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument(f"bad snapshot name {name!r}: it must be a non-empty string")
+    if name.startswith(DEFERRED_PREFIX) or "/" in name or "\0" in name:
+        raise NotFound(f"no snapshot named {quote(name)}")
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"bad snapshot name {quote(name)}: it is not valid UTF-8") from None
+
+
 def validate_snapshot_name(name: str):
     """Refuse a name outside the rule (SNAPSHOT_NAME_RULE), saying what is wrong."""
     if not isinstance(name, str):
@@ -1069,13 +1087,13 @@ class Disk(_Reader):
             return out
 
     def open_snapshot(self, name: str) -> SnapshotView:
-        validate_snapshot_name(name)
+        check_snapshot_lookup(name)
         with self._view():
             return SnapshotView(self, name, self._snapshot_record(name))
 
     def revert(self, name: str) -> None:
         """Make the running point read exactly as snapshot ``name``."""
-        validate_snapshot_name(name)
+        check_snapshot_lookup(name)
         self._check_writable()
         with self._delete_lock, self._lock:
             self._check_open()
@@ -1107,7 +1125,7 @@ class Disk(_Reader):
         "scan": nodes read, and "sweep": runs of blocks freed); it must be
         quick.
         """
-        validate_snapshot_name(name)
+        check_snapshot_lookup(name)
         self._check_writable()
         from vdisk.snapshots.delete import DEFAULT_LIMIT_BYTES, delete_snapshot
         return delete_snapshot(self, name, buffer_bytes or DEFAULT_LIMIT_BYTES, progress=progress)
