@@ -58,6 +58,7 @@ from vdisk.errors import (AlreadyExists, Busy, Cancelled, ChecksumMismatch, Disk
 from . import format as fmt
 from .alloc import Allocator
 from .extents import MAX_TARGET, ExtentMap, unpack
+from .units import check_block_size, check_disk_size
 
 log = logging.getLogger("vdisk")
 
@@ -354,12 +355,8 @@ class Disk(_Reader):
     def create(cls, path: str | os.PathLike, size: int, block_size: int = 4096) -> "Disk":
         """Create a new disk container (a directory) and open it for writing."""
         path = os.fspath(path)
-        if block_size < 512 or block_size > 65536 or block_size & (block_size - 1):
-            raise InvalidArgument(f"bad block size {block_size}: use a power of two from 512 to 65536")
-        if size <= 0 or size % block_size:
-            raise InvalidArgument(f"bad size {size}: it must be a positive multiple of the block size {block_size}")
-        if size > MAX_DISK_SIZE:
-            raise InvalidArgument(f"size {size} is larger than the limit {MAX_DISK_SIZE}")
+        check_block_size(block_size)
+        check_disk_size(size, block_size, MAX_DISK_SIZE)
         if os.path.exists(path):
             raise AlreadyExists(f"{path} already exists")
         parent = os.path.dirname(os.path.abspath(path))
@@ -1023,10 +1020,7 @@ class Disk(_Reader):
         self._check_writable()
         with self._lock:
             self._check_open()
-            if new_size < self.size:
-                raise InvalidArgument(f"cannot shrink the disk from {self.size} to {new_size} bytes")
-            if new_size % self.block_size or new_size > MAX_DISK_SIZE:
-                raise InvalidArgument(f"bad size {new_size}: use a multiple of {self.block_size}")
+            check_disk_size(new_size, self.block_size, MAX_DISK_SIZE, current=self.size)
             with self.changing():
                 self.config.size = self.size = new_size
                 self.forest.meta_put(b"disk/config", fmt.encode_config(self.config))
