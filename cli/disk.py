@@ -75,6 +75,10 @@ def info(disk, as_json):
     if "file_bytes" in data:
         rows.append(("data file", f"{describe_size(data['file_bytes'])} on the file system "
                                   f"(free blocks are reused before it grows)"))
+    if data.get("deferred_bytes"):
+        rows.append(("deleted, held", f"{describe_size(data['deferred_bytes'])} held by deleted snapshots "
+                                      f"that are still the base of others (after a revert); it returns "
+                                      f"when at most one of them is left"))
     rows += [("format version", str(data["format_version"])), ("snapshots", str(len(snaps)))]
     for label, value in rows:
         click.echo(f"{label + ':':<16}{value}")

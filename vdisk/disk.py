@@ -1108,6 +1108,51 @@ class Disk(_Reader):
         from vdisk.snapshots.delete import reap_deferred
         reap_deferred(self)
 
+    def rename_snapshot(self, old: str, new: str) -> SnapshotInfo:
+        """Give snapshot ``old`` the name ``new`` in one commit; returns it as renamed.
+
+        Only the name changes: the tree, its blocks and the record (created,
+        seq, watermark, size) stay, and the children's and the running
+        point's ``parent`` follow, so ownership, deletion and verify see the
+        same family. ``new`` must pass the creation rule; ``old`` only the
+        lookup rule, so a snapshot named under an older rule can be given a
+        good name. A crash leaves one name or the other, never both.
+
+        A :class:`SnapshotView` is bound to a name and to the snapshot it
+        opened, so one opened as ``old`` fails with NotFound from now on,
+        as after a delete (and never reads a later snapshot called ``old``):
+        open it again as ``new``. The front ends refuse the rename while
+        the snapshot is in use instead.
+        """
+        check_snapshot_lookup(old)
+        validate_snapshot_name(new)
+        self._check_writable()
+        with self._lock:
+            self._check_open()
+            rec = self._snapshot_record(old)
+            new_key = SNAP_META_PREFIX + new.encode()
+            if self.forest.meta_get(new_key) is not None:
+                raise AlreadyExists(f"snapshot {quote(new)} already exists")
+            # Checked before any change: a failure inside changing() would
+            # stop the disk over what is only a damaged record.
+            if not self.forest.has_tree(SNAP_TREE_PREFIX + old) or self.forest.has_tree(SNAP_TREE_PREFIX + new):
+                raise IntegrityError(f"snapshot {quote(old)} or {quote(new)}: record and tree disagree; "
+                                     f"the disk is damaged: run vdisk verify")
+            with self.changing():
+                self.forest.rename_tree(SNAP_TREE_PREFIX + old, SNAP_TREE_PREFIX + new)
+                self.forest.meta_put(SNAP_META_PREFIX + old.encode(), None)
+                rec.name = new
+                self.forest.meta_put(new_key, fmt.encode_snapshot(rec))
+                # Hidden deferred snapshots included: one may have it as parent.
+                for child in self._snapshot_records():
+                    if child.parent == old:
+                        child.parent = new
+                        self.forest.meta_put(SNAP_META_PREFIX + child.name.encode(), fmt.encode_snapshot(child))
+                if self.state.parent == old:
+                    self.state.parent = new
+                self._commit()
+            return self._info(rec)
+
     def delete_snapshot(self, name: str, buffer_bytes: int | None = None, progress=None) -> int:
         """Delete a snapshot, returning the space only it held; returns blocks freed.
 
@@ -1127,8 +1172,13 @@ class Disk(_Reader):
     # ----------------------------------------------------------- info
 
     def info(self) -> dict:
+        from vdisk.snapshots.usage import exclusive_blocks
         with self._view():
             bs = self.block_size
+            # Deleted while the base of several others: hidden, and still
+            # holding what only it holds until at most one of them is left.
+            deferred = sum(exclusive_blocks(self, r.name) for r in self._snapshot_records()
+                           if r.name.startswith(DEFERRED_PREFIX))
             return {
                 "path": os.path.abspath(self.path),
                 "size": self.size,
@@ -1137,6 +1187,7 @@ class Disk(_Reader):
                 "allocated_bytes": self.allocated_bytes(),
                 "physical_bytes": (self.alloc.end - self.alloc.free_blocks()) * bs,
                 "file_bytes": os.fstat(self._fd).st_blocks * 512,
+                "deferred_bytes": deferred * bs,
                 "snapshots": [s.__dict__ for s in self.snapshots(exclusive=False)],
             }
 

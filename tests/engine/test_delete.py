@@ -219,3 +219,21 @@ def test_compact_returns_scattered_free_blocks_to_the_file_system(scratch):
         assert d.open_snapshot("s1").read(0, BLOCKS * BS) == taken["s1"]
         assert d.compact() == 0                  # nothing left to punch
         assert_consistent(d)
+
+
+def test_info_shows_what_a_deferred_base_still_holds(make_disk):
+    d = make_disk(64 * BS)
+    d.write(0, pattern(1, 8 * BS))
+    d.create_snapshot("base")
+    d.write(0, pattern(2, 4 * BS))           # the child's own first half
+    d.create_snapshot("child")
+    d.revert("base")
+    d.write(0, pattern(3, 8 * BS))           # the running point's own, all of it
+    assert d.info()["deferred_bytes"] == 0
+    d.delete_snapshot("base")                # deferred: child + running point depend on it
+    # Its first half is now held by it alone (the child and the running
+    # point both rewrote it): shown, so the space is not a mystery.
+    assert d.info()["deferred_bytes"] == 4 * BS
+    d.delete_snapshot("child")               # one dependent left: the base goes too
+    assert d.info()["deferred_bytes"] == 0
+    assert_consistent(d)
