@@ -1,4 +1,4 @@
-"""``vdisk snapshot ...``: create, list, show, delete and revert to snapshots.
+"""``vdisk snapshot ...``: create, list, show, rename, delete and revert to snapshots.
 
 Each works on a disk at rest or, through its control socket, on one that
 ``vdisk serve`` or ``vdisk mount`` holds (the server runs the work then, so
@@ -20,7 +20,7 @@ from .progress import Progress
 @click.group(cls=VdiskGroup, invoke_without_command=True)
 @click.pass_context
 def snapshot(ctx):
-    """Create, list, show, delete and revert to snapshots.
+    """Create, list, show, rename, delete and revert to snapshots.
 
     Names: 1 to 128 bytes of printable UTF-8, not starting with '-', '.' or
     a space, without '/' or '~'. Snapshots are instant and cost nothing
@@ -148,6 +148,28 @@ def snapshot_delete(disk, name, quiet, as_json):
                    f"{describe_size(kept)} it holds alone return when at most one of them is left")
     else:
         click.echo(f"deleted snapshot {name}, freed {describe_size(freed)}")
+
+
+@snapshot.command("rename")
+@disk_argument
+@snapshot_argument
+@click.argument("new_name", metavar="NEW")
+@json_option
+def snapshot_rename(disk, name, new_name, as_json):
+    """Give snapshot NAME the name NEW (instant).
+
+    Only the name changes: its data, space and place among the others
+    stay. NEW follows the rule of snapshot create. A served or mounted disk
+    refuses while the snapshot's NBD export or NAME.img is in use.
+
+    Example: vdisk snapshot rename vm1.vdisk before-upgrade release-1.0
+    """
+    with open_live(disk) as d:
+        s = d.rename_snapshot(name, new_name)
+    if as_json:
+        emit_json({**snapshot_json(s), "old_name": name})
+        return
+    click.echo(f"renamed snapshot {name} to {s.name}")
 
 
 def _revert(disk, name, as_json):

@@ -12,7 +12,7 @@
 
 :class:`ControlClient` has the method names of :class:`vdisk.Disk` for the
 operations the control protocol carries (``info``, ``snapshots``,
-``create_snapshot``, ``delete_snapshot``, ``revert``, ``resize``, ``flush``,
+``create_snapshot``, ``delete_snapshot``, ``revert``, ``rename_snapshot``, ``resize``, ``flush``,
 ``close``; plus ``shutdown``), so CLI code runs unchanged on either. Server errors come back as
 the same :mod:`vdisk.errors` class with the same message and exit code.
 """
@@ -109,6 +109,9 @@ class ControlClient:
 
     def revert(self, name: str) -> None:
         self.call("snapshot_revert", name=name)
+
+    def rename_snapshot(self, old: str, new: str) -> SnapshotInfo:
+        return SnapshotInfo(**self.call("snapshot_rename", name=old, new_name=new))
 
     def resize(self, size: int) -> None:
         self.call("resize", size=size)

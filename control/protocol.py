@@ -42,6 +42,8 @@ op                   args                    result
 ``snapshot_create``  ``{"name": str}``       the new snapshot object
 ``snapshot_delete``  ``{"name": str}``       ``null``
 ``snapshot_revert``  ``{"name": str}``       ``null``
+``snapshot_rename``  ``{"name": str,         the renamed snapshot object
+                     "new_name": str}``
 ``resize``           ``{"size": int}``       ``null``
 ``flush``            ``{}``                  ``null``
 ``compact``          ``{}``                  bytes returned to the file system
@@ -73,7 +75,7 @@ MAX_LINE = 1 << 20
 SOCKET_NAME = "control.sock"
 
 OPS = ("hello", "info", "snapshot_list", "snapshot_create", "snapshot_delete",
-       "snapshot_revert", "resize", "flush", "compact", "shutdown")
+       "snapshot_revert", "snapshot_rename", "resize", "flush", "compact", "shutdown")
 
 
 class ProtocolError(errors.InvalidArgument):

@@ -10,7 +10,7 @@ API (shared by every front end; keep it stable)::
 
     server = ControlServer(disk, owner="vdisk serve (nbdkit)")
     server.on_change = refresh      # optional: called after snapshot
-                                    # create/delete/revert and resize
+                                    # create/delete/revert/rename and resize
     server.guard = check            # optional: check(op, args) may raise a
                                     # VdiskError to refuse a change, and may
                                     # return a context manager the change
@@ -243,6 +243,15 @@ class ControlServer:
                 else:
                     d.revert(name)
                     result = None
+                self._changed(op)
+            return result
+        if op == "snapshot_rename":
+            _check_args(op, args, ("name", "new_name"), required=("name", "new_name"))
+            name, new_name = args["name"], args["new_name"]
+            if not isinstance(name, str) or not isinstance(new_name, str):
+                raise protocol.ProtocolError(f"{op}: 'name' and 'new_name' must be strings")
+            with self._guarded(op, args):
+                result = d.rename_snapshot(name, new_name).__dict__
                 self._changed(op)
             return result
         if op == "resize":

@@ -329,7 +329,7 @@ class VdiskFS(LiveChanges, pyfuse3.Operations):
             _fail(errno.EISDIR)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         with self._lock:
-            if not node.alive or node.changing == "snapshot_delete":
+            if not node.alive or node.changing in ("snapshot_delete", "snapshot_rename"):
                 _fail(errno.ENOENT)
             if node.changing is not None:
                 _fail(errno.EBUSY, f"open of {node.name} refused: a {node.changing} is under way")

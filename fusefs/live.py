@@ -124,7 +124,9 @@ class LiveChanges:
         """
         with self._lock:
             node = None
-            if op == "snapshot_delete":
+            if op in ("snapshot_delete", "snapshot_rename"):
+                # A renamed snapshot's file goes away as a deleted one's does
+                # (NAME.img is the name), so open files refuse both alike.
                 node = self._snaps.get(str(args.get("name")) + SNAP_SUFFIX)
                 if node is not None and node.opens:
                     raise Busy(f"snapshot {args['name']!r} is open {node.opens} time(s) as "

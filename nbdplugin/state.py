@@ -55,6 +55,13 @@ class ServerState:
         if op == "snapshot_delete":
             name = args["name"]
             why = "snapshot %r is exported to %d NBD connection(s); disconnect them first"
+        elif op == "snapshot_rename":
+            # The export's name is the snapshot's: a client of the old name
+            # would be left on an export that no longer exists.
+            name = args["name"]
+            if not name:
+                return None       # not a snapshot's export (the engine refuses the name)
+            why = "snapshot %r is exported to %d NBD connection(s); disconnect them before renaming it"
         elif op == "snapshot_revert":
             name = ""
             why = "the disk has %d NBD connection(s) to its running point; disconnect them before reverting"
@@ -79,9 +86,10 @@ class ServerState:
         """Count a new connection to export ``name``, unless it is changing."""
         with self.users_lock:
             op = self.changing.get(name)
-            if op == "snapshot_delete":
+            if op in ("snapshot_delete", "snapshot_rename"):
                 # Going away: answer as for a name that no longer exists.
-                raise NotFound("snapshot %r is being deleted" % name)
+                raise NotFound("snapshot %r is being %s" % (name, "deleted" if op == "snapshot_delete"
+                                                            else "renamed"))
             if op is not None:
                 raise Busy("the running point is being reverted; connect again when it is done")
             self.users[name] = self.users.get(name, 0) + 1

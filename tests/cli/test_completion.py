@@ -25,7 +25,7 @@ def _complete(*words):
 
 def test_commands_and_snapshot_names_complete(disk):
     assert "snapshot" in _complete("sn")
-    assert set(_complete("snapshot", "r")) == {"revert", "rollback"}
+    assert set(_complete("snapshot", "r")) == {"rename", "revert", "rollback"}
     for name in ("before-upgrade", "before-test", "nightly"):
         run("snapshot", "create", disk, name)
     assert sorted(_complete("snapshot", "delete", disk, "before")) == ["before-test", "before-upgrade"]
