@@ -1,7 +1,7 @@
 """``vdisk snapshot rename DISK NAME NEW`` on a disk at rest: what it prints,
 its JSON, its refusals (one line, the exit code of the cause), and that
 the rest of the CLI sees the new name. Through a server and a mount:
-tests/nbd/test_rename.py and tests/fuse/test_rename.py."""
+tests/nbd/test_rename.py and tests/fuse/test_fuse_rename.py."""
 
 from __future__ import annotations
 
