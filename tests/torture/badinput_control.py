@@ -94,19 +94,6 @@ MESSAGES: list[tuple[str, bytes]] = [
     ("deep object nesting", b'{"a":' * 50000 + b"\n"),
 ]
 
-# Answered wrongly today, each pinned by an xfail test in test_bad_input.py:
-# True and 1.0 pass as version 1 (Python's 1 == True == 1.0), and json's
-# RecursionError escapes the protocol's checks as an "internal error".
-KNOWN_DEFECTS = {"version true": "version", "version 1.0": "version",
-                 "deep nesting": "nesting", "deep object nesting": "nesting"}
-
-
-
-def json_recursion(block: str) -> bool:
-    """A logged traceback of the known nesting defect."""
-    return "RecursionError" in block and "_decode_object" in block
-
-
 # These end the conversation; each is sent alone.
 CLOSING: list[tuple[str, bytes]] = [
     ("line over the limit", b"x" * (MAX_LINE + 10) + b"\n"),

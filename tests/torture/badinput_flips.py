@@ -4,8 +4,9 @@ A disk with snapshots is built once (its exact content known); each round
 copies it, flips bytes in ``meta/data.mdb`` (in pages that hold something)
 or in ``DISK/data``, and then asks every way in:
 
-* ``vdisk verify --data``: exit 0, 1 or 2, never a traceback or a signal;
-  and never 0 when a plain read of the same disk meets damage;
+* ``vdisk verify --data``: exit 0 (clean), 1 (problems) or the code of a
+  clean refusal, never a traceback, an internal error or a signal; and
+  never 0 when a plain read of the same disk meets damage;
 * the API in a child (badinput_probe.py), read-only and writable: the open
   fails with one VdiskError, or every block reads right or fails with a
   VdiskError - never wrong bytes;
@@ -24,6 +25,7 @@ import subprocess
 import sys
 
 from load_model import pattern
+from load_serve import Server, close_handle, import_nbd
 
 BS = 4096
 SIZE = 4 << 20
@@ -230,10 +232,47 @@ def damage(disk: str, kind: str):
         env.close()
 
 
-def known_defect(finding: str, verify_rc: int) -> str | None:
-    """The xfail test that already pins this random-campaign finding, if any."""
-    if "UnicodeDecodeError" in finding:
-        return "test_undecodable_record_keys_are_damage"
-    if "WRONG BYTES" in finding and "/after-write" in finding and verify_rc in (1, 2):
-        return "test_damaged_counters_refuse_writable_open"
-    return None
+def serve_damaged(disk: str, expected: dict[str, bytes], logs: str) -> tuple[list[str], bool]:
+    """(problems, damage seen) serving a damaged disk and reading every export."""
+    from badinput_nbd import unexpected_exceptions
+    nbd = import_nbd()
+    try:
+        srv = Server(disk, log_dir=logs)
+    except AssertionError as e:
+        msg = str(e)
+        if "Traceback" in msg or "internal error" in msg:
+            return [f"vdisk serve refused with a traceback: {msg[-1500:]}"], True
+        return [], True
+    problems, damaged = [], False
+    try:
+        for name, want in expected.items():
+            try:
+                h = srv.connect(name)
+            except nbd.Error:
+                damaged = True
+                continue
+            try:
+                for off in range(0, len(want), 64 << 10):
+                    try:
+                        got = bytes(h.pread(64 << 10, off))
+                    except nbd.Error:
+                        damaged = True
+                        got = None
+                    if got is None:
+                        for o in range(off, off + (64 << 10), BS):
+                            try:
+                                if bytes(h.pread(BS, o)) != want[o:o + BS]:
+                                    problems.append(f"serve: export {name!r} WRONG BYTES at {o}")
+                            except nbd.Error as e:
+                                if not e.errnum:
+                                    problems.append(f"serve: export {name!r}: read failed without an errno: {e}")
+                    elif got != want[off:off + (64 << 10)]:
+                        problems.append(f"serve: export {name!r} WRONG BYTES in {off}+64K")
+            finally:
+                close_handle(h)
+        if not srv.running():
+            problems.append(f"serve: the server died:\n{srv.log()[-1500:]}")
+        problems += [f"serve: raw exception in the log: {b}" for b in unexpected_exceptions(srv.log())]
+    finally:
+        srv.stop()
+    return problems, damaged

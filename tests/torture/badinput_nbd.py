@@ -106,24 +106,15 @@ def outcome(fn, *args) -> str:
 TRACEBACK_EXC = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning))(?::|$)", re.M)
 
 
-def non_utf8_export_name(block: str) -> bool:
-    """The known defect pinned by test_non_utf8_export_name_is_refused_in_one_line."""
-    return "nbdkit.export_name()" in block and "UnicodeDecodeError" in block
-
-
-def unexpected_exceptions(log: str, known=()) -> list[str]:
+def unexpected_exceptions(log: str) -> list[str]:
     """Exception lines in a server log other than the plugin's own ClientError.
 
     nbdkit's Python plugin prints a traceback for every exception a callback
     raises; the plugin raises ClientError (one line, with an errno) for each
-    refused request. Anything else escaped its error mapping: a bug. Blocks
-    for which a predicate in ``known`` is true are defects already pinned by
-    an xfail test.
+    refused request. Anything else escaped its error mapping: a bug.
     """
     out = []
     for block in log.split("Traceback (most recent call last):")[1:]:
-        if any(k(block) for k in known):
-            continue
         names = [m.group(1) for m in TRACEBACK_EXC.finditer(block)]
         if not names or any(n != "ClientError" for n in names):
             tail = [ln for ln in block.strip().splitlines() if ln.strip()][-3:]

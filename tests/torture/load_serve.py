@@ -51,6 +51,11 @@ def run_vdisk(*args, check=True, timeout=120, stdin=None) -> subprocess.Complete
     return r
 
 
+# Exit codes of a clean refusal (vdisk/errors.py: usage, not found, ... storage
+# failed); 70 is the CLI's "internal error", a bug.
+REFUSED = range(2, 11)
+
+
 def one_line_error(r: subprocess.CompletedProcess) -> str:
     """The CLI's error, asserting it is one line and no traceback."""
     err = r.stderr.strip()

@@ -2,7 +2,7 @@
 
 Each :class:`Worker` owns one NBD connection and sends a seeded random mix
 of requests (whole-block and sub-block writes, FUA writes, reads of any
-alignment, trims, zeroes with and without NO_HOLE, flushes), mostly into a
+alignment, trims, zeroes with and without NO_HOLE, block status, flushes), mostly into a
 small hot region so the four connections overlap all the time. Every write
 is recorded in the :class:`~load_model.Model` before it is sent and every
 read is checked against it when its reply arrives.
@@ -138,5 +138,19 @@ class Worker(threading.Thread):
                 ok = True
             finally:
                 m.end_write(op, ok)
+            return
+        if x < 0.985:                    # block status: well-formed extents (contents are racing)
+            off, n = self._range(256 << 10, r.random() < 0.5)
+            got = []
+            self._call(f"block_status {off}+{n}", h.block_status, n, off,
+                       lambda ctx, o, ents, err: got.append((o, list(ents))))
+            for o, ents in got:
+                pos = o
+                for length in ents[::2]:
+                    if length <= 0 or pos + length > m.size:
+                        self.problems.append(f"{self.name}: block_status {off}+{n}: bad extent {pos}+{length}")
+                    pos += length
+                if o != off or pos <= off:
+                    self.problems.append(f"{self.name}: block_status {off}+{n}: extents {o}..{pos}")
             return
         self._call("flush", h.flush)

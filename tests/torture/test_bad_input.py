@@ -25,9 +25,9 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from badinput_nbd import (CMD_DISC, CMD_READ, CMD_WRITE, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO,
-                          RawClient, non_utf8_export_name, outcome, unexpected_exceptions)
+                          RawClient, outcome, unexpected_exceptions)
 from load_model import pattern
-from load_serve import Server, close_handle, import_nbd, missing_tools, read_all, run_vdisk
+from load_serve import REFUSED, Server, close_handle, import_nbd, missing_tools, read_all, run_vdisk
 
 pytestmark = pytest.mark.skipif(bool(missing_tools()), reason=f"needs {', '.join(missing_tools())}")
 
@@ -60,9 +60,9 @@ def _settings(budget, examples):
                                            HealthCheck.filter_too_much])
 
 
-def _server_is_sane(srv, known=()):
+def _server_is_sane(srv):
     assert srv.running(), f"the server died:\n{srv.log()[-3000:]}"
-    bad = unexpected_exceptions(srv.log(), known)
+    bad = unexpected_exceptions(srv.log())
     assert not bad, "exceptions escaped the plugin's error mapping:\n" + "\n".join(bad[:10])
 
 
@@ -171,7 +171,7 @@ def test_hostile_export_names(fuzz_disk, torture_budget, torture_figures):
         assert read_all(h, len(initial)) == bytes(initial)
     finally:
         close_handle(h)
-    _server_is_sane(srv, known=[non_utf8_export_name])
+    _server_is_sane(srv)
     torture_figures.update(bad_inputs_tried=tried, operations=tried, losses=0, seed=budget.seed)
 
 
@@ -201,7 +201,7 @@ def test_garbage_frames(fuzz_disk, torture_figures):
                 pass
         assert srv.running(), f"server died after: {what}"
     with RawClient(srv.socket) as c:
-        assert outcome(c.option, 0x7FFF, b"junk") .startswith("error"), "an unknown option must be refused"
+        assert outcome(c.option, 0x7FFF, b"junk").startswith("error"), "an unknown option must be refused"
         assert outcome(c.option, OPT_ABORT, b"") in ("ack", "closed")
     h = srv.connect()
     try:
@@ -212,10 +212,9 @@ def test_garbage_frames(fuzz_disk, torture_figures):
     torture_figures.update(bad_inputs_tried=len(cases) + 2, operations=len(cases) + 3, losses=0)
 
 
-@pytest.mark.xfail(strict=True, reason="nbdplugin/plugin.py open(): nbdkit.export_name() raises UnicodeDecodeError "
-                   "for a non-UTF-8 export name; it escapes the plugin's error mapping and nbdkit logs a raw "
-                   "traceback (the client does get 'unknown export')")
 def test_non_utf8_export_name_is_refused_in_one_line(fuzz_disk):
+    """Found by the raw-name fuzzer: nbdkit.export_name() raised UnicodeDecodeError
+    past the plugin's error mapping (fixed in 5cad94d)."""
     srv, _ = fuzz_disk
     with RawClient(srv.socket) as c:
         got = outcome(c.go, b"\xffsnap")
@@ -236,7 +235,7 @@ def _control_fingerprint(srv) -> dict:
 
 
 def test_malformed_control_messages(fuzz_disk, torture_figures):
-    from badinput_control import CLOSING, KNOWN_DEFECTS, MESSAGES, converse, json_recursion, reply_problem
+    from badinput_control import CLOSING, MESSAGES, converse, reply_problem
     from vdisk.control.protocol import SOCKET_NAME
     srv, initial = fuzz_disk
     h = srv.connect()            # a client on the running point: a revert must be refused
@@ -246,7 +245,7 @@ def test_malformed_control_messages(fuzz_disk, torture_figures):
     try:
         for what, msg in MESSAGES:
             replies, _ = converse(control, msg, 1)
-            if not replies or what in KNOWN_DEFECTS:
+            if not replies:
                 continue        # closing the connection is an acceptable answer
             p = reply_problem(what, replies[0])
             if p:
@@ -269,7 +268,7 @@ def test_malformed_control_messages(fuzz_disk, torture_figures):
         assert srv.running(), "the server died"
         assert _control_fingerprint(srv) == before, "malformed control messages changed the disk"
         assert read_all(h, len(initial)) == bytes(initial), "malformed control messages changed the data"
-        _server_is_sane(srv, known=[json_recursion])
+        _server_is_sane(srv)
     finally:
         close_handle(h)
         torture_figures.update(bad_inputs_tried=2 * len(MESSAGES) + len(CLOSING), operations=2 * len(MESSAGES) + 4,
@@ -286,18 +285,16 @@ def _one_control_reply(srv, what):
     raise KeyError(what)
 
 
-@pytest.mark.xfail(strict=True, reason="control/protocol.py decode_request checks `v != VERSION`, so JSON true "
-                   "and 1.0 pass as protocol version 1 (True == 1.0 == 1 in Python); it should demand the integer 1")
 @pytest.mark.parametrize("what", ["version true", "version 1.0"])
 def test_control_version_must_be_the_integer_1(fuzz_disk, what):
+    """Found by the control messages: true and 1.0 passed as version 1 (fixed in 5cad94d)."""
     assert _one_control_reply(fuzz_disk[0], what) is None
 
 
-@pytest.mark.xfail(strict=True, reason="control/protocol.py _decode_object catches only ValueError/UnicodeDecodeError "
-                   "from json.loads: deeply nested JSON raises RecursionError, which reaches control/server.py's "
-                   "catch-all ('internal error in the control server', a logged traceback) instead of a ProtocolError")
 @pytest.mark.parametrize("what", ["deep nesting", "deep object nesting"])
 def test_control_deep_nesting_is_a_protocol_error(fuzz_disk, what):
+    """Found by the control messages: json's RecursionError was an 'internal
+    error' with a logged traceback (fixed in 5cad94d)."""
     srv = fuzz_disk[0]
     assert _one_control_reply(srv, what) is None
     assert "Traceback" not in srv.log()
@@ -305,16 +302,11 @@ def test_control_deep_nesting_is_a_protocol_error(fuzz_disk, what):
 
 # ---------------------------------------------------------------- (d) hostile snapshot names
 
-def _banner_exports(banner: str) -> dict[str, str]:
-    import re
-    return {m.group(2): m.group(1) for m in re.finditer(r"^\s+(\S+)\s+snapshot (.+) \(read-only\)$", banner, re.M)}
-
-
 def test_hostile_snapshot_names(tmp_path, torture_figures):
     """Refused in one line, or accepted and usable everywhere: the API, the
     CLI (locally and through a server), NBD export and URI, FUSE file,
     revert and delete."""
-    from badinput_names import NAMES, Mount, cli_form, fuse_missing
+    from badinput_names import NAMES, check_exports, check_fuse, cli_form, fuse_missing, revert_and_delete
     from vdisk import Disk
     from vdisk.errors import InvalidArgument
     size = 1 << 20
@@ -368,64 +360,14 @@ def test_hostile_snapshot_names(tmp_path, torture_figures):
         problems.append(f"CLI accepted {cli_ok}, API {api_ok}")
     assert not problems, "\n".join(problems)
 
-    # Every accepted name as an NBD export, by name and by the URI the banner prints.
-    nbd = import_nbd()
     srv = Server(b, log_dir=str(tmp_path / "logs"))
     try:
-        uris = _banner_exports(srv.banner)
-        if sorted(uris) != sorted(cli_ok):
-            problems.append(f"banner lists {sorted(uris)}, snapshots are {sorted(cli_ok)}")
-        for name in cli_ok:
-            h = srv.connect(name)
-            try:
-                if bytes(h.pread(BS, 0)) != content[name]:
-                    problems.append(f"export {name!r} reads another snapshot's data")
-            finally:
-                close_handle(h)
-            if name not in uris:
-                continue
-            h = nbd.NBD()
-            try:
-                h.connect_uri(uris[name])
-                if bytes(h.pread(BS, 0)) != content[name] or not h.is_read_only():
-                    problems.append(f"URI {uris[name]} does not reach snapshot {name!r}")
-            except nbd.Error as e:
-                problems.append(f"URI {uris[name]} of snapshot {name!r}: {e}")
-            finally:
-                close_handle(h)
+        problems += check_exports(srv, cli_ok, content)
     finally:
         srv.stop()
-
-    # Locally: revert to and delete each accepted name.
-    for name in cli_ok:
-        r = run_vdisk("snapshot", "revert", b, *cli_form(name), check=False)
-        if r.returncode:
-            problems.append(f"CLI revert {name!r}: {r.stderr.strip()}")
-            continue
-        with Disk.open(b, readonly=True) as d:
-            if d.read(0, BS) != content[name]:
-                problems.append(f"after revert to {name!r} the disk reads other data")
-    for name in cli_ok:
-        r = run_vdisk("snapshot", "delete", b, *cli_form(name), check=False)
-        if r.returncode:
-            problems.append(f"CLI delete {name!r}: {r.stderr.strip()}")
-    r = run_vdisk("snapshot", "list", b, "--json")
-    if r.stdout.strip() not in ("[]", ""):
-        problems.append(f"snapshots left after deleting all: {r.stdout[:300]}")
-
+    problems += revert_and_delete(b, cli_ok, content)
     if not fuse_missing():
-        with Mount(a, str(tmp_path / "mnt")) as m:
-            snapdir = os.path.join(m.mp, "snapshots")
-            files = sorted(os.listdir(snapdir))
-            if files != sorted(n + ".img" for n in api_ok):
-                problems.append(f"FUSE lists {files}, snapshots are {api_ok}")
-            for name in api_ok:
-                try:
-                    with open(os.path.join(snapdir, name + ".img"), "rb") as f:
-                        if f.read(BS) != content[name]:
-                            problems.append(f"FUSE file {name}.img reads other data")
-                except OSError as e:
-                    problems.append(f"FUSE file {name}.img: {e}")
+        problems += check_fuse(a, str(tmp_path / "mnt"), api_ok, content)
     torture_figures.update(bad_inputs_tried=2 * len(NAMES), operations=4 * len(NAMES), accepted=len(cli_ok),
                            losses=0, fuse_checked=not fuse_missing())
     assert not problems, "\n".join(problems)
@@ -433,63 +375,16 @@ def test_hostile_snapshot_names(tmp_path, torture_figures):
 
 # ---------------------------------------------------------------- (b) byte flips in a closed disk
 
-def _serve_damaged(disk: str, expected: dict[str, bytes], logs: str) -> tuple[list[str], bool]:
-    """(problems, damage seen) serving a damaged disk and reading every export."""
-    from badinput_nbd import unexpected_exceptions
-    nbd = import_nbd()
-    try:
-        srv = Server(disk, log_dir=logs)
-    except AssertionError as e:
-        msg = str(e)
-        if "Traceback" in msg:
-            return [f"vdisk serve refused with a traceback: {msg[-1500:]}"], True
-        return [], True
-    problems, damaged = [], False
-    try:
-        for name, want in expected.items():
-            try:
-                h = srv.connect(name)
-            except nbd.Error:
-                damaged = True
-                continue
-            try:
-                for off in range(0, len(want), 64 << 10):
-                    try:
-                        got = bytes(h.pread(64 << 10, off))
-                    except nbd.Error:
-                        damaged = True
-                        got = None
-                    if got is None:
-                        for o in range(off, off + (64 << 10), BS):
-                            try:
-                                if bytes(h.pread(BS, o)) != want[o:o + BS]:
-                                    problems.append(f"serve: export {name!r} WRONG BYTES at {o}")
-                            except nbd.Error as e:
-                                if not e.errnum:
-                                    problems.append(f"serve: export {name!r}: read failed without an errno: {e}")
-                    elif got != want[off:off + (64 << 10)]:
-                        problems.append(f"serve: export {name!r} WRONG BYTES in {off}+64K")
-            finally:
-                close_handle(h)
-        if not srv.running():
-            problems.append(f"serve: the server died:\n{srv.log()[-1500:]}")
-        problems += [f"serve: raw exception in the log: {b}" for b in unexpected_exceptions(srv.log())]
-    finally:
-        srv.stop()
-    return problems, damaged
-
-
 def test_byte_flips_in_a_closed_disk(tmp_path, torture_budget, torture_figures):
     import random
     import shutil
-    from badinput_flips import build, copy, flip, judge_probe, known_defect, probe
+    from badinput_flips import build, copy, flip, judge_probe, probe, serve_damaged
     budget = torture_budget(20, 12, weight=0.75)
     pristine, exp = str(tmp_path / "pristine.vdisk"), str(tmp_path / "expected")
     expected = build(pristine, exp, budget.seed)
     figures = dict(rounds=0, bad_inputs_tried=0, bytes_flipped=0, damage_detected=0, refused_open=0,
                    served=0, operations=0, bytes_checked=0, losses=0, seed=budget.seed)
     findings: list[str] = []
-    known: list[str] = []          # hits of defects an xfail test below already pins
     try:
         for rnd in budget.rounds():
             rng = random.Random(f"{budget.seed}/{rnd}")
@@ -501,9 +396,9 @@ def test_byte_flips_in_a_closed_disk(tmp_path, torture_budget, torture_figures):
             figures["bad_inputs_tried"] += 1
             figures["bytes_flipped"] += len(flips)
             r = run_vdisk("verify", work, "--data", check=False)
-            if r.returncode not in (0, 1, 2) or "Traceback" in r.stdout + r.stderr:
-                p = f"{where}: vdisk verify --data exit {r.returncode}:\n{(r.stdout + r.stderr)[-1500:]}"
-                (known if known_defect(p, 1) else findings).append(p)
+            if (r.returncode not in (0, 1, *REFUSED) or "Traceback" in r.stdout + r.stderr
+                    or "internal error" in r.stdout + r.stderr):
+                findings.append(f"{where}: vdisk verify --data exit {r.returncode}:\n{(r.stdout + r.stderr)[-1500:]}")
             seen = False
             for mode in ("readonly", "writable"):
                 # the writable open may commit: check the read-only way first
@@ -512,20 +407,15 @@ def test_byte_flips_in_a_closed_disk(tmp_path, torture_budget, torture_figures):
                     findings.append(f"{where}: {trouble}")
                     continue
                 problems, damaged = judge_probe(report, mode)
-                for p in problems:
-                    pinned = known_defect(p, r.returncode)
-                    if pinned:
-                        known.append(f"{where}: {p} (pinned by {pinned})")
-                    else:
-                        findings.append(f"{where}: {p}")
-                        figures["losses"] += "WRONG BYTES" in p
+                findings += [f"{where}: {p}" for p in problems]
+                figures["losses"] += sum("WRONG BYTES" in p for p in problems)
                 figures["refused_open"] += report["open"] is not None
                 figures["bytes_checked"] += sum(e.get("ok", 0) for e in report["exports"].values()) * BS
                 seen |= damaged
                 if mode == "readonly" and damaged and r.returncode == 0:
                     findings.append(f"{where}: reads meet damage but vdisk verify --data says clean")
                 if mode == "readonly" and rnd % 4 == 0:
-                    problems, damaged = _serve_damaged(work, expected, str(tmp_path / "logs"))
+                    problems, damaged = serve_damaged(work, expected, str(tmp_path / "logs"))
                     findings += [f"{where}: {p}" for p in problems]
                     figures["served"] += 1
             figures["damage_detected"] += seen or r.returncode != 0
@@ -533,9 +423,7 @@ def test_byte_flips_in_a_closed_disk(tmp_path, torture_budget, torture_figures):
             figures["rounds"] += 1
             shutil.rmtree(work)
     finally:
-        torture_figures.update(figures, findings=len(findings), known_defect_hits=len(known))
-        for k in known[:10]:
-            print("known defect:", k[:400])
+        torture_figures.update(figures, findings=len(findings))
     assert not findings, "\n".join(findings[:15])
 
 
@@ -554,17 +442,15 @@ def damaged_copy(tmp_path):
     return make
 
 
-@pytest.mark.xfail(strict=True, reason="a writable open does not check the unchecksummed store/disk records against "
-                   "the trees (vdisk verify reports each as 'counter:'/'ownership:' problems or an empty store): "
-                   "btree/tree.py Forest._load_counters re-initialises a store whose 'format' key is missing, and "
-                   "Disk.open takes a halved counter/node, vba_next or watermark as is - later writes reuse node ids "
-                   "or VBAs or write in place into snapshot blocks, and snapshots read WRONG BYTES (defect 5 class)")
 @pytest.mark.parametrize("kind", ["store header key renamed", "node counter halved", "vba_next halved",
                                   "watermark halved"])
 def test_damaged_counters_refuse_writable_open(damaged_copy, kind):
+    """Found by the byte flips: one flipped byte in a record without a checksum
+    let a writable open reuse node ids or VBAs, so later writes changed what
+    snapshots read (fixed in 236316b). Each damage is applied exactly."""
     from badinput_flips import probe
     disk, exp = damaged_copy(kind)
-    assert run_vdisk("verify", disk, check=False).returncode in (1, 2), "verify should see this damage"
+    assert run_vdisk("verify", disk, check=False).returncode in (1, *REFUSED), "verify should see this damage"
     report, trouble = probe(disk, exp, "writable")
     assert not trouble, trouble
     assert report["open"] is not None and report["open"]["vdisk"], (
@@ -572,16 +458,14 @@ def test_damaged_counters_refuse_writable_open(damaged_copy, kind):
         + str({n: r.get("wrong") for n, r in report["exports"].items() if r.get("wrong")}))
 
 
-@pytest.mark.xfail(strict=True, reason="a record key that is not UTF-8 escapes as a raw UnicodeDecodeError: "
-                   "btree/tree.py Forest.tree_names (under vdisk verify) and vdisk/disk.py "
-                   "Disk._snapshot_records (Disk.snapshots() and a writable Disk.open raise it); the CLI shows them as "
-                   "'internal error' (exit 70; verify promises 0, 1 or 2)")
 @pytest.mark.parametrize("kind", ["tree key not UTF-8", "snapshot key not UTF-8"])
 def test_undecodable_record_keys_are_damage(damaged_copy, kind):
+    """Found by the byte flips: a non-UTF-8 record key escaped as a raw
+    UnicodeDecodeError from verify, info, snapshots() and open (fixed in 236316b)."""
     from badinput_flips import judge_probe, probe
     disk, exp = damaged_copy(kind)
     problems = []
-    for args, codes in ((("verify", disk), (1, 2)), (("info", disk), (3, 8))):
+    for args, codes in ((("verify", disk), (1, *REFUSED)), (("info", disk), REFUSED)):
         r = run_vdisk(*args, check=False)
         out = r.stdout + r.stderr
         if "Traceback" in out or "internal error" in out or r.returncode not in codes:

@@ -5,8 +5,8 @@ connection each, send overlapping random I/O (see load_workers.py) checked
 against an exact model of what each byte may hold (load_model.py). Meanwhile
 the CLI drives the control socket: a live snapshot (checked later as a read
 that happened somewhere inside the command), ``vdisk verify`` beside the
-writer, a revert that must be refused while clients are connected, and
-deletion of old snapshots. Between rounds the clients pause: the running
+writer, ``vdisk compact``, a revert that must be refused while clients are
+connected, and deletion of old snapshots. Between rounds the clients pause: the running
 point is read back and becomes the exact state, a snapshot is taken whose
 content is then known exactly, every snapshot is read through its export,
 and now and then the disk is reverted with the clients disconnected.
@@ -80,6 +80,10 @@ class Churn(threading.Thread):
         if r.returncode:
             self.problems.append(f"vdisk {' '.join(args[:1] + args[2:])} beside the writer: exit "
                                  f"{r.returncode}: {r.stdout.strip()[-2000:]} {r.stderr.strip()[-2000:]}")
+        if self.rnd % 2 == 0:
+            r = self.cli("compact", self.disk)
+            if r.returncode:
+                self.problems.append(f"live compact: exit {r.returncode}: {r.stderr.strip()}")
         if self.snaps:
             r = self.cli("snapshot", "revert", self.disk, self.rng.choice(self.snaps))
             if r.returncode != 5 or "connection" not in r.stderr:
