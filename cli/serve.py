@@ -9,6 +9,7 @@ writer lock; then it removes the NBD socket, which nbdkit leaves behind.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import json
@@ -36,6 +37,7 @@ CLIENT_GRACE = 3.0
 # A last resort only: a final flush can take long on a big disk.
 STOP_TIMEOUT = 600.0
 DEFAULT_SOCKET = "nbd.sock"
+PIDFILE_NAME = "nbdkit.pid"
 DEFAULT_BIND = "127.0.0.1"
 X509_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem")
 
@@ -173,8 +175,18 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS |
     if port is None:
         sock = os.path.abspath(socket_path or os.path.join(path, DEFAULT_SOCKET))
         _prepare_socket_path(sock)
-    tmp = tempfile.mkdtemp(prefix="vdisk-serve-")
-    pidfile = os.path.join(tmp, "nbdkit.pid")
+    if readonly:
+        # Beside a writer, and maybe in a directory this user cannot write.
+        tmp = tempfile.mkdtemp(prefix="vdisk-serve-")
+        pidfile = os.path.join(tmp, "nbdkit.pid")
+    else:
+        # In the disk (one writer at a time holds its lock), so a serve that
+        # was killed leaves nothing behind in /tmp; readiness is the file
+        # appearing, so an old one goes first.
+        tmp = None
+        pidfile = os.path.join(path, PIDFILE_NAME)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pidfile)
     argv = nbdkit_command(path, socket=sock, port=port, bind=(bind or DEFAULT_BIND) if port else None,
                           readonly=readonly, pidfile=pidfile,
                           tls_certificates=tls.path if tls is not None and tls.kind == "x509" else None,
@@ -194,7 +206,7 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS |
     except BaseException:
         for s, h in old.items():
             signal.signal(s, h)
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_pidfile(tmp, pidfile)
         raise
     if stopping:
         proc.send_signal(signal.SIGTERM)
@@ -214,7 +226,7 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS |
             _remove_socket(sock)
         if not readonly:
             _remove_stale_control(path)
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_pidfile(tmp, pidfile)
     if code < 0:
         raise VdiskError(f"nbdkit was killed by signal {-code}; writes since the last flush may be lost")
     if code:
@@ -223,6 +235,14 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS |
         click.echo(json.dumps({"event": "stopped", "disk": path}))
     else:
         click.echo(f"stopped serving {path}")
+
+
+def _remove_pidfile(tmp, pidfile: str):
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pidfile)
 
 
 def _refuse_if_served(path: str):

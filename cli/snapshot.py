@@ -128,8 +128,7 @@ def snapshot_delete(disk, name, quiet, as_json):
             with Progress(quiet) as bar:
                 freed = d.delete_snapshot(name, progress=bar) * d.block_size
         else:
-            d.delete_snapshot(name)
-            freed = None
+            freed = d.delete_snapshot(name) * d.info()["block_size"]
     exclusive = held[name]
     # A deletion frees at least what the snapshot held alone when it began
     # (ownership only moves one way); less means it was kept as the hidden

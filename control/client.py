@@ -104,8 +104,13 @@ class ControlClient:
     def create_snapshot(self, name: str) -> SnapshotInfo:
         return SnapshotInfo(**self.call("snapshot_create", name=name))
 
-    def delete_snapshot(self, name: str) -> None:
-        self.call("snapshot_delete", name=name)
+    def delete_snapshot(self, name: str) -> int:
+        """Blocks freed, as Disk.delete_snapshot returns."""
+        result = self.call("snapshot_delete", name=name)
+        freed = result.get("freed_blocks") if isinstance(result, dict) else None
+        if not isinstance(freed, int) or isinstance(freed, bool) or freed < 0:
+            raise protocol.ProtocolError("snapshot_delete: the server sent no block count")
+        return freed
 
     def revert(self, name: str) -> None:
         self.call("snapshot_revert", name=name)

@@ -40,7 +40,7 @@ op                   args                    result
 ``info``             ``{}``                  ``Disk.info()``
 ``snapshot_list``    ``{"exclusive": bool}`` list of snapshot objects
 ``snapshot_create``  ``{"name": str}``       the new snapshot object
-``snapshot_delete``  ``{"name": str}``       ``null``
+``snapshot_delete``  ``{"name": str}``       ``{"freed_blocks": int}``
 ``snapshot_revert``  ``{"name": str}``       ``null``
 ``snapshot_rename``  ``{"name": str,         the renamed snapshot object
                      "new_name": str}``

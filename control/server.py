@@ -238,8 +238,7 @@ class ControlServer:
                 if op == "snapshot_create":
                     result = d.create_snapshot(name).__dict__
                 elif op == "snapshot_delete":
-                    d.delete_snapshot(name)
-                    result = None
+                    result = {"freed_blocks": d.delete_snapshot(name)}
                 else:
                     d.revert(name)
                     result = None
