@@ -54,7 +54,8 @@ def fuzz_disk(tmp_path):
 
 
 def _settings(budget, examples):
-    return settings(max_examples=examples if not budget.long_run else 10 * examples, deadline=None,
+    # A long run repeats batches of this size with new seeds until its time is up.
+    return settings(max_examples=examples, deadline=None,
                     derandomize=False, database=None, print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much])
@@ -145,10 +146,8 @@ def test_hostile_export_names(fuzz_disk, torture_budget, torture_figures):
         assert got == "closed" or got.startswith("error"), f"raw export name {name!r}: {got}"
         assert srv.running()
 
-    @_settings(budget, 40)
-    @hypothesis_seed(budget.seed)
-    @given(st.one_of(st.binary(max_size=300), st.text(max_size=80).map(lambda t: t.encode("utf-8", "surrogatepass"))),
-           st.sampled_from([OPT_GO, OPT_INFO, OPT_EXPORT_NAME]), st.integers(-64, 64))
+    names = st.one_of(st.binary(max_size=300), st.text(max_size=80).map(lambda t: t.encode("utf-8", "surrogatepass")))
+
     def raw_names(name, opt, lie):
         nonlocal tried
         tried += 1
@@ -165,7 +164,13 @@ def test_hostile_export_names(fuzz_disk, torture_budget, torture_figures):
                 pass
         assert srv.running(), f"server died after option {opt} name {name!r} length lie {lie}"
 
-    raw_names()
+    batch = 0
+    while True:
+        run = given(names, st.sampled_from([OPT_GO, OPT_INFO, OPT_EXPORT_NAME]), st.integers(-64, 64))(raw_names)
+        _settings(budget, 40)(hypothesis_seed(budget.seed + batch)(run))()
+        batch += 1
+        if not budget.long_run or budget.left() <= 0:
+            break
     h = srv.connect("sentinel")
     try:
         assert read_all(h, len(initial)) == bytes(initial)
