@@ -1,11 +1,19 @@
-"""``vdisk verify``'s cheap look at the data file (DISK/data), without ``--data``.
+"""Phase 4 of ``vdisk verify``: the data file (DISK/data) and, with ``--data``, its blocks.
 
-The metadata can be flawless while the blocks it maps are gone: the data file
-deleted, replaced by a directory, or truncated (a copy cut short, a full file
-system during a restore). Reading every block (``--data``) would find that,
-slowly; its presence, type and size find it at once. The size must cover the
-highest PBA the VBA -> PBA map places a block at; free blocks past the end
-are no loss (the allocator extends the file when it hands them out).
+Without ``--data``, a cheap look (:func:`check_data_file`). The metadata can
+be flawless while the blocks it maps are gone: the data file deleted,
+replaced by a directory, or truncated (a copy cut short, a full file system
+during a restore). Reading every block would find that, slowly; its
+presence, type and size find it at once. The size must cover the highest PBA
+the VBA -> PBA map places a block at; free blocks past the end are no loss
+(the allocator extends the file when it hands them out).
+
+With ``--data`` (:func:`data_pass`), every mapped block is read back and
+checked against its blake3. A writer may move or free a block after the
+view was taken, so a mismatch is only a suspect until
+:func:`recheck_suspects`: it is reported when a fresh view, taken before and
+again after reading the block once more, still maps that VBA to the same PBA
+and checksum and the bytes still do not match.
 """
 
 from __future__ import annotations
@@ -13,7 +21,16 @@ from __future__ import annotations
 import os
 import stat
 
+from vdisk.btree import Forest
+from vdisk.disk import CSUM_TREE, VBA_TREE, checksum
+from vdisk.errors import VdiskError
+from vdisk.extents import ExtentMap
+
 KIND = "data-file"
+# Blocks read per system call in the data pass.
+DATA_CHUNK_BLOCKS = 256
+# How often a block that keeps moving under a writer is re-read before giving up.
+RECHECK_ATTEMPTS = 3
 
 _TYPES = {stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO",
           stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
@@ -59,3 +76,108 @@ def check_data_file(data_path: str, block_size: int | None, mapped) -> tuple[lis
     return [(KIND, where, f"is {st.st_size} bytes, but the VBA -> PBA map places blocks up to byte "
              f"{end * block_size}: {lost} of the {total} mapped blocks lie past its end and are lost "
              f"(the first at PBA {first[1]}, VBA {first[0]})")], have
+
+
+def check_file(v):
+    """The cheap look, held against the VBA -> PBA extents the walk gathered."""
+    found, v.data_file_blocks = check_data_file(os.path.join(v.path, "data"), v.block_size, v.mapped)
+    for kind, where, what in found:
+        v.problem(kind, where, what)
+    if VBA_TREE in v.incomplete:
+        v.note("data file size: held against the readable part of the VBA map only")
+
+
+def data_pass(v):
+    """Read every mapped block inside the view; mismatches become suspects."""
+    if v.block_size is None or VBA_TREE in v.incomplete or CSUM_TREE in v.incomplete:
+        v.note("data blocks: not checked, the configuration, VBA map or checksum map cannot be read")
+        return
+    if v.data_file_blocks is None:
+        v.note("data blocks: not checked, the data file cannot be read")
+        return
+    bs = v.block_size
+    csum = v.forest.tree(CSUM_TREE)
+    total = v.report.blocks
+    done = 0
+    data_path = os.path.join(v.path, "data")
+    try:
+        fd = os.open(data_path, os.O_RDONLY)
+    except OSError as e:
+        v.problem("data", "data file", f"cannot be opened: {e.strerror}")
+        return
+    try:
+        buf = bytearray(DATA_CHUNK_BLOCKS * bs)
+        view = memoryview(buf)
+        for v0, ve, p0 in v.mapped_sorted:
+            # Blocks past the end of the file are one data-file problem, not one each.
+            ve = min(ve, v0 + max(0, v.data_file_blocks - p0))
+            for vba in range(v0, ve, DATA_CHUNK_BLOCKS):
+                n = min(DATA_CHUNK_BLOCKS, ve - vba)
+                p = p0 + (vba - v0)
+                got = os.preadv(fd, [view[:n * bs]], p * bs)
+                sums = dict(csum.items(vba, vba + n))
+                for i in range(n):
+                    want = sums.get(vba + i)
+                    if want is None:
+                        continue  # reported by the metadata checks
+                    if (i + 1) * bs > got or checksum(view[i * bs:(i + 1) * bs]) != want:
+                        v.suspects.append((vba + i, p + i, want))
+                done += n
+                v.report.data_blocks += n
+                v.advance("data", done, total)
+    finally:
+        os.close(fd)
+
+
+def _lookup(store, vba: int):
+    """(pba, checksum) of one VBA in a fresh committed view, or None."""
+    with store.read_view():
+        f = Forest(store, cache_nodes=64)
+        pieces = ExtentMap(f.tree(VBA_TREE)).pieces(vba, 1)
+        want = f.tree(CSUM_TREE).get(vba)
+    if not pieces or want is None:
+        return None
+    return pieces[0][1], want
+
+
+def recheck_suspects(v):
+    """Tell damaged blocks from ones a writer moved after the view was taken."""
+    bs = v.block_size
+    fd = os.open(os.path.join(v.path, "data"), os.O_RDONLY)
+    try:
+        for vba, pba, want in v.suspects:
+            for _attempt in range(RECHECK_ATTEMPTS):
+                try:
+                    before = _lookup(v.store, vba)
+                except VdiskError:
+                    before = None
+                if before is None:
+                    v.report.data_moved += 1     # no longer live: trimmed or deleted meanwhile
+                    break
+                block = os.pread(fd, bs, before[0] * bs)
+                if len(block) == bs and checksum(block) == before[1]:
+                    v.report.data_moved += (before[0], before[1]) != (pba, want)
+                    break
+                try:
+                    after = _lookup(v.store, vba)
+                except VdiskError:
+                    after = None
+                if after == before:
+                    v.problem("data", _where_vba(v, vba, before[0]),
+                              "short read: the data file ends before it" if len(block) < bs
+                              else "data does not match its checksum: the block is damaged")
+                    break
+            else:
+                v.note(f"VBA {vba}: moved by a writer on every attempt, not verified")
+    finally:
+        os.close(fd)
+
+
+def _where_vba(v, vba: int, pba: int) -> str:
+    names = []
+    for s, e, label, lba in v.refs:
+        if s <= vba < e:
+            names.append(f"{label} LBA {lba + vba - s}")
+            if len(names) == 3:
+                break
+    return f"VBA {vba} (PBA {pba}" + (", " + ", ".join(names) if names else "") + ")"

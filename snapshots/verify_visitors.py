@@ -1,0 +1,265 @@
+"""What verify checks in each node of each map, as the walk reads it.
+
+:func:`vdisk.btree.check.check_tree` checks the structure of a tree; the
+visitors here are handed each node it reads (once: a node accepted from an
+earlier tree is not visited again) and check what its entries mean for the
+map it belongs to, gathering the runs the cross-checks compare:
+
+- LBA -> VBA leaves: extents are not empty, do not overlap, end inside their
+  tree's disk size, and map VBAs born before the snapshot (below its
+  watermark); the part of an extent below the parent's watermark is mapped
+  the same way by the parent, which is what deletion relies on.
+- VBA -> PBA leaves: extents not empty, not overlapping, below ``vba_next``,
+  their PBAs inside the PBA space ``[0, pba_end)``.
+- checksum leaves: only the runs of VBAs they cover.
+- free leaves: extents not empty, not overlapping, inside the PBA space.
+
+The loops over entries are the hot path of a metadata verify: each test that
+passes costs a comparison, and a message is built only for a problem.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from vdisk.errors import VdiskError
+from vdisk.extents import LEN_BITS, MAX_LEN, ExtentMap
+
+from .verify_report import tree_label
+from .verify_runs import span
+
+
+@dataclass
+class LbaTree:
+    """What the leaves of one LBA -> VBA tree are held against."""
+
+    name: str
+    label: str
+    size_blocks: int | None      # None when the size is unknown (damaged record)
+    born_before: int | None      # every VBA it maps is below this
+    parent_map: ExtentMap | None
+    parent_label: str | None
+    parent_wm: int
+    is_snapshot: bool
+
+
+def node_visitor(v, then):
+    """Every node's seq against the counter; ``then(tree, node)`` for each leaf."""
+    seq = v.forest.seq
+
+    def visit(tree, node, lo, hi):
+        if node.seq > seq:
+            v.problem("counter", f"{tree_label(tree.name)} node {node.id}",
+                      f"seq {node.seq} is above the seq counter {seq}")
+        if then is not None and node.leaf:
+            then(tree, node)
+    return visit
+
+
+# ------------------------------------------------------------------ LBA -> VBA
+
+def lba_visitor(v, ctx: LbaTree | None):
+    if ctx is None:
+        return node_visitor(v, None)
+    state = v.state
+    rp_wm = state.vba_watermark if state is not None else None
+
+    def leaf(tree, node):
+        label = ctx.label
+        keys, vals = node.keys, node.vals
+        v.report.extents += len(keys)
+        size, born, parent_map, parent_wm = ctx.size_blocks, ctx.born_before, ctx.parent_map, ctx.parent_wm
+        refs = v.refs
+        prev_end = None
+        prev_key = None
+        clipped = []
+        for k, packed in zip(keys, vals):
+            vba, n = packed >> LEN_BITS, packed & MAX_LEN
+            refs.append((vba, vba + n, label, k))
+            if parent_map is not None and vba < parent_wm:
+                clipped.append((k, vba, min(n, parent_wm - vba)))
+            if ctx.is_snapshot and rp_wm is not None and vba + n > rp_wm:
+                head = max(0, rp_wm - vba)
+                v.rp_shared.append((label, k + head, vba + head, n - head))
+            # Everything below is rare: the message is built only for a problem.
+            if (n == 0 or vba == 0 or (prev_end is not None and k < prev_end)
+                    or (size is not None and k + n > size) or (born is not None and vba + n > born)):
+                _lba_extent_problems(v, ctx, node, k, vba, n, prev_end, prev_key)
+            prev_end, prev_key = k + n, k
+        if clipped:
+            _check_parent_holds(v, ctx, node, clipped)
+        if keys:
+            _check_neighbours(v, ctx, tree, keys, vals)
+
+    return node_visitor(v, leaf)
+
+
+def _lba_extent_problems(v, ctx: LbaTree, node, k, vba, n, prev_end, prev_key):
+    where = f"{ctx.label} LBA {span(k, k + max(n, 1))}"
+    if n == 0:
+        v.problem("extent", where, f"empty extent (VBA {vba}, length 0) in node {node.id}")
+        return
+    if prev_end is not None and k < prev_end:
+        v.problem("extent", where, f"overlaps the extent at LBA {prev_key} in node {node.id}")
+    if ctx.size_blocks is not None and k + n > ctx.size_blocks:
+        v.problem("extent", where, f"ends past the disk size ({ctx.size_blocks} blocks) in node {node.id}")
+    if vba == 0:
+        v.problem("extent", where, "maps VBA 0, which is never handed out")
+    if ctx.born_before is not None and vba + n > ctx.born_before:
+        if ctx.is_snapshot:
+            v.problem("ownership", where, f"maps VBA {span(vba, vba + n)}, born after the snapshot was "
+                      f"taken (its watermark is {ctx.born_before})")
+        else:
+            v.problem("counter", where, f"maps VBA {span(vba, vba + n)}, not below vba_next {ctx.born_before}")
+
+
+def _check_parent_holds(v, ctx: LbaTree, node, runs):
+    """VBAs below the parent's watermark were born before it: it maps them too."""
+    lo = runs[0][0]
+    hi = max(k + m for k, _v, m in runs)
+    try:
+        pieces = ctx.parent_map.pieces(lo, hi - lo)
+    except VdiskError:
+        ctx.parent_map = None
+        v.note(f"{ctx.label}: not compared with its parent, whose tree cannot be read")
+        return
+    starts = [s for s, _t, _n in pieces]
+    for k, vba, m in runs:
+        pos = k
+        i = max(0, bisect.bisect_right(starts, k) - 1)
+        missing = []
+        while i < len(pieces) and pieces[i][0] < k + m:
+            s, t, c = pieces[i]
+            a, b = max(s, k), min(s + c, k + m)
+            if a < b and t + (a - s) == vba + (a - k):
+                if a > pos:
+                    missing.append((pos, a))
+                pos = max(pos, b)
+            i += 1
+        if pos < k + m:
+            missing.append((pos, k + m))
+        for a, b in missing:
+            v.problem("ownership", f"{ctx.label} LBA {span(a, b)}",
+                      f"maps VBA {span(vba + a - k, vba + b - k)}, born before its parent {ctx.parent_label} "
+                      f"(watermark {ctx.parent_wm}), which does not map it so: deleting the parent "
+                      f"would free it")
+
+
+def _check_neighbours(v, ctx: LbaTree, tree, keys, vals):
+    """Extents of this leaf against the ones just outside it in the same tree."""
+    try:
+        first = keys[0]
+        prev = tree.floor(first - 1) if first > 0 else None
+        if prev is not None and prev[0] + (prev[1] & MAX_LEN) > first:
+            _overlap(v, ctx, prev[0], first)
+        last, packed = keys[-1], vals[-1]
+        nxt = next(tree.items(last + 1), None)
+        if nxt is not None and last + (packed & MAX_LEN) > nxt[0]:
+            _overlap(v, ctx, last, nxt[0])
+    except VdiskError:
+        pass  # the unreadable node is reported by the walk
+
+
+def _overlap(v, ctx, a, b):
+    key = (ctx.name, a, b)
+    if key in v.seen_overlaps:
+        return
+    v.seen_overlaps.add(key)
+    v.problem("extent", f"{ctx.label} LBA {a}", f"extent overlaps the next one, at LBA {b}")
+
+
+def check_last_extent(v, ctx: LbaTree):
+    """A subtree accepted from an older tree was held against that tree's size."""
+    if ctx.size_blocks is None or ctx.name in v.incomplete:
+        return
+    try:
+        last = v.forest.tree(ctx.name).floor_any()
+    except VdiskError:
+        return
+    if last is not None and last[0] + (last[1] & MAX_LEN) > ctx.size_blocks:
+        v.problem("extent", f"{ctx.label} LBA {last[0]}",
+                  f"ends past the disk size ({ctx.size_blocks} blocks)")
+
+
+# ------------------------------------------------------------------ maps
+
+def vba_visitor(v):
+    state = v.state
+    vba_next = state.vba_next if state is not None else None
+    pba_end = state.pba_end if state is not None else None
+    prev_end = [0]
+    mapped = v.mapped
+
+    def leaf(tree, node):
+        v.report.extents += len(node.keys)
+        for vba, packed in zip(node.keys, node.vals):
+            p, n = packed >> LEN_BITS, packed & MAX_LEN
+            if n == 0 or vba < prev_end[0] or (state is not None and (vba + n > vba_next or p + n > pba_end)):
+                _vba_extent_problems(v, node, vba, p, n, prev_end[0])
+                if n == 0:
+                    continue
+            prev_end[0] = vba + n
+            mapped.append((vba, vba + n, p))
+    return node_visitor(v, leaf)
+
+
+def _vba_extent_problems(v, node, vba, p, n, prev_end):
+    where = f"VBA {span(vba, vba + max(n, 1))}"
+    state = v.state
+    if n == 0:
+        v.problem("extent", where, f"empty VBA -> PBA extent (PBA {p}) in node {node.id}")
+        return
+    if vba < prev_end:
+        v.problem("extent", where, f"overlaps the VBA extent ending at {prev_end - 1} in node {node.id}")
+    if state is not None:
+        if vba + n > state.vba_next:
+            v.problem("counter", where, f"is mapped but not below vba_next {state.vba_next}")
+        if p + n > state.pba_end:
+            v.problem("alloc", where, f"maps PBA {span(p, p + n)}, past the end of the PBA space "
+                      f"({state.pba_end} blocks)")
+
+
+def csum_visitor(v):
+    runs = v.csum_runs
+
+    def leaf(tree, node):
+        keys = node.keys
+        if not keys:
+            return
+        if keys[-1] - keys[0] == len(keys) - 1:
+            spans = [(keys[0], keys[-1] + 1)]     # one contiguous run: the common case
+        else:
+            spans = []
+            start = prev = keys[0]
+            for k in keys[1:]:
+                if k != prev + 1:
+                    spans.append((start, prev + 1))
+                    start = k
+                prev = k
+            spans.append((start, prev + 1))
+        if runs and spans[0][0] == runs[-1][1]:
+            runs[-1] = (runs[-1][0], spans[0][1])
+            spans = spans[1:]
+        runs.extend(spans)
+    return node_visitor(v, leaf)
+
+
+def free_visitor(v):
+    state = v.state
+    prev = [None]
+
+    def leaf(tree, node):
+        v.report.extents += len(node.keys)
+        for p, n in zip(node.keys, node.vals):
+            where = f"free PBA {span(p, p + max(n, 1))}"
+            if n == 0:
+                v.problem("alloc", where, f"empty free extent in node {node.id}")
+                continue
+            if prev[0] is not None and p < prev[0][1]:
+                v.problem("alloc", where, f"overlaps the free extent at PBA {prev[0][0]}: freed twice")
+            prev[0] = (p, p + n)
+            if state is not None and p + n > state.pba_end:
+                v.problem("alloc", where, f"is past the end of the PBA space ({state.pba_end} blocks)")
+            v.free_runs.append((p, p + n))
+    return node_visitor(v, leaf)
