@@ -1,0 +1,181 @@
+"""The write path and its ownership rule (docs/ARCHITECTURE.md, "Write path").
+
+New data goes to newly allocated PBAs, never over live data; then the maps
+change: a block whose VBA was born after the running point's newest
+snapshot keeps its VBA and only moves (VBA -> PBA), any other gets a new VBA
+and the LBA tree changes copy-on-write, leaving the old VBA to the snapshot.
+Mixed into :class:`vdisk.disk.Disk`.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import blake3
+
+from vdisk.errors import NoSpace, StorageError
+
+from .extents import MAX_TARGET
+from .names import CSUM_BYTES
+
+# Writes at least this large start their writeback at once (see start_writeback).
+EARLY_WRITEBACK_BYTES = 256 << 10
+
+
+class WritePath:
+    """Writing and unmapping blocks, mixed into :class:`vdisk.disk.Disk`."""
+
+    def write(self, offset: int, data) -> None:
+        """Write bytes at any offset; acknowledged, durable at the next flush."""
+        self._check_writable()
+        length = len(data)
+        self._check_range(offset, length)
+        if length == 0:
+            return
+        bs = self.block_size
+        with self._lock:
+            self._check_open()
+            b0 = offset // bs
+            b1 = -(-(offset + length) // bs)
+            head = offset - b0 * bs
+            if head or (offset + length) % bs:
+                buf = bytearray(b1 * bs - b0 * bs)
+                # Only the edge blocks need their old contents.
+                buf[:bs] = self._read_blocks(self._lba, b0, 1)
+                if b1 - 1 > b0:
+                    buf[-bs:] = self._read_blocks(self._lba, b1 - 1, 1)
+                buf[head:head + length] = data
+                data = buf
+            self._write_blocks(b0, memoryview(data).cast("B"))
+
+    def _write_blocks(self, b0: int, data: memoryview):
+        bs = self.block_size
+        n = len(data) // bs
+        if self.state.vba_next + n > MAX_TARGET:
+            raise NoSpace(f"disk {self.path} has used up its {MAX_TARGET} virtual block addresses")
+        with self.changing():
+            pieces = self.alloc.allocate(n)
+        store = self._data
+        try:
+            pos = 0
+            for pba, count in pieces:
+                store.write(data[pos * bs:(pos + count) * bs], pba * bs)
+                if count * bs >= EARLY_WRITEBACK_BYTES:
+                    store.start_writeback(pba * bs, count * bs)
+                pos += count
+        except OSError as e:
+            # Only new, unmapped PBAs were written: the write fails as a
+            # whole and every acknowledged write is as it was.
+            for pba, count in pieces:
+                self.alloc.release(pba, count)
+            if e.errno == errno.ENOSPC:
+                raise NoSpace(f"no space left on the file system holding {self.path}") from None
+            raise StorageError(f"writing to {self.path}/data failed: {e.strerror or e}") from None
+        with self.changing():
+            self._map_written(b0, n, data, pieces)
+
+    def _map_written(self, b0: int, n: int, data: memoryview, pieces: list[tuple[int, int]]):
+        bs = self.block_size
+        h = blake3.blake3
+        sums = [h(data[i:i + bs]).digest(CSUM_BYTES) for i in range(0, n * bs, bs)]
+        wm = self.state.vba_watermark
+        csum_items = []
+        # Split [b0, b0+n) into runs that keep their VBA and runs that need new ones.
+        fresh_runs = []
+        pos = b0
+        for s, vba, ln in _split_at_watermark(self._lba.pieces(b0, n), wm):
+            if s > pos:
+                fresh_runs.append((pos, s - pos))
+            if vba >= wm:
+                old = self._vba.punch(vba, ln)
+                for _v, pba, c in old:
+                    self.alloc.release(pba, c)
+                self._map_vbas(vba, _slice_pieces(pieces, s - b0, ln))
+                csum_items.extend(zip(range(vba, vba + ln), sums[s - b0:s - b0 + ln]))
+            else:
+                fresh_runs.append((s, ln))
+            pos = s + ln
+        if pos < b0 + n:
+            fresh_runs.append((pos, b0 + n - pos))
+        for s, ln in _join_runs(fresh_runs):
+            vba = self.state.vba_next
+            self.state.vba_next += ln
+            self._lba.punch(s, ln)
+            self._lba.map(s, vba, ln)
+            self._map_vbas(vba, _slice_pieces(pieces, s - b0, ln))
+            csum_items.extend(zip(range(vba, vba + ln), sums[s - b0:s - b0 + ln]))
+        if len(csum_items) == 1:
+            self._csum.insert(*csum_items[0])
+        else:
+            csum_items.sort()
+            self._csum.insert_sorted(csum_items)
+        self._after_work(n)
+
+    def _map_vbas(self, vba: int, pbas: list[tuple[int, int]]):
+        for pba, count in pbas:
+            self._vba.map(vba, pba, count)
+            vba += count
+
+    def _unmap_blocks(self, b0: int, n: int) -> int:
+        """Unmap LBAs [b0, b0+n); returns the number of extents it touched."""
+        wm = self.state.vba_watermark
+        pieces = self._lba.punch(b0, n)
+        for _s, vba, ln in _split_at_watermark(pieces, wm):
+            if vba >= wm:
+                self._forget_vbas(vba, ln)
+        return len(pieces)
+
+    def _forget_vbas(self, vba: int, count: int) -> int:
+        """Drop VBAs no tree maps any more: their PBAs and checksums.
+
+        Returns the number of blocks released; VBAs already gone are skipped.
+        """
+        released = 0
+        for _v, pba, c in self._vba.punch(vba, count):
+            self.alloc.release(pba, c)
+            released += c
+        csum = self._csum
+        for v, _ in list(csum.items(vba, vba + count)):
+            csum.delete(v)
+        return released
+
+
+def _split_at_watermark(pieces, wm: int):
+    """Split (lba, vba, count) pieces whose VBAs straddle the watermark.
+
+    An extent can run across it when a write born after the newest snapshot
+    happens to continue a snapshot's VBAs; its two halves have different
+    owners, so they must be judged separately (judging by the first VBA
+    leaked the newer half, or rewrote snapshot blocks in place).
+    """
+    for s, vba, ln in pieces:
+        if vba < wm < vba + ln:
+            head = wm - vba
+            yield s, vba, head
+            yield s + head, wm, ln - head
+        else:
+            yield s, vba, ln
+
+
+def _slice_pieces(pieces: list[tuple[int, int]], start: int, count: int) -> list[tuple[int, int]]:
+    """The PBAs of blocks [start, start+count) of a write allocated as ``pieces``."""
+    out = []
+    pos = 0
+    for pba, n in pieces:
+        a, b = max(start, pos), min(start + count, pos + n)
+        if a < b:
+            out.append((pba + a - pos, b - a))
+        pos += n
+        if pos >= start + count:
+            break
+    return out
+
+
+def _join_runs(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = []
+    for s, n in runs:
+        if out and out[-1][0] + out[-1][1] == s:
+            out[-1] = (out[-1][0], out[-1][1] + n)
+        else:
+            out.append((s, n))
+    return out
