@@ -2,14 +2,18 @@
 
 - :mod:`.format` - the on-disk encoding of nodes and records (versioned)
 - :mod:`.store` - where encoded nodes live (LMDB, or memory for tests)
-- :mod:`.tree` - the algorithm: :class:`Forest` of :class:`BTree` sharing nodes
+- :mod:`.forest` - :class:`Forest`: named trees sharing nodes, the node cache,
+  counters, tree records and the commit
+- :mod:`.tree` - :class:`BTree` and the seq rule; its reads in :mod:`.reads`,
+  its writes in :mod:`.writes` (:mod:`.node`: the decoded node)
 - :mod:`.check` - the structural checker
 """
 
 from .check import Problem, TreeCheck, check_forest, check_tree
 from .format import Layout
 from .store import LmdbNodeStore, MemoryNodeStore
-from .tree import BTree, Forest
+from .forest import Forest
+from .tree import BTree
 
 __all__ = ["BTree", "Forest", "Layout", "LmdbNodeStore", "MemoryNodeStore",
            "Problem", "TreeCheck", "check_forest", "check_tree"]

@@ -1,4 +1,4 @@
-"""Structural checker for the trees of a :class:`~vdisk.btree.tree.Forest`.
+"""Structural checker for the trees of a :class:`~vdisk.btree.forest.Forest`.
 
 A walker carries, for each node, the key bounds its parent allows, its depth,
 and the path of node ids from the root; every complaint names the tree, the
@@ -58,7 +58,8 @@ from dataclasses import dataclass, field
 
 from vdisk.errors import IntegrityError, UnsupportedVersion
 
-from .tree import BTree, Forest
+from .forest import Forest
+from .tree import BTree
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ _UNREADABLE = ("corrupt", "missing", "version", "layout")
 def _node_failure_kind(forest, node_id, error) -> str:
     if isinstance(error, UnsupportedVersion):
         return "version"
-    if node_id in forest._freed or (node_id not in forest._cache and forest.store.load(node_id) is None):
+    if not forest.has_node(node_id):
         return "missing"
     return "corrupt"
 
@@ -263,7 +264,7 @@ def check_forest(forest: Forest, names: list[str] | None = None, unreferenced: b
     check_sharing(forest, results, known)
     if unreferenced and names is None:
         reached = set().union(*(r.reached for r in results)) if results else set()
-        leaked = [i for i in forest.store.node_ids() if i not in reached and i not in forest._freed]
+        leaked = [i for i in forest.store.node_ids() if i not in reached and not forest.is_freed(i)]
         if leaked:
             shown = ", ".join(str(i) for i in leaked[:10]) + (" ..." if len(leaked) > 10 else "")
             leak = TreeCheck("(store)")
