@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 
-from vdisk.disk import CSUM_TREE, FREE_TREE, RUNNING_TREE, SNAP_TREE_PREFIX, VBA_TREE
+from vdisk.names import CSUM_TREE, FREE_TREE, RUNNING_TREE, SNAP_TREE_PREFIX, VBA_TREE
 from vdisk.errors import IntegrityError, VdiskError
 from vdisk.extents import LEN_BITS, MAX_LEN, ExtentMap
 

@@ -22,7 +22,7 @@ import os
 import stat
 
 from vdisk.btree import Forest
-from vdisk.disk import CSUM_TREE, VBA_TREE, checksum
+from vdisk.names import CSUM_TREE, VBA_TREE, checksum
 from vdisk.errors import VdiskError
 from vdisk.extents import ExtentMap
 

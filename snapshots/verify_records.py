@@ -11,7 +11,7 @@ leaves the checks that need it skipped, with a note, rather than guessed.
 from __future__ import annotations
 
 from vdisk import format as fmt
-from vdisk.disk import SNAP_META_PREFIX, SNAP_TREE_PREFIX
+from vdisk.names import SNAP_META_PREFIX, SNAP_TREE_PREFIX
 from vdisk.errors import IntegrityError, UnsupportedVersion
 
 from .delete import DELETING_KEY

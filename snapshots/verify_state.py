@@ -13,7 +13,7 @@ import os
 
 from vdisk import format as fmt
 from vdisk.btree import Layout
-from vdisk.disk import CSUM_BYTES, CSUM_TREE, FREE_TREE, RUNNING_TREE, VBA_TREE
+from vdisk.names import CSUM_BYTES, CSUM_TREE, FREE_TREE, RUNNING_TREE, VBA_TREE
 
 from .verify_report import Problem, Report
 

@@ -12,7 +12,7 @@ visitor of its map (:mod:`.verify_visitors`).
 from __future__ import annotations
 
 from vdisk.btree.check import check_sharing, check_tree
-from vdisk.disk import CSUM_TREE, FREE_TREE, RUNNING_TREE, SNAP_TREE_PREFIX, VBA_TREE
+from vdisk.names import CSUM_TREE, FREE_TREE, RUNNING_TREE, SNAP_TREE_PREFIX, VBA_TREE
 from vdisk.extents import ExtentMap
 
 from . import verify_visitors as visitors
