@@ -155,6 +155,5 @@ def _reserve(path: str, size: int):
         os.close(fd)
 
 
-
 def _remove_tree(path: str):
     shutil.rmtree(path, ignore_errors=True)

@@ -93,7 +93,6 @@ class SnapshotInfo:
     exclusive_bytes: int | None = None
 
 
-
 class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
     """A virtual disk container. Use :meth:`create` or :meth:`open`.
 
@@ -487,7 +486,6 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
                 "deferred_bytes": deferred * bs,
                 "snapshots": [s.__dict__ for s in self.snapshots(exclusive=False)],
             }
-
 
 
 def _open_data_file(path: str, readonly: bool) -> FileDataStore:

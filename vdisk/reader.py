@@ -38,7 +38,6 @@ class Extent:
     zero: bool
 
 
-
 class Reader:
     """The read API shared by the running point and snapshot views."""
 

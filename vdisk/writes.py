@@ -18,7 +18,7 @@ from vdisk.errors import NoSpace, StorageError
 from .extents import MAX_TARGET
 from .names import CSUM_BYTES
 
-# Writes at least this large start their writeback at once (see start_writeback).
+# Writes at least this large start their write-back at once (see DataStore.start_writeback).
 EARLY_WRITEBACK_BYTES = 256 << 10
 
 
