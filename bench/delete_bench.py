@@ -230,7 +230,7 @@ class LockTrace:
     """Diagnostic stand-in for ``Disk._lock``: who held it, for how long.
 
     Reaches into engine internals (``_lock``, ``_commit``, ``alloc``,
-    ``forest.commit``, ``_punch_free_runs``, ``vdisk.disk.punch_hole``) so a
+    ``forest.commit``, ``_punch_free_runs``, ``vdisk.datastore_file.punch_hole``) so a
     stall can be pinned on one step and one part of a commit.
     """
 
@@ -243,7 +243,8 @@ class LockTrace:
     PARTS = ("fdatasync", "alloc", "lmdb", "punch_scan", "punch")
 
     def __init__(self, disk: Disk):
-        import vdisk.disk as engine
+        # The data file's punches are made by its store (vdisk/datastore_file.py).
+        import vdisk.datastore_file as engine
         self.disk = disk
         self.engine = engine
         self.inner = disk._lock

@@ -17,7 +17,7 @@ import unicodedata
 
 import click
 
-from vdisk.errors import Interrupted, NotADisk, NotFound, VdiskError
+from vdisk.errors import Interrupted, VdiskError
 from vdisk.units import parse_size
 
 from . import failures
@@ -108,12 +108,8 @@ def require_disk(path: str):
     For front ends whose disk is opened by another process (nbdkit, the
     mount process), so the refusal comes first and as one line.
     """
-    if not os.path.isdir(path):
-        if os.path.exists(path):
-            raise NotADisk(path)
-        raise NotFound(f"no disk at {path}")
-    if not os.path.isdir(os.path.join(path, "meta")) and not os.path.exists(os.path.join(path, "data")):
-        raise NotADisk(path)
+    from vdisk.container import require_container
+    require_container(path)
 
 
 def open_disk(path: str, readonly: bool = False):

@@ -16,7 +16,7 @@ import shutil
 import time
 
 from vdisk.btree import Forest, Layout, LmdbNodeStore
-from vdisk.errors import AlreadyExists, NoSpace, NotFound, StorageError
+from vdisk.errors import AlreadyExists, NoSpace, NotADisk, NotFound, StorageError
 
 from . import format as fmt
 from .names import CSUM_BYTES, CSUM_TREE, FREE_TREE, RUNNING_TREE, VBA_TREE
@@ -24,6 +24,21 @@ from .names import CSUM_BYTES, CSUM_TREE, FREE_TREE, RUNNING_TREE, VBA_TREE
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 # Larger than LMDB's reader table for its default 126 readers (about 8 KiB).
 LMDB_LOCK_FILE_RESERVE = 64 << 10
+
+
+def require_container(path: str) -> None:
+    """Refuse, without touching it, what is not a disk container.
+
+    Checked before anything is created in it (the lock file), and by front
+    ends whose disk another process opens, so the refusal comes first. One
+    with a data file but no meta/ is a damaged disk, which opening names.
+    """
+    if not os.path.isdir(path):
+        if os.path.exists(path):
+            raise NotADisk(path)
+        raise NotFound(f"no disk at {path}")
+    if not os.path.isdir(os.path.join(path, "meta")) and not os.path.exists(os.path.join(path, "data")):
+        raise NotADisk(path)
 
 
 def create_container(path: str, size: int, block_size: int) -> None:

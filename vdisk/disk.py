@@ -57,12 +57,12 @@ import time
 from dataclasses import dataclass
 
 from vdisk.btree import Forest, LmdbNodeStore
-from vdisk.errors import AlreadyExists, IntegrityError, NotADisk, NotFound, ReadOnly, quote
+from vdisk.errors import AlreadyExists, IntegrityError, NotFound, ReadOnly, quote
 
 from . import format as fmt
 from .alloc import Allocator
 from .commit import PUNCH_MIN_BYTES, Commits  # noqa: F401  (importable from here)
-from .container import LMDB_LOCK_FILE_RESERVE, create_container  # noqa: F401
+from .container import LMDB_LOCK_FILE_RESERVE, create_container, require_container  # noqa: F401
 from .datastore import DataStore
 from .datastore_file import FileDataStore, NotARegularFile, punch_hole, start_writeback  # noqa: F401
 from .extents import ExtentMap, unpack
@@ -153,15 +153,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
     def open(cls, path: str | os.PathLike, readonly: bool = False, *,
              data_store: DataStore | None = None) -> "Disk":
         path = os.fspath(path)
-        if not os.path.isdir(path):
-            if os.path.exists(path):
-                raise NotADisk(path)
-            raise NotFound(f"no disk at {path}")
-        # Before the lock, which creates DISK/lock: a directory that is not a
-        # disk must be left as it was. One with a data file but no meta/ is
-        # a damaged disk, which the constructor names.
-        if not os.path.isdir(os.path.join(path, "meta")) and not os.path.exists(os.path.join(path, "data")):
-            raise NotADisk(path)
+        require_container(path)         # before the lock file is created in it
         lock_fd = None if readonly else take_lock(path)
         return cls(path, readonly, lock_fd, data_store)
 
