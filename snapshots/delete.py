@@ -66,16 +66,16 @@ def delete_snapshot(disk, name: str, buffer_bytes: int = DEFAULT_LIMIT_BYTES,
     users at once, and its space returns when at most one dependent is left.
     ``progress`` is passed to :func:`run_pending`.
     """
-    with disk._delete_lock, disk.maintenance():
-        with disk._lock:
+    with disk.lifecycle_lock, disk.maintenance():
+        with disk.lock:
             pending = disk.forest.meta_get(DELETING_KEY) is not None
             if not pending:
-                disk._snapshot_record(name)
+                disk.snapshot_record(name)
         freed = run_pending(disk, buffer_bytes, stall, progress) if pending else 0
         disk.sync_data()                   # see Disk.sync_data
-        with disk._lock:
+        with disk.lock:
             disk.check_cancelled()
-            rec = disk._snapshot_record(name)
+            rec = disk.snapshot_record(name)
             if _holders(disk, name) >= 2:
                 with disk.changing():
                     _defer(disk, rec)
@@ -88,12 +88,12 @@ def delete_snapshot(disk, name: str, buffer_bytes: int = DEFAULT_LIMIT_BYTES,
 
 def reap_deferred(disk, buffer_bytes: int = DEFAULT_LIMIT_BYTES, stall: float = DEFAULT_STALL) -> int:
     """Delete deferred snapshots that have at most one dependent left."""
-    with disk._delete_lock, disk.maintenance():
+    with disk.lifecycle_lock, disk.maintenance():
         return _reap(disk, buffer_bytes, stall)
 
 
 def _holders(disk, name: str) -> int:
-    children = sum(1 for r in disk._snapshot_records() if r.parent == name)
+    children = sum(1 for r in disk.snapshot_records() if r.parent == name)
     return children + (disk.state.parent == name)
 
 
@@ -114,13 +114,13 @@ def _defer(disk, rec: fmt.SnapshotRecord):
     old = rec.name
     rec.name = hidden
     forest.meta_put(SNAP_META_PREFIX + hidden.encode(), fmt.encode_snapshot(rec))
-    for child in disk._snapshot_records():
+    for child in disk.snapshot_records():
         if child.parent == old:
             child.parent = hidden
             forest.meta_put(SNAP_META_PREFIX + child.name.encode(), fmt.encode_snapshot(child))
     if disk.state.parent == old:
         disk.state.parent = hidden
-    disk._commit()
+    disk.flush()
     log.info("snapshot %s is the base of several others: deleted for users, its space returns "
              "when at most one of them is left", old)
 
@@ -129,9 +129,9 @@ def _reap(disk, buffer_bytes: int, stall: float, progress=None) -> int:
     from vdisk.disk import DEFERRED_PREFIX
     freed = 0
     while True:
-        with disk._lock:
+        with disk.lock:
             disk.check_cancelled()
-            ready = [r.name for r in disk._snapshot_records()
+            ready = [r.name for r in disk.snapshot_records()
                      if r.name.startswith(DEFERRED_PREFIX) and _holders(disk, r.name) <= 1]
             if not ready:
                 return freed
@@ -144,7 +144,7 @@ def begin(disk, name: str):
     """Step 1: hide the snapshot and record what it alone reaches (one commit)."""
     from vdisk.disk import RUNNING_TREE, SNAP_META_PREFIX, SNAP_TREE_PREFIX
     forest = disk.forest
-    recs = {r.name: r for r in disk._snapshot_records()}
+    recs = {r.name: r for r in disk.snapshot_records()}
     rec = recs[name]
     children = [r for r in recs.values() if r.parent == name]
     if len(children) + (disk.state.parent == name) >= 2:
@@ -168,7 +168,7 @@ def begin(disk, name: str):
         disk.state.parent = rec.parent
         disk.state.vba_watermark = parent.vba_watermark if parent else 1
         forest.tree(RUNNING_TREE).release_snapshot_seq(parent_seq if parent else 0)
-    disk._commit()
+    disk.flush()
 
 
 def pending_deletion(disk) -> fmt.DeletionRecord | None:
@@ -184,7 +184,7 @@ def run_pending(disk, buffer_bytes: int = DEFAULT_LIMIT_BYTES, stall: float = DE
     after each step: phase "scan" counts the nodes read, "sweep" the runs of
     blocks freed.
     """
-    with disk._lock:
+    with disk.lock:
         rec = pending_deletion(disk)
     if rec is None:
         return 0
@@ -193,12 +193,12 @@ def run_pending(disk, buffer_bytes: int = DEFAULT_LIMIT_BYTES, stall: float = DE
         _scan(disk, rec, buf, stall, progress)
         freed = _sweep(disk, buf, stall, progress)
     disk.sync_data()
-    with disk._lock:
+    with disk.lock:
         disk.check_cancelled()
         with disk.changing():
             disk.forest.free_node_ids(rec.node_ids)
             disk.forest.meta_put(DELETING_KEY, None)
-            disk._commit()
+            disk.flush()
     log.info("deleted snapshot %s: %d blocks, %d nodes freed", rec.name, freed, len(rec.node_ids))
     return freed
 
@@ -207,7 +207,7 @@ def _live_maps(disk, rec: fmt.DeletionRecord) -> list[ExtentMap]:
     """Maps of every tree that could share a VBA born after the parent."""
     from vdisk.disk import RUNNING_TREE, SNAP_TREE_PREFIX
     since = -1 if rec.parent_seq is None else rec.parent_seq
-    names = [SNAP_TREE_PREFIX + r.name for r in disk._snapshot_records() if r.seq > since]
+    names = [SNAP_TREE_PREFIX + r.name for r in disk.snapshot_records() if r.seq > since]
     names.append(RUNNING_TREE)
     return [ExtentMap(disk.forest.tree(n)) for n in names]
 
@@ -254,7 +254,7 @@ def _sweep(disk, buf: RunBuffer, stall: float, progress=None) -> int:
 def _sweep_steps(disk, buf: RunBuffer, freed: list[int], progress=None):
     since_commit = 0
     for done, run in enumerate(buf.sorted_runs(), 1):
-        freed[0] += disk._forget_vbas(*run)
+        freed[0] += disk.forget_vbas(*run)
         if progress is not None:
             progress("sweep", done, buf.total)
         since_commit += 1
@@ -272,13 +272,13 @@ def pending_work(disk) -> bool:
     from vdisk.disk import DEFERRED_PREFIX
     if disk.forest.meta_get(DELETING_KEY) is not None:
         return True
-    return any(r.name.startswith(DEFERRED_PREFIX) for r in disk._snapshot_records())
+    return any(r.name.startswith(DEFERRED_PREFIX) for r in disk.snapshot_records())
 
 
 def resume_on_open(disk):
     """Finish a deletion a crash interrupted (run beside I/O by a writable open)."""
     try:
-        with disk._delete_lock, disk.maintenance():
+        with disk.lifecycle_lock, disk.maintenance():
             if pending_deletion(disk) is not None:
                 run_pending(disk)
             _reap(disk, DEFAULT_LIMIT_BYTES, DEFAULT_STALL)

@@ -62,7 +62,7 @@ def _tree_of(name: str | None) -> str:
 
 def snapshot_neighbours(disk, name: str):
     """(record, parent record or None, child tree names, other tree names)."""
-    recs = {r.name: r for r in disk._snapshot_records()}
+    recs = {r.name: r for r in disk.snapshot_records()}
     rec = recs[name]
     parent = recs.get(rec.parent) if rec.parent else None
     children = [_tree_of(r.name) for r in recs.values() if r.parent == name]
@@ -155,5 +155,5 @@ def drop_running_point_exclusive(disk):
                     start = max(vba, wm)
                     runs.append((start, vba + count - start))
     for vba, count in sorted(runs):
-        disk._forget_vbas(vba, count)
+        disk.forget_vbas(vba, count)
     forest.free_node_ids(nodes)

@@ -198,7 +198,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
         last = self.alloc.free.last()
         if last is not None and st.pba_end < last[0] + last[1]:
             damaged(f"PBA end {st.pba_end} is before the free extent at {last[0]}")
-        for rec in self._snapshot_records():
+        for rec in self.snapshot_records():
             if rec.vba_watermark > st.vba_next or rec.seq > self.forest.seq:
                 damaged(f"snapshot {rec.name!r} is newer than the running point's counters")
             if rec.name == st.parent and st.vba_watermark < rec.vba_watermark:
@@ -316,13 +316,28 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
 
     # ----------------------------------------------------------- snapshots
 
-    def _snapshot_record(self, name: str) -> fmt.SnapshotRecord:
+    # ------------------------------------------ the interface of snapshots/
+    # What the lifecycle algorithms (deletion, usage) use of the engine:
+    # the locks, records, forgetting VBAs (writes.py), batches and commits
+    # (maintenance.py, flush), the change guard (commit.py).
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock that serialises every call; maintenance holds it one batch at a time."""
+        return self._lock
+
+    @property
+    def lifecycle_lock(self) -> threading.Lock:
+        """Held by one snapshot deletion (or a revert) at a time."""
+        return self._delete_lock
+
+    def snapshot_record(self, name: str) -> fmt.SnapshotRecord:
         buf = self.forest.meta_get(SNAP_META_PREFIX + name.encode())
         if buf is None:
             raise NotFound(f"no snapshot named {name!r}")
         return fmt.decode_snapshot(name, buf)
 
-    def _snapshot_records(self) -> list[fmt.SnapshotRecord]:
+    def snapshot_records(self) -> list[fmt.SnapshotRecord]:
         recs = [fmt.decode_snapshot(snapshot_name(k), v) for k, v in self.forest.meta_items(SNAP_META_PREFIX)]
         # Snapshots taken with no change between them share a seq.
         recs.sort(key=lambda r: (r.seq, r.created_ns))
@@ -354,7 +369,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
         """Snapshots oldest first, with the bytes each one alone holds."""
         from vdisk.snapshots.usage import exclusive_blocks
         with self._view():
-            recs = self._snapshot_records()
+            recs = self.snapshot_records()
             by_name = {r.name: r for r in recs}
             out = []
             for rec in recs:
@@ -371,7 +386,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
     def open_snapshot(self, name: str) -> SnapshotView:
         check_snapshot_lookup(name)
         with self._view():
-            return SnapshotView(self, name, self._snapshot_record(name))
+            return SnapshotView(self, name, self.snapshot_record(name))
 
     def revert(self, name: str) -> None:
         """Make the running point read exactly as snapshot ``name``."""
@@ -379,7 +394,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
         self._check_writable()
         with self._delete_lock, self._lock:
             self._check_open()
-            rec = self._snapshot_record(name)
+            rec = self.snapshot_record(name)
             from vdisk.snapshots.usage import drop_running_point_exclusive
             with self.changing():
                 drop_running_point_exclusive(self)
@@ -417,7 +432,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
         self._check_writable()
         with self._lock:
             self._check_open()
-            rec = self._snapshot_record(old)
+            rec = self.snapshot_record(old)
             new_key = SNAP_META_PREFIX + new.encode()
             if self.forest.meta_get(new_key) is not None:
                 raise AlreadyExists(f"snapshot {quote(new)} already exists")
@@ -432,7 +447,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
                 rec.name = new
                 self.forest.meta_put(new_key, fmt.encode_snapshot(rec))
                 # Hidden deferred snapshots included: one may have it as parent.
-                for child in self._snapshot_records():
+                for child in self.snapshot_records():
                     if child.parent == old:
                         child.parent = new
                         self.forest.meta_put(SNAP_META_PREFIX + child.name.encode(), fmt.encode_snapshot(child))
@@ -465,7 +480,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
             bs = self.block_size
             # Deleted while the base of several others: hidden, and still
             # holding what only it holds until at most one of them is left.
-            deferred = sum(exclusive_blocks(self, r.name) for r in self._snapshot_records()
+            deferred = sum(exclusive_blocks(self, r.name) for r in self.snapshot_records()
                            if r.name.startswith(DEFERRED_PREFIX))
             return {
                 "path": os.path.abspath(self.path),

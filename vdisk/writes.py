@@ -122,10 +122,10 @@ class WritePath:
         pieces = self._lba.punch(b0, n)
         for _s, vba, ln in _split_at_watermark(pieces, wm):
             if vba >= wm:
-                self._forget_vbas(vba, ln)
+                self.forget_vbas(vba, ln)
         return len(pieces)
 
-    def _forget_vbas(self, vba: int, count: int) -> int:
+    def forget_vbas(self, vba: int, count: int) -> int:
         """Drop VBAs no tree maps any more: their PBAs and checksums.
 
         Returns the number of blocks released; VBAs already gone are skipped.

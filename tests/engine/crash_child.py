@@ -33,7 +33,7 @@ def family(disk):
     are left out: users cannot name them.
     """
     from vdisk.disk import DEFERRED_PREFIX
-    recs = {r.name: r.parent for r in disk._snapshot_records()}
+    recs = {r.name: r.parent for r in disk.snapshot_records()}
 
     def visible(name):
         while name is not None and name.startswith(DEFERRED_PREFIX):

@@ -85,7 +85,7 @@ def killer(orig):
         return orig(*a, **k)
     return wrapped
 if stage == "sweep":
-    Disk._forget_vbas = killer(Disk._forget_vbas)
+    Disk.forget_vbas = killer(Disk.forget_vbas)
 else:
     deletion._scan = killer(deletion._scan)
 deletion.COMMIT_RUNS = 1             # commit after every run, so a kill lands between commits
@@ -177,7 +177,7 @@ def test_base_of_two_dependents_is_deferred_until_one_is_left(make_disk):
     d.delete_snapshot("child")
     d.flush()
     assert d.snapshots() == []
-    assert not [r for r in d._snapshot_records()]
+    assert not [r for r in d.snapshot_records()]
     assert d.read(0, 8 * BS) == pattern(1, 8 * BS)[:4 * BS] + pattern(3, BS) + pattern(1, 8 * BS)[5 * BS:]
     assert d.info()["physical_bytes"] < before
     assert_consistent(d)
@@ -191,9 +191,9 @@ def test_revert_away_from_a_deferred_base_reaps_it(make_disk):
     d.create_snapshot("b")
     d.revert("a")
     d.delete_snapshot("a")                   # base of b and the running point: deferred
-    assert len(d._snapshot_records()) == 2
+    assert len(d.snapshot_records()) == 2
     d.revert("b")                            # the running point leaves a's deferred tree
-    assert [r.name for r in d._snapshot_records()] == ["b"]
+    assert [r.name for r in d.snapshot_records()] == ["b"]
     assert d.read(0, 8 * BS) == pattern(2, 8 * BS)
     d.flush()
     assert_consistent(d)

@@ -46,7 +46,7 @@ MAX_SNAPSHOTS = 6
 
 def _deferred(disk) -> list[str]:
     from vdisk.disk import DEFERRED_PREFIX
-    return [r.name for r in disk._snapshot_records() if r.name.startswith(DEFERRED_PREFIX)]
+    return [r.name for r in disk.snapshot_records() if r.name.startswith(DEFERRED_PREFIX)]
 
 
 class DiskMachine(RuleBasedStateMachine):
@@ -196,7 +196,7 @@ class DiskMachine(RuleBasedStateMachine):
 
     def _children(self, name):
         d = self.disk
-        snaps = [r.name for r in d._snapshot_records() if r.parent == name]
+        snaps = [r.name for r in d.snapshot_records() if r.parent == name]
         return snaps, d.state.parent == name
 
     @rule(name=snapshots)

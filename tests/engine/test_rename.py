@@ -35,11 +35,11 @@ BS = 4096
 
 def _family(d):
     """name -> parent of every record (hidden ones too), and the running point's parent."""
-    return {r.name: r.parent for r in d._snapshot_records()}, d.state.parent
+    return {r.name: r.parent for r in d.snapshot_records()}, d.state.parent
 
 
 def _records(d):
-    return {r.name: r for r in d._snapshot_records()}
+    return {r.name: r for r in d.snapshot_records()}
 
 
 def _assert_clean(path):
@@ -292,7 +292,7 @@ CHILD = textwrap.dedent("""
             txn = real_begin(**kw)
             return Txn(txn) if kw.get("write") else txn
         store._begin = begin
-        names = {r.name for r in d._snapshot_records()}
+        names = {r.name for r in d.snapshot_records()}
         old, new = ("a", "b") if "a" in names else ("b", "a")
         d.rename_snapshot(old, new)
         print("done", count[0], flush=True)
@@ -300,7 +300,7 @@ CHILD = textwrap.dedent("""
     cycle = ["a", "b", "x"]
     i = 0
     while True:
-        names = {r.name for r in d._snapshot_records()}
+        names = {r.name for r in d.snapshot_records()}
         old = next(n for n in cycle if n in names)
         new = cycle[(cycle.index(old) + 1) % 3]
         d.write((i % 64) * 4096, bytes([i % 251 + 1]) * 4096)

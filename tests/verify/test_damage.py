@@ -225,8 +225,8 @@ def test_snapshot_tree_without_record_is_named(open_copy):
 
 def test_snapshot_watermark_too_low_is_an_ownership_problem(open_copy):
     d = open_copy
-    rec = d._snapshot_record("s2")
-    parent = d._snapshot_record("s1")
+    rec = d.snapshot_record("s2")
+    parent = d.snapshot_record("s1")
     rec.vba_watermark = parent.vba_watermark
     d.forest.meta_put(b"disk/snap/s2", fmt.encode_snapshot(rec))
     d.forest.commit()
