@@ -113,7 +113,6 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
         self._jobs = 0                           # maintenance jobs running (see maintenance)
         self._jobs_done = threading.Condition(threading.Lock())
         self._view_id = None
-        self._resume_thread: threading.Thread | None = None
         self._blocks_since_commit = 0
         self.store = None
         self._data: DataStore | None = None
@@ -126,7 +125,6 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
             self._load()
             if not readonly:
                 self._check_counters()
-                self._resume_in_background()
         except BaseException:
             # LMDB allows one environment per file per process: a store left
             # open here would make every later open of this disk fail.
@@ -206,27 +204,6 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
                 # rewritten in place: the snapshot would change.
                 damaged(f"watermark {st.vba_watermark} is below its snapshot's {rec.vba_watermark}")
 
-    def _resume_in_background(self):
-        """Finish a snapshot deletion a crash interrupted, beside the caller's I/O.
-
-        In a thread, so that opening stays fast however much the deletion
-        has left to do; close() stops it at a batch boundary, and the
-        pending record makes the next open carry on.
-        """
-        from vdisk.snapshots.delete import pending_work, resume_on_open
-        if pending_work(self):
-            self._resume_thread = threading.Thread(target=resume_on_open, args=(self,),
-                                                   name="vdisk-resume", daemon=True)
-            self._resume_thread.start()
-
-    def wait_maintenance(self, timeout: float | None = None) -> bool:
-        """Wait for the work an open resumed in the background; False on timeout."""
-        t = self._resume_thread
-        if t is not None:
-            t.join(timeout)
-            return not t.is_alive()
-        return True
-
     def close(self):
         with self._lock:
             if self._closed or self._closing:
@@ -259,7 +236,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
     def _lba_map(self) -> ExtentMap:
         return self._lba
 
-    def _check_writable(self):
+    def check_writable(self):
         self._check_open()
         if self.readonly:
             raise ReadOnly(f"disk {self.path} is open read-only")
@@ -272,7 +249,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
 
     def zero(self, offset: int, length: int) -> None:
         """Make a range read as zeros, unmapping whole blocks instead of writing."""
-        self._check_writable()
+        self.check_writable()
         self._check_range(offset, length)
         if length == 0:
             return
@@ -305,7 +282,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
 
     def resize(self, new_size: int) -> None:
         """Grow the disk (shrinking is refused: it would destroy data)."""
-        self._check_writable()
+        self.check_writable()
         with self._lock:
             self._check_open()
             check_disk_size(new_size, self.block_size, MAX_DISK_SIZE, current=self.size)
@@ -346,7 +323,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
     def create_snapshot(self, name: str) -> SnapshotInfo:
         """Freeze every write completed so far under ``name``. O(1)."""
         validate_snapshot_name(name)
-        self._check_writable()
+        self.check_writable()
         with self._lock:
             self._check_open()
             key = SNAP_META_PREFIX + name.encode()
@@ -365,10 +342,13 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
     def _info(self, rec: fmt.SnapshotRecord, exclusive: int | None = None) -> SnapshotInfo:
         return SnapshotInfo(rec.name, rec.created_ns / 1e9, rec.seq, rec.size, rec.parent, exclusive)
 
-    def snapshots(self, exclusive: bool = True) -> list[SnapshotInfo]:
-        """Snapshots oldest first, with the bytes each one alone holds."""
-        from vdisk.snapshots.usage import exclusive_blocks
-        with self._view():
+    def snapshots(self, exclusive: bool = False) -> list[SnapshotInfo]:
+        """Snapshots oldest first; ``exclusive``: with the bytes each one alone holds.
+
+        Sizing is the snapshot lifecycle's (:func:`exclusive_blocks`, which
+        the layer above supplies); the engine alone lists without it.
+        """
+        with self.view():
             recs = self.snapshot_records()
             by_name = {r.name: r for r in recs}
             out = []
@@ -379,37 +359,31 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
                 # nearest ancestor users know.
                 while rec.parent and rec.parent.startswith(DEFERRED_PREFIX):
                     rec.parent = by_name[rec.parent].parent
-                excl = exclusive_blocks(self, rec.name) * self.block_size if exclusive else None
+                excl = self.exclusive_blocks(rec.name) * self.block_size if exclusive else None
                 out.append(self._info(rec, excl))
             return out
 
     def open_snapshot(self, name: str) -> SnapshotView:
         check_snapshot_lookup(name)
-        with self._view():
+        with self.view():
             return SnapshotView(self, name, self.snapshot_record(name))
 
-    def revert(self, name: str) -> None:
-        """Make the running point read exactly as snapshot ``name``."""
-        check_snapshot_lookup(name)
-        self._check_writable()
-        with self._delete_lock, self._lock:
-            self._check_open()
-            rec = self.snapshot_record(name)
-            from vdisk.snapshots.usage import drop_running_point_exclusive
-            with self.changing():
-                drop_running_point_exclusive(self)
-                self.forest.clone(SNAP_TREE_PREFIX + name, RUNNING_TREE, replace=True)
-                self._lba = ExtentMap(self.forest.tree(RUNNING_TREE))
-                self.state.parent = name
-                self.state.vba_watermark = self.state.vba_next
-                if rec.size != self.size:
-                    self.config.size = self.size = rec.size
-                    self.forest.meta_put(b"disk/config", fmt.encode_config(self.config))
-                self._commit()
-        # The running point left its old base, which may have been waiting
-        # for that to be deleted.
-        from vdisk.snapshots.delete import reap_deferred
-        reap_deferred(self)
+    def clone_running_point(self, rec: fmt.SnapshotRecord) -> None:
+        """Make the running point a copy of snapshot ``rec`` (its tree, size,
+        parent and watermark), and commit. O(1).
+
+        The caller holds the lock inside :meth:`changing`, and has first
+        released what only the running point held (vdisk.snapshots.usage):
+        this is the engine's half of a revert.
+        """
+        self.forest.clone(SNAP_TREE_PREFIX + rec.name, RUNNING_TREE, replace=True)
+        self._lba = ExtentMap(self.forest.tree(RUNNING_TREE))
+        self.state.parent = rec.name
+        self.state.vba_watermark = self.state.vba_next
+        if rec.size != self.size:
+            self.config.size = self.size = rec.size
+            self.forest.meta_put(b"disk/config", fmt.encode_config(self.config))
+        self._commit()
 
     def rename_snapshot(self, old: str, new: str) -> SnapshotInfo:
         """Give snapshot ``old`` the name ``new`` in one commit; returns it as renamed.
@@ -429,7 +403,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
         """
         check_snapshot_lookup(old)
         validate_snapshot_name(new)
-        self._check_writable()
+        self.check_writable()
         with self._lock:
             self._check_open()
             rec = self.snapshot_record(old)
@@ -456,31 +430,18 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
                 self._commit()
             return self._info(rec)
 
-    def delete_snapshot(self, name: str, buffer_bytes: int | None = None, progress=None) -> int:
-        """Delete a snapshot, returning the space only it held; returns blocks freed.
-
-        Runs in short batches (see :mod:`vdisk.snapshots.delete`), so other
-        threads' reads and writes continue meanwhile. ``buffer_bytes`` bounds
-        the memory of the sort buffer (default 64 MiB); past it, sorted runs
-        spill to files in the disk directory. ``progress(phase, done, total)``,
-        if given, is called under the lock as the batches advance (phases
-        "scan": nodes read, and "sweep": runs of blocks freed); it must be
-        quick.
-        """
-        check_snapshot_lookup(name)
-        self._check_writable()
-        from vdisk.snapshots.delete import DEFAULT_LIMIT_BYTES, delete_snapshot
-        return delete_snapshot(self, name, buffer_bytes or DEFAULT_LIMIT_BYTES, progress=progress)
-
     # ----------------------------------------------------------- info
 
+    def exclusive_blocks(self, name: str) -> int:
+        """Blocks only snapshot ``name`` holds: the snapshot lifecycle's to say."""
+        raise NotImplementedError("sizing snapshots belongs to vdisk.snapshots (use vdisk.Disk)")
+
     def info(self) -> dict:
-        from vdisk.snapshots.usage import exclusive_blocks
-        with self._view():
+        with self.view():
             bs = self.block_size
             # Deleted while the base of several others: hidden, and still
             # holding what only it holds until at most one of them is left.
-            deferred = sum(exclusive_blocks(self, r.name) for r in self.snapshot_records()
+            deferred = sum(self.exclusive_blocks(r.name) for r in self.snapshot_records()
                            if r.name.startswith(DEFERRED_PREFIX))
             return {
                 "path": os.path.abspath(self.path),

@@ -63,7 +63,7 @@ class Maintenance:
         free space looked at so far and the free space there was at the start
         (phase "compact"); it must be quick.
         """
-        self._check_writable()
+        self.check_writable()
         punched = [0]
         with self.maintenance():
             self.run_in_batches(self._compact_steps(punched, progress), stall)

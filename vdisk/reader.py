@@ -83,7 +83,7 @@ class Reader:
                 out.append(Extent(start, end - start, allocated, not allocated))
 
         end = offset + length
-        with d._view():
+        with d.view():
             self._check_range(offset, length)
             b0 = offset // bs
             b1 = -(-end // bs)
@@ -98,7 +98,7 @@ class Reader:
 
     def allocated_bytes(self) -> int:
         d = self.disk
-        with d._view():
+        with d.view():
             return sum(n for _, _, n in self._lba_map().extents()) * self.block_size
 
 
@@ -146,7 +146,7 @@ class ReadPath:
     """The engine's reads and views, mixed into :class:`vdisk.disk.Disk`."""
 
     @contextlib.contextmanager
-    def _view(self):
+    def view(self):
         """The lock, and for a read-only opener one pinned committed view.
 
         A read-only opener shares nothing with the writer but the committed
@@ -177,7 +177,7 @@ class ReadPath:
         unchanged view is real and is raised.
         """
         for attempt in range(VIEW_RETRIES):
-            with self._view() as moved:
+            with self.view() as moved:
                 try:
                     return fn()
                 except IntegrityError:

@@ -27,7 +27,7 @@ class WritePath:
 
     def write(self, offset: int, data) -> None:
         """Write bytes at any offset; acknowledged, durable at the next flush."""
-        self._check_writable()
+        self.check_writable()
         length = len(data)
         self._check_range(offset, length)
         if length == 0:
