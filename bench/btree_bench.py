@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark of the copy-on-write B+tree (vdisk.btree) on a real LMDB store.
 
+One file over 500 lines on purpose: a benchmark is run and read as one
+script, and its rows share the setup and the timing helpers.
+
 Usage (from the project root)::
 
     .venv/bin/python bench/btree_bench.py            # 1,000,000 keys, about a minute

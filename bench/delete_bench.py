@@ -1,5 +1,8 @@
 """Snapshot create and delete benchmark, beside qcow2 internal snapshots (qemu-img).
 
+One file over 500 lines on purpose: a benchmark is run and read as one
+script (its lock tracer is a diagnostic of this benchmark only).
+
     .venv/bin/python bench/delete_bench.py [--quick] [--runs 3] [--dir /var/tmp] [--no-qemu]
                                            [--no-io] [--trace]
 

@@ -1,5 +1,8 @@
 """Wrong requests, damaged containers and a full file system.
 
+(Over 500 lines: one table-driven case per kind of bad input, read as one
+catalogue; the helpers it shares are in util.py and accounting.py.)
+
 Every failure must be a :class:`VdiskError` subclass with the right errno and
 a message that says what is wrong, and must leave the disk as it was: never a
 raw ``KeyError``/``lmdb.Error`` traceback, never a crash of the process,

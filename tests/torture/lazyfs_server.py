@@ -1,5 +1,8 @@
 """The FUSE process of the lazy file system (see lazyfs.py for the picture).
 
+(Just over 500 lines: one FUSE handler per request kind, each short; the
+page model and the fault rules are in lazyfs_pages.py.)
+
 Run as ``python lazyfs_server.py BACKING MOUNTPOINT CONTROL_SOCKET SEED``.
 It passes every request through to the directory BACKING, except that file
 data written since the file's last fsync/fdatasync stays in this process's
