@@ -388,3 +388,28 @@ def test_a_pba_end_gone_back_refuses_a_writable_open(tmp_path):
         d.write(0, pattern(9, 8 * MiB))
         d.flush()
         assert d.open_snapshot("s").read(0, 8 * MiB) == pattern(1, 8 * MiB)
+
+
+def test_open_does_not_wait_for_a_pending_deletion(tmp_path, monkeypatch):
+    """A pending deletion ran whole inside open(), so `vdisk serve` gave up
+    after 60 s on a big one; it now resumes in the background."""
+    path = str(tmp_path / "d")
+    with Disk.create(path, 4 * MiB) as d:
+        d.write(0, pattern(1, MiB))
+        d.create_snapshot("s")
+        d.write(0, pattern(2, MiB))
+    release = threading.Event()
+    real = deletion.resume_on_open
+
+    def slow_resume(disk):
+        release.wait(30)              # a deletion that takes as long as it likes
+        real(disk)
+    monkeypatch.setattr(deletion, "pending_work", lambda disk: True)
+    monkeypatch.setattr(deletion, "resume_on_open", slow_resume)
+    start = time.monotonic()
+    with Disk.open(path) as d:
+        assert time.monotonic() - start < 5
+        assert d.read(0, MiB) == pattern(2, MiB)      # usable meanwhile
+        assert not d.wait_maintenance(0.1)
+        release.set()
+        assert d.wait_maintenance(30)
