@@ -1,7 +1,8 @@
 """A persistent copy-on-write B+tree library that knows nothing of disks.
 
 - :mod:`.format` - the on-disk encoding of nodes and records (versioned)
-- :mod:`.store` - where encoded nodes live (LMDB, or memory for tests)
+- :mod:`.store` - where encoded nodes live: the interface and LMDB;
+  :mod:`.store_memory` - its in-memory twin for tests
 - :mod:`.forest` - :class:`Forest`: named trees sharing nodes, the node cache,
   counters, tree records and the commit
 - :mod:`.tree` - :class:`BTree` and the seq rule; its reads in :mod:`.reads`,
@@ -11,9 +12,10 @@
 
 from .check import Problem, TreeCheck, check_forest, check_tree
 from .format import Layout
-from .store import LmdbNodeStore, MemoryNodeStore
+from .store import LmdbNodeStore, NodeStore
+from .store_memory import MemoryNodeStore
 from .forest import Forest
 from .tree import BTree
 
-__all__ = ["BTree", "Forest", "Layout", "LmdbNodeStore", "MemoryNodeStore",
+__all__ = ["BTree", "Forest", "Layout", "LmdbNodeStore", "MemoryNodeStore", "NodeStore",
            "Problem", "TreeCheck", "check_forest", "check_tree"]

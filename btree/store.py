@@ -1,9 +1,10 @@
 """Node stores: where encoded B+tree nodes and small metadata records live.
 
 The tree algorithm (:mod:`vdisk.btree.tree`) never does I/O itself; it asks a
-store for a node's bytes and hands it one batch of changes per commit. Two
-stores exist: :class:`LmdbNodeStore` (the real one) and
-:class:`MemoryNodeStore` (tests and scratch work).
+store for a node's bytes and hands it one batch of changes per commit. This
+module holds the interface (:class:`NodeStore`) and the real store,
+:class:`LmdbNodeStore`; its in-memory twin for tests and scratch work is
+:class:`vdisk.btree.store_memory.MemoryNodeStore`.
 
 A commit is atomic: either every put and delete of the batch is visible after
 it, or none is. LMDB gives exactly that with one write transaction.
@@ -44,46 +45,6 @@ class NodeStore(Protocol):
     def last_node_id(self) -> int | None: ...
 
     def close(self) -> None: ...
-
-
-class MemoryNodeStore:
-    """A store in a dict; commits are atomic because they are one update."""
-
-    def __init__(self):
-        self.readonly = False
-        self.nodes: dict[int, bytes] = {}
-        self.meta: dict[bytes, bytes] = {}
-
-    def load(self, node_id):
-        return self.nodes.get(node_id)
-
-    def meta_get(self, key):
-        return self.meta.get(key)
-
-    def meta_items(self, prefix):
-        return sorted((k, v) for k, v in self.meta.items() if k.startswith(prefix))
-
-    def commit(self, puts, deletes, meta):
-        nodes = dict(self.nodes)
-        nodes.update(puts)
-        for node_id in deletes:
-            nodes.pop(node_id, None)
-        new_meta = dict(self.meta)
-        for k, v in meta.items():
-            if v is None:
-                new_meta.pop(k, None)
-            else:
-                new_meta[k] = v
-        self.nodes, self.meta = nodes, new_meta
-
-    def node_ids(self):
-        return iter(sorted(self.nodes))
-
-    def last_node_id(self):
-        return max(self.nodes, default=None)
-
-    def close(self):
-        pass
 
 
 # LMDB allows one environment per database file per process (a second one
