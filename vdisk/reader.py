@@ -176,6 +176,12 @@ class ReadPath:
         view, the read finds the block where it lives now; a failure in an
         unchanged view is real and is raised.
         """
+        if not self.readonly:
+            # The writer's own maps never move under it: no view to pin, no
+            # retry (this is every NBD and FUSE read of a served disk).
+            with self._lock:
+                self._check_open()
+                return fn()
         for attempt in range(VIEW_RETRIES):
             with self.view() as moved:
                 try:
@@ -183,15 +189,6 @@ class ReadPath:
                 except IntegrityError:
                     if attempt + 1 == VIEW_RETRIES or not moved():
                         raise
-
-    def _ensure_view(self):
-        """Read-only openers follow the writer's commits between calls."""
-        if not self.readonly:
-            return
-        view = self.store.current_view()
-        if view != self._view_id:
-            self._view_id = view
-            self._load()
 
     def _read_blocks(self, lba_map: ExtentMap, b0: int, n: int) -> bytes | bytearray:
         bs = self.block_size
