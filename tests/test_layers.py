@@ -16,7 +16,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUBPACKAGES = ("btree", "snapshots", "nbdplugin", "fusefs", "cli", "control")
+SUBPACKAGES = ("btree", "snapshots", "nbdplugin", "fusefs", "cli", "control", "convert", "replicate")
 
 
 def _installed_layout(dest: str) -> str:

@@ -1,0 +1,1 @@
+"""Replication: changed-block streams between containers (send / receive)."""
