@@ -49,9 +49,10 @@ def main(ctx):
 
 
 def _register():
-    from . import completion, disk, mount, serve, snapshot, verify
+    from . import completion, convert, disk, mount, serve, snapshot, verify
     for cmd in (disk.create, disk.info, disk.resize, disk.compact, snapshot.snapshot, serve.serve,
-                mount.mount, mount.umount, verify.verify, completion.completion):
+                mount.mount, mount.umount, verify.verify, convert.convert, convert.import_, convert.export,
+                completion.completion):
         main.add_command(cmd)
 
 

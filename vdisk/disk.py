@@ -68,7 +68,7 @@ from .datastore_file import FileDataStore, NotARegularFile, punch_hole, start_wr
 from .extents import ExtentMap, unpack
 from .lockfile import release_lock, take_lock
 from .maintenance import BATCH_COMMIT, BATCH_IO_SHARE, BATCH_MIN_PAUSE, Maintenance  # noqa: F401
-from .names import (CSUM_BYTES, CSUM_TREE, DEFERRED_PREFIX, FREE_TREE, RUNNING_TREE,  # noqa: F401
+from .names import (CSUM_BYTES, CSUM_TREE, DEFERRED_PREFIX, EXTRA_META_PREFIX, FREE_TREE, RUNNING_TREE,  # noqa: F401
                     SNAP_META_PREFIX, SNAP_TREE_PREFIX, SNAPSHOT_NAME_BYTES, SNAPSHOT_NAME_RULE, VBA_TREE,
                     check_snapshot_lookup, checksum, snapshot_name, validate_snapshot_name)
 from .reader import VIEW_RETRIES, Extent, Reader, ReadPath, SnapshotView  # noqa: F401
@@ -429,6 +429,23 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
                     self.state.parent = new
                 self._commit()
             return self._info(rec)
+
+    # ------------------------------------------ records of the layers above
+
+    def extra_record(self, name: str) -> bytes | None:
+        """The committed (or staged) record ``name`` of a layer above, or None."""
+        with self.view():
+            return self.forest.meta_get(EXTRA_META_PREFIX + name.encode())
+
+    def stage_extra_record(self, name: str, value: bytes | None) -> None:
+        """Set (``None``: delete) record ``name``; it becomes durable with the
+        next commit, atomically with every change made before it, so a layer
+        above can record its progress together with the data it wrote."""
+        self.check_writable()
+        with self._lock:
+            self._check_open()
+            with self.changing():
+                self.forest.meta_put(EXTRA_META_PREFIX + name.encode(), value)
 
     # ----------------------------------------------------------- info
 

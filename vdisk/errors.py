@@ -30,6 +30,7 @@ code  meaning
 9     written by a newer vdisk (unsupported format version)
 10    the storage under the disk failed (I/O error): reopen the disk
 11    permission denied
+12    an image vdisk converts or exports is unusable (qemu cannot use it, a bad chain)
 70    internal error (a bug in vdisk): --debug shows the traceback
 130   interrupted (Ctrl-C)
 141   stdout was closed early (a reader such as head exited)
@@ -111,6 +112,14 @@ class PermissionDenied(UserError):
 
     exit_code = 11
     errno = _errno.EACCES
+
+
+class ImageError(UserError):
+    """An image outside vdisk (a qemu chain to convert, a file to export to)
+    cannot be used: unreadable, unsupported, encrypted, or a broken chain."""
+
+    exit_code = 12
+    errno = _errno.EINVAL
 
 
 class NoSpace(VdiskError):
@@ -207,6 +216,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (UnsupportedVersion.exit_code, "written by a newer vdisk (unsupported format version)"),
     (StorageError.exit_code, "the storage under the disk failed (I/O error): reopen the disk"),
     (PermissionDenied.exit_code, "permission denied"),
+    (ImageError.exit_code, "an image vdisk converts or exports is unusable (qemu cannot use it, a bad chain)"),
     (EXIT_INTERNAL, "internal error (a bug in vdisk): --debug shows the traceback"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
     (EXIT_PIPE, "stdout was closed early (a reader such as head exited)"),

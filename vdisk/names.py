@@ -26,6 +26,9 @@ CSUM_TREE = "csum"
 FREE_TREE = "free"
 SNAP_TREE_PREFIX = "snap/"
 SNAP_META_PREFIX = b"disk/snap/"
+# Records of the layers above the engine (a conversion's progress, a
+# receive's staging): opaque bytes to the engine, each layer encodes its own.
+EXTRA_META_PREFIX = b"ext/"
 # Snapshots deleted while they were the base of several others; users cannot
 # name them (see snapshots/delete.py).
 DEFERRED_PREFIX = "~"

@@ -1,0 +1,180 @@
+"""``vdisk convert``, ``import`` and ``export``: qemu images in and out."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from vdisk.errors import Interrupted, InvalidArgument, VdiskError
+from vdisk.units import format_size as describe_size
+
+from .common import emit_json, json_option, quiet_option
+from .progress import Progress
+
+SOURCE_FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi", "qed", "parallels")
+PHASES = {"export": ("writing the image", "bytes")}
+
+
+class _Bar(Progress):
+    """Progress with the converter's numbered phases ("convert 2/5") in bytes."""
+
+    def __init__(self, quiet: bool):
+        super().__init__(quiet)
+
+    def __call__(self, phase, done, total):
+        if phase not in self.phases:
+            kind, _, count = phase.partition(" ")
+            label = {"convert": "converting state", "verify": "verifying state",
+                     "layer": "writing layer"}.get(kind, kind)
+            self.phases[phase] = (f"{label} {count}".strip(), "bytes" if kind != "verify" else "states")
+        super().__call__(phase, done, total)
+
+
+def _resumable(disk: str, e: BaseException):
+    """The error of a conversion that stopped after DISK was made: say how to go on."""
+    hint = f"{disk} is left resumable: vdisk convert --resume {disk}"
+    if isinstance(e, KeyboardInterrupt):
+        return Interrupted(f"interrupted; {hint}")
+    e.args = (f"{e}; {hint}",)
+    return e
+
+
+def _summary(s, as_json: bool, verb: str):
+    if as_json:
+        emit_json({"disk": os.path.abspath(s.disk), "layers": s.layers, "snapshots": s.snapshots,
+                   "read_bytes": s.read_bytes, "written_bytes": s.written_bytes, "zero_bytes": s.zero_bytes,
+                   "unchanged_bytes": s.skipped_bytes, "seconds": round(s.seconds, 3),
+                   "verified_bytes": s.verified_bytes})
+        return
+    if not s.layers:
+        click.echo(f"{s.disk}: nothing to convert; it is complete")
+        return
+    snaps = f"{len(s.snapshots)} snapshot{'s' if len(s.snapshots) != 1 else ''}"
+    click.echo(f"{verb} {s.layers} layer{'s' if s.layers != 1 else ''} into {s.disk} ({snaps}) in "
+               f"{s.seconds:.1f} s: read {describe_size(s.read_bytes)}, wrote {describe_size(s.written_bytes)}, "
+               f"{describe_size(s.zero_bytes)} as zeros" +
+               (f", {describe_size(s.skipped_bytes)} unchanged" if s.skipped_bytes else "") +
+               (f"; verified {describe_size(s.verified_bytes)}" if s.verified_bytes is not None else ""))
+
+
+@click.command("convert")
+@click.argument("paths", nargs=-1, metavar="SOURCE DISK")
+@click.option("--names", help="Comma-separated names for the snapshots made, base first "
+                              "(default: each layer's file name).")
+@click.option("--format", "-f", "fmt", type=click.Choice(SOURCE_FORMATS),
+              help="Format of SOURCE (default: qemu's probe; the layers below say theirs).")
+@click.option("--verify", is_flag=True, help="Compare every snapshot and the running point with its source.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted conversion of DISK (give DISK only).")
+@quiet_option
+@json_option
+def convert(paths, names, fmt, verify, resume, quiet, as_json):
+    """Convert a redo-log chain into a new DISK, keeping every layer as a snapshot.
+
+    SOURCE is the top image of a chain qemu reads (qcow2 backing chains,
+    vmdk delta chains, a raw or qcow2 base). Base upward, each layer's own
+    data goes into the disk and becomes a snapshot named after its file
+    (internal qcow2 snapshots too); the top layer is the running point. Only
+    the data the layers hold is copied. An interrupted conversion (Ctrl-C,
+    a crash, a full disk) is finished with --resume.
+
+    Example: vdisk convert vm1-top.qcow2 vm1.vdisk --verify
+    """
+    from vdisk.convert import converter
+    if resume:
+        if len(paths) != 1:
+            raise InvalidArgument("convert --resume takes DISK only")
+        if names or fmt:
+            raise InvalidArgument("--names and --format belong to the start of a conversion, not --resume")
+        with _Bar(quiet) as bar:
+            summary = converter.resume(paths[0], progress=bar, verify=verify)
+        _summary(summary, as_json, "converted")
+        return
+    if len(paths) != 2:
+        raise InvalidArgument("convert takes SOURCE and DISK (or --resume DISK)")
+    source, disk = paths
+    name_list = [n.strip() for n in names.split(",")] if names is not None else None
+    d = converter.start(source, disk, names=name_list, fmt=fmt)
+    try:
+        with d, _Bar(quiet) as bar:
+            rec = converter.progress_of(d)
+            summary = converter.run(d, progress=bar)
+    except (VdiskError, KeyboardInterrupt) as e:
+        raise _resumable(disk, e) from None
+    if verify:
+        with converter.open_for_verify(disk) as d, _Bar(quiet) as bar:
+            summary.verified_bytes = converter.verify_states(d, rec, bar)
+    _summary(summary, as_json, "converted")
+
+
+@click.command("import")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("disk", type=click.Path(file_okay=False))
+@click.option("--format", "-f", "fmt", type=click.Choice(SOURCE_FORMATS),
+              help="Format of SOURCE (default: qemu's probe).")
+@click.option("--verify", is_flag=True, help="Compare the new disk with SOURCE.")
+@quiet_option
+@json_option
+def import_(source, disk, fmt, verify, quiet, as_json):
+    """Make a new DISK from any image qemu reads (raw, qcow2, vmdk, vhdx, vdi).
+
+    Holes and zeros are skipped. A chain is read as the one image it shows
+    (flattened); to keep its layers as snapshots, use vdisk convert.
+
+    Example: vdisk import vm1.qcow2 vm1.vdisk
+    """
+    from vdisk.convert import converter
+    d = converter.start(source, disk, fmt=fmt, flat=True)
+    try:
+        with d, _Bar(quiet) as bar:
+            rec = converter.progress_of(d)
+            summary = converter.run(d, progress=bar)
+    except (VdiskError, KeyboardInterrupt) as e:
+        raise _resumable(disk, e) from None
+    if verify:
+        with converter.open_for_verify(disk) as d, _Bar(quiet) as bar:
+            summary.verified_bytes = converter.verify_states(d, rec, bar)
+    _summary(summary, as_json, "imported")
+
+
+@click.command("export")
+@click.argument("disk", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path())
+@click.option("--snapshot", "-s", "snapshot", metavar="NAME", help="Export this snapshot (default: the running point).")
+@click.option("-O", "--output-format", "fmt", type=click.Choice(("raw", "qcow2", "vmdk")), default="raw",
+              show_default=True, help="Image format of OUT.")
+@click.option("--chain", is_flag=True, help="OUT is a new directory: every snapshot as a qcow2 layer over "
+                                            "its parent's, the running point on top (disk.qcow2).")
+@click.option("--verify", is_flag=True, help="Compare what was written with the disk.")
+@quiet_option
+@json_option
+def export(disk, out, snapshot, fmt, chain, verify, quiet, as_json):
+    """Write DISK (or one snapshot) to an image file OUT, sparse.
+
+    With --chain, OUT is a directory that holds the whole history as a qcow2
+    backing chain: snapshots/NAME.qcow2 for each snapshot, each holding only
+    what changed since its parent, and disk.qcow2 on top.
+
+    Example: vdisk export vm1.vdisk vm1.qcow2 -O qcow2
+    """
+    from vdisk.convert import export as ex
+    from vdisk.container import require_container
+    require_container(disk)
+    with _Bar(quiet) as bar:
+        if chain:
+            if snapshot is not None:
+                raise InvalidArgument("--chain exports every snapshot; it takes no --snapshot")
+            if fmt not in ("raw", "qcow2"):
+                raise InvalidArgument("--chain writes qcow2 (a backing chain needs it)")
+            result = ex.export_chain(disk, out, verify=verify, progress=bar)
+        else:
+            result = ex.export_image(disk, out, snapshot=snapshot, fmt=fmt, verify=verify, progress=bar)
+    if as_json:
+        emit_json(result)
+    elif chain:
+        click.echo(f"exported {len(result['layers'])} layers to {out} in {result['seconds']:.1f} s "
+                   f"(top: {os.path.join(out, 'disk.qcow2')})" + ("; verified" if verify else ""))
+    else:
+        click.echo(f"exported {snapshot or 'the running point'} to {out} ({fmt}, "
+                   f"{describe_size(result['written_bytes'])} of data) in {result['seconds']:.1f} s" +
+                   ("; verified" if verify else ""))

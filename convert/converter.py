@@ -1,0 +1,404 @@
+"""Converting a redo-log chain into one container, each layer a snapshot.
+
+The method (design notes, 4), offline: base upward, each state of the chain
+is written into the running point as the difference from the state below it
+- for a layer, exactly the ranges it holds itself (``own_extents``: data as
+data, zeros it wrote as zero extents, ranges it leaves to its backing not
+at all) - and then frozen as a snapshot. The top layer's current state is
+the running point and is not snapshotted. The cost therefore follows the
+data the layers hold, not the image size times the depth.
+
+A qcow2 layer's internal snapshots are states of that layer older than its
+current one; each becomes a snapshot too, in order. They share most of
+their clusters, which qemu does not say, so the ranges either state holds
+are compared with what the running point already has, and only the blocks
+that differ are written.
+
+Progress is the record of :mod:`vdisk.convert.format`, committed with the
+data (every ``CHECKPOINT_BYTES`` and with every snapshot), so an interrupted
+conversion (Ctrl-C, SIGKILL, a full disk, a power cut) resumes from its
+last checkpoint with :func:`resume`: the blocks after it are written again
+into the same running-point VBAs, never as second copies.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import vdisk
+from vdisk.errors import AlreadyExists, ImageError, InvalidArgument, NotFound
+from vdisk.names import SNAPSHOT_NAME_RULE, validate_snapshot_name
+
+from . import format as cfmt
+from .chain import Layer, own_extents, read_chain
+from .compare import compare
+from .qemu import Export
+
+CHUNK_BYTES = 4 << 20
+CHECKPOINT_BYTES = 256 << 20
+READ_AHEAD = 4
+PROGRESS_PHASE = "convert"
+
+
+@dataclass
+class Summary:
+    disk: str
+    layers: int
+    snapshots: list[str]
+    read_bytes: int
+    written_bytes: int
+    zero_bytes: int
+    skipped_bytes: int
+    seconds: float
+    verified_bytes: int | None = None
+
+
+def plan(layers: list[Layer], names: list[str] | None) -> list[cfmt.Step]:
+    """One step per state of the chain, base first; the snapshot names they get."""
+    steps = []
+    for i, ly in enumerate(layers):
+        for s in ly.internal:
+            steps.append(cfmt.Step(i, s, f"{ly.label}@{s}"))
+        steps.append(cfmt.Step(i, None, None if i == len(layers) - 1 else ly.label))
+    snaps = [s for s in steps if s.snapshot is not None]
+    if names is not None:
+        if len(names) != len(snaps):
+            raise InvalidArgument(f"--names gives {len(names)} names, but the chain makes {len(snaps)} "
+                                  f"snapshots ({', '.join(s.snapshot for s in snaps) or 'none'})")
+        for s, n in zip(snaps, names):
+            s.snapshot = n
+    seen: dict[str, int] = {}
+    for s in snaps:
+        base = s.snapshot
+        if names is None and base in seen:
+            # Two layers with one file name in different folders.
+            seen[base] += 1
+            s.snapshot = f"{base}-{seen[base]}"
+        elif base in seen:
+            raise InvalidArgument(f"--names: {base!r} is given twice")
+        seen.setdefault(base, 1)
+        try:
+            validate_snapshot_name(s.snapshot)
+        except InvalidArgument:
+            raise InvalidArgument(f"{s.snapshot!r} cannot name a snapshot ({SNAPSHOT_NAME_RULE}); "
+                                  f"give the names with --names") from None
+    return steps
+
+
+def _layer_facts(ly: Layer) -> dict:
+    st = os.stat(ly.path)
+    return {"path": ly.path, "format": ly.format, "size": ly.size, "mtime_ns": st.st_mtime_ns}
+
+
+def start(source: str, disk_path: str, *, names: list[str] | None = None, fmt: str | None = None,
+          flat: bool = False):
+    """Create ``disk_path`` for converting ``source``; returns the open disk.
+
+    Everything about the chain is checked before the container exists, so a
+    bad chain leaves nothing behind.
+    """
+    if os.path.lexists(disk_path):
+        raise AlreadyExists(f"{disk_path} already exists; convert makes a new disk")
+    layers = read_chain(source, fmt)
+    if flat:
+        # An import: the image as it reads, one state, no snapshots.
+        layers = layers[-1:]
+        layers[0].internal = []
+    steps = plan(layers, names)
+    size = layers[0].size
+    block_size = 4096 if size % 4096 == 0 else 512
+    disk = vdisk.Disk.create(disk_path, size, block_size)
+    try:
+        rec = cfmt.Progress(source, [_layer_facts(ly) for ly in layers], steps, started=time.time(), flat=flat)
+        disk.stage_extra_record(cfmt.RECORD_NAME, cfmt.encode(rec))
+        disk.flush()
+    except BaseException:
+        disk.close()
+        raise
+    return disk
+
+
+def progress_of(disk) -> cfmt.Progress | None:
+    """The conversion record of an open disk, or None when it is not being converted."""
+    buf = disk.extra_record(cfmt.RECORD_NAME)
+    return None if buf is None else cfmt.decode(buf)
+
+
+def status(disk) -> dict | None:
+    """What ``vdisk info`` shows of a conversion in progress (None: none)."""
+    rec = progress_of(disk)
+    if rec is None:
+        return None
+    total = len(rec.steps)
+    return {"source": rec.source, "layers": len(rec.layers), "steps_done": rec.next, "steps": total,
+            "step_bytes_done": rec.done, "source_in_use": True,
+            "resume": f"vdisk convert --resume {disk.path}"}
+
+
+def _check_layers(rec: cfmt.Progress) -> list[Layer]:
+    layers = []
+    for f in rec.layers:
+        try:
+            st = os.stat(f["path"])
+        except FileNotFoundError:
+            raise NotFound(f"layer {f['path']} of the conversion is gone; it cannot be finished") from None
+        if st.st_mtime_ns != f["mtime_ns"]:
+            raise ImageError(f"layer {f['path']} changed since the conversion started; it cannot be finished")
+        layers.append(Layer(f["path"], f["format"], f["size"]))
+    return layers
+
+
+def run(disk, progress=None) -> Summary:
+    """Finish the conversion recorded in ``disk`` (open for writing)."""
+    t0 = time.monotonic()
+    rec = progress_of(disk)
+    if rec is None:
+        return Summary(disk.path, 0, [], 0, 0, 0, 0, 0.0)
+    layers = _check_layers(rec)
+    conv = _Converter(disk, rec, layers, progress)
+    while rec.next < len(rec.steps):
+        conv.step(rec.steps[rec.next])
+    disk.stage_extra_record(cfmt.RECORD_NAME, None)
+    disk.flush()
+    st = rec.stats
+    return Summary(disk.path, len(layers), [s.snapshot for s in rec.steps if s.snapshot],
+                   st["read"], st["written"], st["zeros"], st["skipped"], time.monotonic() - t0)
+
+
+def convert(source: str, disk_path: str, *, names=None, fmt=None, progress=None,
+            verify: bool = False) -> Summary:
+    """Offline conversion: :func:`start` then :func:`run`, in the foreground."""
+    disk = start(source, disk_path, names=names, fmt=fmt)
+    with disk:
+        rec = progress_of(disk)
+        summary = run(disk, progress)
+        if verify:
+            summary.verified_bytes = verify_states(disk, rec, progress)
+        return summary
+
+
+def open_for_verify(disk_path: str):
+    return vdisk.Disk.open(disk_path, readonly=True)
+
+
+def resume(disk_path: str, progress=None, verify: bool = False) -> Summary:
+    with vdisk.Disk.open(disk_path) as disk:
+        rec = progress_of(disk)
+        summary = run(disk, progress)
+        if verify and rec is not None:
+            summary.verified_bytes = verify_states(disk, rec, progress)
+        return summary
+
+
+def verify_states(disk, rec: cfmt.Progress, progress=None) -> int:
+    """Compare every snapshot the conversion made, and the running point,
+    with the state of the chain it came from; bytes compared."""
+    total = 0
+    for i, step in enumerate(rec.steps):
+        f = rec.layers[step.layer]
+        view = disk.open_snapshot(step.snapshot) if step.snapshot else disk
+        what = (f"snapshot {step.snapshot!r}" if step.snapshot else "the running point") + \
+            f" against {f['path']}" + (f" (internal snapshot {step.internal})" if step.internal else "")
+        if progress is not None:
+            progress(f"verify {i + 1}/{len(rec.steps)}", 0, 1)
+        with Export(f["path"], f["format"], snapshot=step.internal, what=f["path"]) as src:
+            total += compare(view, src, what)
+        if progress is not None:
+            progress(f"verify {i + 1}/{len(rec.steps)}", 1, 1)
+    return total
+
+
+class _Converter:
+    def __init__(self, disk, rec: cfmt.Progress, layers: list[Layer], progress):
+        self.disk = disk
+        self.rec = rec
+        self.layers = layers
+        self.progress = progress
+        self.bs = disk.block_size
+        self.zero_block = bytes(self.bs)
+        self._since_checkpoint = 0
+        self._done_bytes = 0
+        self._total = None
+
+    # ------------------------------------------------------------ steps
+
+    def step(self, step: cfmt.Step):
+        ly = self.layers[step.layer]
+        prev = self.rec.steps[self.rec.next - 1] if self.rec.next else None
+        same_layer = prev is not None and prev.layer == step.layer
+        what = f"{ly.path}" + (f" (internal snapshot {step.internal})" if step.internal else "")
+        with Export(ly.path, ly.format, snapshot=step.internal, depth=True, what=what) as src:
+            if src.size != ly.size:
+                raise ImageError(f"{what}: qemu-nbd reports {src.size} bytes, the chain {ly.size}")
+            if step.internal is None and not same_layer:
+                ranges = [(e.offset, e.length, e.data) for e in own_extents(ly, flat=self.rec.flat)]
+                self._copy(src, ranges, compare=False)
+            else:
+                # A state of a layer with internal snapshots: its ranges and the
+                # previous state's, compared with what the disk holds.
+                ranges = src.own_ranges()
+                if same_layer:
+                    with Export(ly.path, ly.format, snapshot=prev.internal, depth=True, what=what) as old:
+                        ranges = _union(ranges, old.own_ranges())
+                self._copy(src, [(o, n, True) for o, n, _d in ranges], compare=True)
+        self.rec.next += 1
+        self.rec.done = 0
+        self.disk.stage_extra_record(cfmt.RECORD_NAME, cfmt.encode(self.rec))
+        if step.snapshot is not None:
+            self.disk.create_snapshot(step.snapshot)        # commits the record with it
+        else:
+            self.disk.flush()
+
+    # ------------------------------------------------------------ bytes
+
+    def _copy(self, src: Export, ranges: list[tuple[int, int, bool]], compare: bool):
+        rec, disk = self.rec, self.disk
+        total = sum(n for _o, n, _d in ranges)
+        done_before = sum(min(n, max(0, rec.done - o)) for o, n, _d in ranges)
+        step_done = done_before
+        report = self._reporter(total)
+        report(step_done)
+        todo = [(max(o, rec.done), o + n - max(o, rec.done), d) for o, n, d in ranges if o + n > rec.done]
+        for off, ln, buf in _read_ahead(src, todo):
+            if buf is None:
+                disk.zero(off, ln)
+                rec.stats["zeros"] += ln
+            else:
+                rec.stats["read"] += ln
+                if compare:
+                    self._write_changed(off, buf)
+                else:
+                    self._write_data(off, buf)
+            step_done += ln
+            self._checkpoint(off + ln, ln)
+            report(step_done)
+
+    def _write_data(self, off: int, buf: bytes):
+        """Write a chunk, all-zero whole blocks as zero extents."""
+        bs, disk, st = self.bs, self.disk, self.rec.stats
+        if buf.count(0) != len(buf):
+            head = (-off) % bs
+            a = head
+            runs = []       # (start, end, zero) over the chunk, block-aligned inside
+            if head:
+                runs.append((0, min(head, len(buf)), False))
+            mv = memoryview(buf)
+            zb = self.zero_block
+            pos = a
+            while pos + bs <= len(buf):
+                z = mv[pos:pos + bs] == zb
+                if runs and runs[-1][2] == z and runs[-1][1] == pos:
+                    runs[-1] = (runs[-1][0], pos + bs, z)
+                else:
+                    runs.append((pos, pos + bs, z))
+                pos += bs
+            if pos < len(buf):
+                runs.append((pos, len(buf), False))
+            for a, b, z in runs:
+                if z:
+                    disk.zero(off + a, b - a)
+                    st["zeros"] += b - a
+                else:
+                    disk.write(off + a, mv[a:b])
+                    st["written"] += b - a
+        else:
+            disk.zero(off, len(buf))
+            st["zeros"] += len(buf)
+
+    def _write_changed(self, off: int, buf: bytes):
+        """Write only the blocks of a chunk that differ from the disk's."""
+        bs = self.bs
+        have = self.disk.read(off, len(buf))
+        if have == buf:
+            self.rec.stats["skipped"] += len(buf)
+            return
+        mv, hv = memoryview(buf), memoryview(have)
+        runs: list[list[int]] = []
+        pos = 0
+        while pos < len(buf):
+            end = min(len(buf), pos + bs - (off + pos) % bs)
+            if mv[pos:end] != hv[pos:end]:
+                if runs and runs[-1][1] == pos:
+                    runs[-1][1] = end
+                else:
+                    runs.append([pos, end])
+            else:
+                self.rec.stats["skipped"] += end - pos
+            pos = end
+        for a, b in runs:
+            self._write_data(off + a, bytes(mv[a:b]))
+
+    def _checkpoint(self, done: int, n: int):
+        self._since_checkpoint += n
+        if self._since_checkpoint >= CHECKPOINT_BYTES:
+            self._since_checkpoint = 0
+            self.rec.done = done
+            self.disk.stage_extra_record(cfmt.RECORD_NAME, cfmt.encode(self.rec))
+            self.disk.flush()
+
+    def _reporter(self, total: int):
+        if self.progress is None:
+            return lambda done: None
+        label = f"{PROGRESS_PHASE} {self.rec.next + 1}/{len(self.rec.steps)}"
+        return lambda done: self.progress(label, done, max(total, 1))
+
+
+def _union(a: list[tuple[int, int, bool]], b: list[tuple[int, int, bool]]) -> list[tuple[int, int, bool]]:
+    spans = sorted((o, o + n) for o, n, _d in a + b)
+    out: list[list[int]] = []
+    for s, e in spans:
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e - s, True) for s, e in out]
+
+
+def _read_ahead(src: Export, ranges: list[tuple[int, int, bool]]):
+    """(offset, length, bytes or None for a zero range), in offset order.
+
+    A thread reads ahead of the writer: libnbd releases the GIL while it
+    waits on qemu-nbd, so reading overlaps the engine's hashing and writing.
+    """
+    q: queue.Queue = queue.Queue(READ_AHEAD)
+    stop = threading.Event()
+
+    def reader():
+        try:
+            for off, ln, data in ranges:
+                if not data:
+                    q.put((off, ln, None))
+                    continue
+                end = off + ln
+                while off < end and not stop.is_set():
+                    n = min(CHUNK_BYTES, end - off)
+                    q.put((off, n, src.pread(n, off)))
+                    off += n
+            q.put(None)
+        except BaseException as e:      # handed to the writer, raised there
+            q.put(e)
+
+    t = threading.Thread(target=reader, name="vdisk-convert-read", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        t.join()
+
+
