@@ -1,0 +1,332 @@
+"""Receiving a stream: a snapshot recreated on this disk, all or nothing, resumable.
+
+The order of work, and why a bad stream leaves the disk as it was:
+
+1. **Checks before reading**: the disk is opened for writing (so no other
+   writer, and no second receive, can run beside this one); a receive
+   already in progress needs ``resume``.
+2. **BEGIN**: the stream's snapshot must not exist here; an incremental
+   stream's base must exist here *and* be the same snapshot (its id,
+   :mod:`vdisk.replicate.identity`, not just its name), and the running
+   point must not have changed since that base (the stream would drop
+   those changes); a full stream goes to a new disk (created now, with
+   the stream's block size and size) or to one whose running point holds
+   nothing.
+3. **Staging**: each record, once its blake3 chain, index and offset
+   checked out, is appended to ``DISK/receiving/ops``
+   (:mod:`vdisk.replicate.staging`); a checkpoint (ops synced, then the
+   state written atomically) every 64 MiB or second. The disk's trees are
+   not touched, so nothing of the stream is visible yet.
+4. **END**: its totals must match what came; only then does the state say
+   "applying" - the point of no return.
+5. **Apply**: the running point is reset to the base (revert; for a full
+   stream, every block unmapped), grown to the stream's size if needed,
+   the staged ops written and zeroed onto it, flushed, and the snapshot
+   taken: it appears in one commit, whole. Its source id is recorded
+   (``DISK/received.json``) and the staging removed.
+
+A stream that fails a check (a flipped byte, a record out of place, an END
+that does not add up) is **rejected**: what this call staged is dropped
+(a resumed receive goes back to where it was when the call began), a disk
+the receive created is removed, and the disk is exactly as before. A stream
+that merely **ends early** (a cut pipe, a killed sender) keeps everything
+that checked out, up to a checkpoint, and so does a receive killed
+outright: ``resume`` continues it, from a stream that starts at or before
+the offset :func:`resume_token` reports (``vdisk send --resume TOKEN``
+writes exactly that), incremental or full alike. A crash during apply is
+finished by the next ``resume`` (apply starts over from the base: it is
+idempotent). :func:`abort` drops a receive in progress.
+
+While a receive is in progress, the disk's running point belongs to it:
+apply resets it to the base.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+from vdisk.errors import AlreadyExists, Busy, InvalidArgument, NotFound, quote
+from vdisk.names import validate_snapshot_name
+from vdisk.snapshots.diff import diff
+
+from . import identity
+from .staging import Staging
+from .stream import DATA, END, Header, StreamDamaged, StreamReader, StreamTruncated, encode_token
+
+CHECKPOINT_BYTES = 64 << 20
+CHECKPOINT_SECONDS = 1.0
+
+
+@dataclass
+class ReceiveSummary:
+    name: str
+    base: str | None
+    disk: str
+    size: int
+    resumed_from: int           # the byte this call took over from (0: a fresh receive)
+    data_bytes: int             # DATA bytes this call read from the stream
+    zero_bytes: int             # bytes ZERO records of this call covered
+    records: int
+    stream_bytes: int
+    applied_bytes: int          # what the apply wrote and zeroed (the whole stream, staged parts included)
+    created_disk: bool
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _open(path):
+    from vdisk import Disk
+    return Disk.open(path)
+
+
+def receive(path: str, inp, resume: bool = False, progress=None) -> ReceiveSummary:
+    """Receive the stream read from binary file ``inp`` into the disk at ``path`` (see the module docstring).
+
+    ``progress(phase, done, total)``: phases "receive" and "apply", in bytes.
+    """
+    t0 = time.monotonic()
+    path = os.fspath(path)
+    disk = staging = None
+    created = False
+    if os.path.lexists(path):
+        disk = _open(path)
+    try:
+        if disk is not None:
+            staging = Staging.load(path)
+            if staging is not None and not resume:
+                h = staging.header
+                raise Busy(f"{path} is in the middle of receiving snapshot {quote(h.name)} "
+                           f"({staging.offset} of {h.size} bytes in): continue it with --resume "
+                           f"(vdisk receive {path} --resume-token names where to send from) or drop it "
+                           f"with vdisk receive {path} --abort")
+            if staging is not None and staging.phase == "applying":
+                # The whole stream is staged already: the input is not needed.
+                applied = _apply(disk, staging, progress)
+                return _summary(staging, path, 0, None, applied, t0)
+        reader = StreamReader(inp)
+        h = reader.next().header
+        started_at = h.resume_offset
+        if staging is not None:
+            if not staging.header.same_stream(h):
+                s = staging.header
+                raise InvalidArgument(f"{path} is receiving snapshot {quote(s.name)}{_from(s)}, and this stream "
+                                      f"is of {quote(h.name)}{_from(h)}: send that one, or drop the receive "
+                                      f"with --abort")
+            if h.resume_offset > staging.offset:
+                raise InvalidArgument(f"the stream starts at byte {h.resume_offset}, but {path} holds the changes "
+                                      f"up to byte {staging.offset} only: send with --resume "
+                                      f"{encode_token(h.snap_id, h.base_id, staging.offset)}")
+            started_at = staging.offset
+        elif h.resume_offset:
+            raise InvalidArgument(f"this stream continues an interrupted receive from byte {h.resume_offset}, "
+                                  f"but {path} has no receive in progress: send the whole stream")
+        if disk is None:
+            if h.incremental:
+                raise NotFound(f"{path} does not exist; the stream is incremental (from {quote(h.base_name)}) "
+                               f"and goes onto a disk that has that snapshot: receive a full stream first")
+            from vdisk import Disk
+            disk = Disk.create(path, h.size, h.block_size)
+            created = True
+        try:
+            _check_target(disk, h, staging)
+        except BaseException:
+            if created:
+                disk.close()
+                disk = None
+                shutil.rmtree(path)
+            raise
+        saved = staging.state() if staging is not None else None
+        if staging is None:
+            staging = Staging.create(path, h, created)
+        try:
+            _stage(reader, staging, progress)
+        except StreamTruncated as e:
+            staging.checkpoint()
+            staging.close()
+            raise StreamTruncated(f"{e}; the {staging.offset - started_at} bytes of changes received are kept: "
+                                  f"resume with vdisk receive {path} --resume, from the stream vdisk send "
+                                  f"--resume {encode_token(h.snap_id, h.base_id, staging.offset)} writes") from None
+        except StreamDamaged:
+            _reject(staging, saved)
+            if created:
+                disk.close()
+                disk = None
+                shutil.rmtree(path)
+            raise
+        except BaseException:
+            # Interrupted (Ctrl-C), or the staging file system failed: keep
+            # what a checkpoint can still make durable.
+            try:
+                staging.checkpoint()
+            finally:
+                staging.close()
+            raise
+        staging.checkpoint("applying", time.time_ns())
+        staging.close()
+        applied = _apply(disk, staging, progress)
+        return _summary(staging, path, started_at, reader, applied, t0)
+    finally:
+        if disk is not None:
+            disk.close()
+
+
+def _from(h: Header) -> str:
+    return f" from {quote(h.base_name)}" if h.incremental else " (full)"
+
+
+def _reject(staging: Staging, saved: dict | None):
+    """Drop what this call staged: back to the receive as it was, or to none."""
+    if saved is None:
+        staging.remove()
+    else:
+        staging.restore(saved)
+
+
+def _check_target(disk, h: Header, staging: Staging | None):
+    path = disk.path
+    try:
+        validate_snapshot_name(h.name)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"the stream's snapshot cannot be taken on {path}: {e}") from None
+    if h.name in {r.name for r in disk.snapshot_records()}:
+        raise AlreadyExists(f"{path} already has a snapshot {quote(h.name)}: delete or rename it to receive this one")
+    if h.incremental:
+        try:
+            base = disk.snapshot_record(h.base_name)
+        except NotFound:
+            raise NotFound(f"{path} has no snapshot {quote(h.base_name)}, the base of this incremental stream: "
+                           f"receive that snapshot first (or send a full stream)") from None
+        if identity.snapshot_id(disk, h.base_name) != h.base_id:
+            raise InvalidArgument(f"snapshot {quote(h.base_name)} of {path} is not the stream's base: it is "
+                                  f"another snapshot of that name (taken or received separately); send a "
+                                  f"full stream, or an incremental from a snapshot both disks share")
+        if base.size > h.size:
+            raise InvalidArgument(f"snapshot {quote(h.base_name)} of {path} is larger than the stream's snapshot")
+        if staging is None:
+            changed = diff(disk, h.base_name, None)
+            if changed.changes or disk.size != base.size:
+                raise InvalidArgument(f"the running point of {path} has changed since snapshot "
+                                      f"{quote(h.base_name)} ({changed.data_bytes + changed.hole_bytes} bytes "
+                                      f"differ); receiving would drop that: revert first "
+                                      f"(vdisk snapshot revert {path} {h.base_name})")
+    elif staging is None:
+        if disk.allocated_bytes():
+            raise InvalidArgument(f"{path} holds data; a full stream goes to a new disk or an empty one")
+        if disk.size > h.size:
+            raise InvalidArgument(f"{path} is larger ({disk.size} bytes) than the stream's snapshot "
+                                  f"({h.size} bytes); a full stream goes to a new disk or an empty one")
+
+
+def _stage(reader: StreamReader, staging: Staging, progress):
+    h = reader.header
+    total = h.covered_bytes
+    done = 0
+    since = 0
+    last = time.monotonic()
+    if progress:
+        progress("receive", 0, total)
+    while True:
+        rec = reader.next()
+        if rec.type == END:
+            break
+        done += rec.length
+        offset, length, data = rec.offset, rec.length, rec.data
+        end = offset + length
+        if end > staging.offset:
+            if offset < staging.offset:     # a resumed receive: keep only the part not staged yet
+                cut = staging.offset - offset
+                offset, length = offset + cut, length - cut
+                data = data[cut:] if rec.type == DATA else b""
+            staging.append(rec.type, offset, length, data)
+            since += length if rec.type == DATA else 0
+        if progress:
+            progress("receive", done, total)
+        now = time.monotonic()
+        if since >= CHECKPOINT_BYTES or now - last >= CHECKPOINT_SECONDS:
+            staging.checkpoint()
+            since, last = 0, now
+
+
+def _apply(disk, staging: Staging, progress) -> int:
+    """Write the staged stream onto the running point and take the snapshot; the bytes applied."""
+    h = staging.header
+    names = {r.name: r for r in disk.snapshot_records()}
+    done = names.get(h.name)
+    if done is not None and done.created_ns >= staging.apply_started_ns:
+        # A crash came after the snapshot was taken: only the bookkeeping is left.
+        identity.remember(disk, h.name, h.snap_id, h.name, h.created_ns)
+        staging.remove()
+        return staging.staged_bytes
+    _check_target(disk, h, staging)
+    if h.incremental:
+        disk.revert(h.base_name)
+    else:
+        disk.zero(0, disk.size)
+    if disk.size < h.size:
+        disk.resize(h.size)
+    total = staging.staged_bytes
+    applied = 0
+    if progress:
+        progress("apply", 0, total)
+    for rtype, offset, length, data in staging.ops():
+        if rtype == DATA:
+            disk.write(offset, data)
+        else:
+            disk.zero(offset, length)
+        applied += length
+        if progress:
+            progress("apply", applied, total)
+    disk.flush()
+    disk.create_snapshot(h.name)
+    identity.remember(disk, h.name, h.snap_id, h.name, h.created_ns)
+    staging.remove()
+    return applied
+
+
+def _summary(staging: Staging, path: str, started_at: int, reader: StreamReader | None, applied: int,
+             t0: float) -> ReceiveSummary:
+    h = staging.header
+    return ReceiveSummary(h.name, h.base_name, os.path.abspath(path), h.size, started_at,
+                          reader.data_bytes if reader else 0, reader.zero_bytes if reader else 0,
+                          reader.records if reader else 0, reader.bytes_read if reader else 0, applied,
+                          staging.created_disk, time.monotonic() - t0)
+
+
+def resume_token(path: str) -> dict:
+    """Where the receive in progress in the disk at ``path`` stands, and its token for ``vdisk send --resume``."""
+    from vdisk.container import require_container
+    require_container(path)
+    staging = Staging.load(path)
+    if staging is None:
+        raise NotFound(f"{path} has no receive in progress")
+    h = staging.header
+    return {"token": encode_token(h.snap_id, h.base_id, staging.offset), "name": h.name, "base": h.base_name,
+            "offset": staging.offset, "size": h.size, "staged_bytes": staging.staged_bytes, "phase": staging.phase}
+
+
+def abort(path: str) -> dict:
+    """Drop the receive in progress in the disk at ``path``: the disk goes back to how it was before it.
+
+    A disk the receive created (and that holds no snapshot) is removed.
+    """
+    with _open(path) as disk:
+        staging = Staging.load(path)
+        if staging is None:
+            raise NotFound(f"{path} has no receive in progress")
+        h = staging.header
+        if staging.phase == "applying":
+            # Apply may have begun: the running point goes back to where it started.
+            if h.incremental and h.base_name in {r.name for r in disk.snapshot_records()}:
+                disk.revert(h.base_name)
+            elif not h.incremental:
+                disk.zero(0, disk.size)
+        staging.remove()
+        remove_disk = staging.created_disk and not disk.snapshot_records()
+    if remove_disk:
+        shutil.rmtree(path)
+    return {"name": h.name, "base": h.base_name, "dropped_bytes": staging.staged_bytes, "removed_disk": remove_disk}
