@@ -17,7 +17,7 @@ import unicodedata
 
 import click
 
-from vdisk.errors import Interrupted, VdiskError
+from vdisk.errors import Busy, Interrupted, VdiskError
 from vdisk.units import parse_size
 
 from . import failures
@@ -114,7 +114,31 @@ def require_disk(path: str):
 
 def open_disk(path: str, readonly: bool = False):
     from vdisk import Disk
-    return Disk.open(path, readonly=readonly)
+    d = Disk.open(path, readonly=readonly)
+    if not readonly:
+        try:
+            refuse_unfinished(d)
+        except BaseException:
+            d.close()
+            raise
+    return d
+
+
+def refuse_unfinished(d):
+    """Refuse to change (or serve, or mount) a disk an offline conversion
+    has not finished: its running point is not yet the source's top image,
+    and a change made now would land inside a layer's snapshot."""
+    from vdisk.convert.converter import progress_of
+    rec = progress_of(d)
+    if rec is not None:
+        raise Busy(f"{d.path} is an unfinished conversion of {rec.source} (state {rec.next + 1} of "
+                   f"{len(rec.steps)}); finish it first: vdisk convert --resume {d.path}")
+
+
+def require_finished(path: str):
+    """:func:`refuse_unfinished` for a front end whose disk another process opens."""
+    with open_disk(path, readonly=True) as d:
+        refuse_unfinished(d)
 
 
 def open_live(path: str, readonly: bool = False):

@@ -69,7 +69,7 @@ def _summary(s, as_json: bool, verb: str):
 @quiet_option
 @json_option
 def convert(paths, names, fmt, verify, resume, quiet, as_json):
-    """Convert a redo-log chain into a new DISK, keeping every layer as a snapshot.
+    """Convert a qemu chain into a new DISK, layers as snapshots.
 
     SOURCE is the top image of a chain qemu reads (qcow2 backing chains,
     vmdk delta chains, a raw or qcow2 base). Base upward, each layer's own
@@ -116,7 +116,7 @@ def convert(paths, names, fmt, verify, resume, quiet, as_json):
 @quiet_option
 @json_option
 def import_(source, disk, fmt, verify, quiet, as_json):
-    """Make a new DISK from any image qemu reads (raw, qcow2, vmdk, vhdx, vdi).
+    """Make a new DISK from one image qemu reads.
 
     Holes and zeros are skipped. A chain is read as the one image it shows
     (flattened); to keep its layers as snapshots, use vdisk convert.

@@ -40,6 +40,7 @@ def create(disk, size, block_size, as_json):
     check_disk_size(size, block_size, _max_size())
     with Disk.create(disk, size, block_size=block_size) as d:
         data = d.info()
+    data["conversion"] = None
     if as_json:
         emit_json(_info_json(data))
         return
@@ -53,6 +54,11 @@ def _info_json(data: dict, snaps=None) -> dict:
     return out
 
 
+def _conversion(d):
+    from vdisk.convert.converter import status
+    return status(d)
+
+
 @click.command()
 @disk_argument
 @json_option
@@ -64,6 +70,8 @@ def info(disk, as_json):
     with open_live(disk, readonly=True) as d:
         data = d.info()
         snaps = d.snapshots()
+        # Served disks are never mid-conversion (serve refuses them).
+        data["conversion"] = _conversion(d) if is_local(d) else None
     if as_json:
         emit_json(_info_json(data, snaps))
         return
@@ -79,6 +87,10 @@ def info(disk, as_json):
         rows.append(("deleted, held", f"{describe_size(data['deferred_bytes'])} held by deleted snapshots "
                                       f"that are still the base of others (after a revert); it returns "
                                       f"when at most one of them is left"))
+    conv = data["conversion"]
+    if conv is not None:
+        rows.append(("conversion", f"unfinished: state {conv['states_done'] + 1} of {conv['states']} from "
+                                   f"{conv['source']}, which is still needed; finish with {conv['resume']}"))
     rows += [("format version", str(data["format_version"])), ("snapshots", str(len(snaps)))]
     for label, value in rows:
         click.echo(f"{label + ':':<16}{value}")

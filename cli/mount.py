@@ -33,7 +33,7 @@ import click
 
 from vdisk.errors import Busy, Interrupted, InvalidArgument, NotFound, VdiskError
 
-from .common import emit_json, json_option, require_disk
+from .common import emit_json, json_option, require_disk, require_finished
 
 LOG_NAME = "mount.log"
 READY_TIMEOUT = 60.0
@@ -90,6 +90,7 @@ def _check(path: str, disk: str, mp: str, mkdir: bool = False):
     """Refuse early, with a clear message, what the mount would fail on."""
     from vdisk.fusefs import mounttab
     require_disk(disk)
+    require_finished(disk)
     for m in mounttab.mounts_of_disk(path):
         if mounttab.is_stale(m.mountpoint):
             _clean_stale(m)

@@ -28,7 +28,7 @@ import click
 
 from vdisk.errors import Busy, InvalidArgument, NotFound, VdiskError
 
-from .common import disk_argument, json_option, require_disk
+from .common import disk_argument, json_option, require_disk, require_finished
 
 READY_TIMEOUT = 60.0
 # nbdkit exits on SIGTERM only once its clients disconnect; after this long
@@ -163,6 +163,7 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS |
     if tls is not None:
         tls.check()
     require_disk(disk)
+    require_finished(disk)
     path = os.path.abspath(disk)
     from vdisk.nbdplugin import NBDKIT, nbdkit_command, nbdkit_env
     env = nbdkit_env()

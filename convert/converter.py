@@ -133,9 +133,8 @@ def status(disk) -> dict | None:
     rec = progress_of(disk)
     if rec is None:
         return None
-    total = len(rec.steps)
-    return {"source": rec.source, "layers": len(rec.layers), "steps_done": rec.next, "steps": total,
-            "step_bytes_done": rec.done, "source_in_use": True,
+    return {"source": rec.source, "layers": [f["path"] for f in rec.layers], "states_done": rec.next,
+            "states": len(rec.steps), "state_bytes_done": rec.done, "source_in_use": True,
             "resume": f"vdisk convert --resume {disk.path}"}
 
 

@@ -165,3 +165,22 @@ def test_the_mount_banner_says_how_to_copy_an_image_in(disk, tmp_path):
         assert "dd conv=notrunc, not cp" in r.stdout
     finally:
         assert run_proc("umount", mp).returncode == 0
+
+
+def test_convert_import_and_export_print_the_documented_fields(tmp_path):
+    import subprocess
+    base, top = str(tmp_path / "base.qcow2"), str(tmp_path / "top.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "4M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 1 0 64k", base], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top], check=True)
+    conv = _json("convert", top, str(tmp_path / "c.vdisk"), "--verify")
+    assert set(conv) == DOC["convert"] and conv["snapshots"] == ["base.qcow2"] and conv["verified_bytes"]
+    imp = _json("import", top, str(tmp_path / "i.vdisk"))
+    assert set(imp) == DOC["convert"] and imp["snapshots"] == [] and imp["verified_bytes"] is None
+    again = _json("convert", "--resume", str(tmp_path / "c.vdisk"))
+    assert set(again) == DOC["convert"] and again["layers"] == 0
+    out = _json("export", str(tmp_path / "c.vdisk"), str(tmp_path / "x.qcow2"), "-O", "qcow2")
+    assert set(out) == DOC["export"] and out["written_bytes"] == 64 << 10
+    chain = _json("export", str(tmp_path / "c.vdisk"), str(tmp_path / "chain"), "--chain")
+    assert set(chain) == DOC["export-chain"]
+    assert [ly["file"] for ly in chain["layers"]] == ["snapshots/base.qcow2.qcow2", "disk.qcow2"]
