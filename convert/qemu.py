@@ -125,7 +125,10 @@ class Export:
                     h.connect_unix(sock)
                     return h
                 except nbd.Error:
-                    h.close()
+                    # The socket is bound before qemu-nbd listens on it: try
+                    # again. (The binding has no close(); dropping the handle
+                    # frees it.)
+                    del h
             if time.monotonic() > deadline:
                 raise ImageError(f"{self.what}: qemu-nbd did not start in {NBD_START_TIMEOUT:.0f} s")
             time.sleep(0.01)

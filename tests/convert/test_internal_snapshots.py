@@ -1,0 +1,57 @@
+"""A qcow2 layer's internal snapshots (``qemu-img snapshot -c``) come along:
+each becomes a vdisk snapshot, in the order qemu took them, before the
+layer's current state - in the base and in a middle layer."""
+
+from __future__ import annotations
+
+from .util import BS, MiB, build_chain, check_converted, info, ok_json, own_data_blocks, scribble
+
+
+def mixed(count, align=1):
+    return lambda rng, size, src: scribble(rng, size, count, src, align=align)
+
+
+def test_internal_snapshots_in_the_base_and_a_middle_layer(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    chain = build_chain(src, [
+        {"name": "base.qcow2",
+         "snapshots": {"first": ["write -q -P 0x11 0 1M"],
+                       "second": ["write -q -P 0x12 512K 1M", "write -q -z 0 64K"]},
+         "cmds": ["write -q -P 0x13 3M 256K", "discard -q 512K 128K"]},
+        {"name": "mid.qcow2",
+         "snapshots": {"before": mixed(6)},
+         "cmds": mixed(6)},
+        {"name": "top.qcow2", "cmds": mixed(4, align=4096)},
+    ], seed=7)
+    assert chain.internal == {0: ["first", "second"], 1: ["before"]}
+    disk = str(tmp_path / "out.vdisk")
+    s = ok_json("convert", chain.top, disk, "--verify")
+    assert s["snapshots"] == ["base.qcow2@first", "base.qcow2@second", "base.qcow2",
+                              "mid.qcow2@before", "mid.qcow2"]
+    assert s["verified_bytes"] > 0
+    check_converted(disk, chain, src)
+    # Internal states share most of their data: only what differs is written
+    # again, so the whole disk stays within one copy of each state's own data.
+    own = sum(len(own_data_blocks(p, "qcow2")) for p in chain.layers) * BS
+    assert info(disk)["physical_bytes"] <= 2 * own
+    assert s["unchanged_bytes"] > 0
+
+
+def test_a_lone_image_with_internal_snapshots(tmp_path):
+    chain = build_chain(tmp_path, [{"name": "vm.qcow2",
+                                    "snapshots": {"a": ["write -q -P 1 0 64K"], "b": ["write -q -P 2 64K 64K"]},
+                                    "cmds": ["write -q -P 3 0 4K"]}], size=MiB)
+    disk = str(tmp_path / "vm.vdisk")
+    s = ok_json("convert", chain.top, disk)
+    assert s["snapshots"] == ["vm.qcow2@a", "vm.qcow2@b"]
+    check_converted(disk, chain, tmp_path)
+
+
+def test_import_ignores_internal_snapshots(tmp_path):
+    chain = build_chain(tmp_path, [{"name": "vm.qcow2", "snapshots": {"a": ["write -q -P 1 0 64K"]},
+                                    "cmds": ["write -q -P 3 0 4K"]}], size=MiB)
+    disk = str(tmp_path / "vm.vdisk")
+    s = ok_json("import", chain.top, disk, "--verify")
+    assert s["snapshots"] == [] and s["layers"] == 1
+    assert ok_json("snapshot", "list", disk) == []
