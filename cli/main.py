@@ -6,7 +6,7 @@ Every failure takes one path, :mod:`vdisk.cli.failures`: one line on stderr
 and the exit code of :data:`vdisk.errors.EXIT_CODES`, never a traceback
 unless ``--debug``. The commands live in modules by subject: ``disk``
 (create, info, resize, compact), ``snapshot``, ``serve``, ``mount``,
-``verify``, ``completion``.
+``verify``, ``replicate`` (diff, send, receive), ``completion``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ def _register():
     for cmd in (disk.create, disk.info, disk.resize, disk.compact, snapshot.snapshot, serve.serve,
                 mount.mount, mount.umount, verify.verify, convert.convert, convert.import_, convert.export,
                 completion.completion):
+        main.add_command(cmd)
+    from . import replicate
+    for cmd in (replicate.diff, replicate.send, replicate.receive):
         main.add_command(cmd)
 
 
