@@ -16,7 +16,10 @@ The order of work, and why a bad stream leaves the disk as it was:
    checked out, is appended to ``DISK/receiving/ops``
    (:mod:`vdisk.replicate.staging`); a checkpoint (ops synced, then the
    state written atomically) every 64 MiB or second. The disk's trees are
-   not touched, so nothing of the stream is visible yet.
+   not touched, so nothing of the stream is visible yet. (A full stream
+   into a disk this receive created is written straight onto it instead:
+   a disk with no snapshot that did not exist before hides nothing, and
+   that saves writing the data twice; a checkpoint then flushes the disk.)
 4. **END**: its totals must match what came; only then does the state say
    "applying" - the point of no return.
 5. **Apply**: the running point is reset to the base (revert; for a full
@@ -142,11 +145,11 @@ def receive(path: str, inp, resume: bool = False, progress=None) -> ReceiveSumma
             raise
         saved = staging.state() if staging is not None else None
         if staging is None:
-            staging = Staging.create(path, h, created)
+            staging = Staging.create(path, h, created, direct=created and not h.incremental)
         try:
-            _stage(reader, staging, progress)
+            _stage(reader, staging, progress, disk)
         except StreamTruncated as e:
-            staging.checkpoint()
+            _checkpoint(staging, disk)
             staging.close()
             raise StreamTruncated(f"{e}; the {staging.offset - started_at} bytes of changes received are kept: "
                                   f"resume with vdisk receive {path} --resume, from the stream vdisk send "
@@ -162,11 +165,11 @@ def receive(path: str, inp, resume: bool = False, progress=None) -> ReceiveSumma
             # Interrupted (Ctrl-C), or the staging file system failed: keep
             # what a checkpoint can still make durable.
             try:
-                staging.checkpoint()
+                _checkpoint(staging, disk)
             finally:
                 staging.close()
             raise
-        staging.checkpoint("applying", time.time_ns())
+        _checkpoint(staging, disk, "applying", time.time_ns())
         staging.close()
         applied = _apply(disk, staging, progress)
         return _summary(staging, path, started_at, reader, applied, t0)
@@ -222,7 +225,13 @@ def _check_target(disk, h: Header, staging: Staging | None):
                                   f"({h.size} bytes); a full stream goes to a new disk or an empty one")
 
 
-def _stage(reader: StreamReader, staging: Staging, progress):
+def _checkpoint(staging: Staging, disk, phase=None, apply_started_ns=None):
+    if staging.direct:
+        disk.flush()            # what the state will say is there must be durable first
+    staging.checkpoint(phase, apply_started_ns)
+
+
+def _stage(reader: StreamReader, staging: Staging, progress, disk):
     h = reader.header
     total = h.covered_bytes
     done = 0
@@ -238,17 +247,26 @@ def _stage(reader: StreamReader, staging: Staging, progress):
         offset, length, data = rec.offset, rec.length, rec.data
         end = offset + length
         if end > staging.offset:
+            digest = rec.digest
             if offset < staging.offset:     # a resumed receive: keep only the part not staged yet
                 cut = staging.offset - offset
                 offset, length = offset + cut, length - cut
                 data = data[cut:] if rec.type == DATA else b""
-            staging.append(rec.type, offset, length, data)
+                digest = None
+            if not staging.direct:
+                staging.append(rec.type, offset, length, data, digest)
+            elif rec.type == DATA:
+                disk.write(offset, data)
+                staging.advance(offset, length)
+            else:
+                disk.zero(offset, length)
+                staging.advance(offset, length)
             since += length if rec.type == DATA else 0
         if progress:
             progress("receive", done, total)
         now = time.monotonic()
         if since >= CHECKPOINT_BYTES or now - last >= CHECKPOINT_SECONDS:
-            staging.checkpoint()
+            _checkpoint(staging, disk)
             since, last = 0, now
 
 
@@ -263,6 +281,13 @@ def _apply(disk, staging: Staging, progress) -> int:
         staging.remove()
         return staging.staged_bytes
     _check_target(disk, h, staging)
+    if staging.direct:
+        # Written straight onto the new disk while it was received.
+        disk.flush()
+        disk.create_snapshot(h.name)
+        identity.remember(disk, h.name, h.snap_id, h.name, h.created_ns)
+        staging.remove()
+        return staging.staged_bytes
     if h.incremental:
         disk.revert(h.base_name)
     else:

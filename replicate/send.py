@@ -25,6 +25,8 @@ from vdisk.snapshots.diff import EVERYTHING, diff
 from . import identity
 from .stream import DATA_CHUNK, NO_ID, Header, StreamWriter, decode_token
 
+_ZEROS = bytes(DATA_CHUNK)
+
 
 @dataclass
 class SendSummary:
@@ -104,7 +106,7 @@ def send(disk, name: str, out, base: str | None = None, resume_token: str | None
             while pos < end:
                 n = min(DATA_CHUNK - pos % DATA_CHUNK, end - pos)
                 chunk = view.read(pos, n)
-                if chunk.count(0) == n:
+                if not chunk[0] and not chunk[-1] and chunk == (_ZEROS if n == DATA_CHUNK else bytes(n)):
                     w.zero(pos, n)
                 else:
                     w.data(pos, chunk)

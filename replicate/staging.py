@@ -11,15 +11,19 @@ the stream's END record has been read and every check passed:
       1     7     reserved, zero
       8     8     offset (bytes)
       16    8     length (bytes)
-      24    16    blake3 of bytes 0..24 and of the data
-      40    n     DATA: the data (n = length); ZERO: nothing
+      24    32    blake3 of the stream record's payload (as its chain took
+                  it: DATA offset and data, ZERO offset and length)
+      56    n     DATA: the data (n = length); ZERO: nothing
 
 * ``state.json`` - written atomically at each checkpoint, after ``ops`` is
   synced: the stream's header, ``offset`` (every change before this byte is
   in ``ops``), ``ops_bytes`` (the length of ``ops`` that holds them; a
   longer file is cut back to it), ``staged_bytes`` (what those ops cover),
   ``phase`` ("receiving", then "applying" once the whole stream checked
-  out), and whether the receive created the disk.
+  out), whether the receive created the disk, and ``direct``: a full
+  stream into a disk the receive created writes straight onto that disk's
+  running point instead of ``ops`` (nothing else can see a disk that has no
+  snapshot and did not exist before), and a checkpoint flushes the disk.
 
 A crash leaves the last checkpoint; a resumed receive continues from its
 ``offset`` (the resume token names it). See :mod:`vdisk.replicate.receive`.
@@ -32,19 +36,17 @@ import os
 import shutil
 import struct
 
-import blake3
-
 from vdisk.errors import IntegrityError
 
 from .files import fsync_dir, write_atomic
-from .stream import DATA, ZERO, Header
+from .stream import CHAIN_BYTES, DATA, ZERO, Header, payload_digest
 
 DIR = "receiving"
 STATE = "state.json"
 OPS = "ops"
 VERSION = 1
 _OP = struct.Struct("<B7xQQ")
-_SUM = 16
+_SUM = CHAIN_BYTES
 
 
 def _header_doc(h: Header) -> dict:
@@ -73,6 +75,7 @@ class Staging:
         self.phase = state["phase"]
         self.created_disk = state["created_disk"]
         self.apply_started_ns = state.get("apply_started_ns", 0)
+        self.direct = state.get("direct", False)
         self._ops = None
 
     # ------------------------------------------------------------ opening
@@ -96,38 +99,42 @@ class Staging:
                                  f"vdisk receive {disk_path} --abort") from None
 
     @classmethod
-    def create(cls, disk_path: str, header: Header, created_disk: bool) -> "Staging":
+    def create(cls, disk_path: str, header: Header, created_disk: bool, direct: bool = False) -> "Staging":
         d = os.path.join(disk_path, DIR)
         os.mkdir(d, 0o700)
         fd = os.open(os.path.join(d, OPS), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.close(fd)
         s = cls(disk_path, header, {"offset": header.resume_offset, "ops_bytes": 0, "staged_bytes": 0,
-                                    "phase": "receiving", "created_disk": created_disk})
+                                    "phase": "receiving", "created_disk": created_disk, "direct": direct})
         s.save()
         return s
 
     def state(self) -> dict:
         return {"version": VERSION, "header": _header_doc(self.header), "offset": self.offset,
                 "ops_bytes": self.ops_bytes, "staged_bytes": self.staged_bytes, "phase": self.phase,
-                "created_disk": self.created_disk, "apply_started_ns": self.apply_started_ns}
+                "created_disk": self.created_disk, "apply_started_ns": self.apply_started_ns,
+                "direct": self.direct}
 
     def save(self):
         write_atomic(os.path.join(self.dir, STATE), json.dumps(self.state(), indent=1).encode())
 
     # ------------------------------------------------------------ receiving
 
-    def append(self, rtype: int, offset: int, length: int, data):
+    def advance(self, offset: int, length: int):
+        """Note an op written straight to the disk (``direct``): it is durable at the next checkpoint."""
+        self.offset = offset + length
+        self.staged_bytes += length
+
+    def append(self, rtype: int, offset: int, length: int, data, digest: bytes | None = None):
+        """Stage one op; ``digest`` is its payload's blake3 (computed here if None)."""
         if self._ops is None:
             f = open(os.path.join(self.dir, OPS), "r+b")
             f.truncate(self.ops_bytes)      # anything past the checkpoint was never confirmed
             f.seek(self.ops_bytes)
             self._ops = f
         head = _OP.pack(rtype, offset, length)
-        h = blake3.blake3(head)
-        if rtype == DATA:
-            h.update(data)
         self._ops.write(head)
-        self._ops.write(h.digest(_SUM))
+        self._ops.write(digest or payload_digest(rtype, offset, length, data))
         if rtype == DATA:
             self._ops.write(data)
         self.offset = offset + length
@@ -179,10 +186,8 @@ class Staging:
                     break
                 rtype, offset, length = _OP.unpack_from(head)
                 data = f.read(length) if rtype == DATA else b""
-                h = blake3.blake3(head[:_OP.size])
-                h.update(data)
                 if rtype not in (DATA, ZERO) or len(data) != (length if rtype == DATA else 0) \
-                        or h.digest(_SUM) != head[_OP.size:]:
+                        or payload_digest(rtype, offset, length, data) != head[_OP.size:]:
                     break
                 pos += len(head) + len(data)
                 yield rtype, offset, length, data

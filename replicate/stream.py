@@ -18,13 +18,16 @@ All integers little-endian. Every record::
     16     4     payload length n (at most MAX_PAYLOAD)
     20     4     reserved, zero
     24     n     payload (below)
-    24+n   32    chain: blake3 of (the previous record's chain || bytes 0 to
-                 24+n of this record); before BEGIN, 32 zero bytes
+    24+n   32    chain: blake3 of (the previous record's chain || bytes 0 to 24
+                 of this record || blake3 of the payload); before BEGIN, the
+                 previous chain is 32 zero bytes
 
 So each record is checksummed by blake3, and since each chain value covers
 the one before, END's chain is a blake3 of the whole stream: a stream cut
 short, spliced from two streams or with records swapped fails there or
-earlier.
+earlier. (The payload enters through its own blake3, 32 bytes, so that a
+receiver can keep that digest with the data it stages and check it again
+later without hashing the data twice.)
 
 BEGIN payload (``_BEGIN`` and two names)::
 
@@ -170,6 +173,21 @@ class Record:
     data: bytes | memoryview = b""
     header: Header | None = None     # BEGIN
     totals: tuple[int, int, int] | None = None     # END: records, data bytes, zero bytes
+    digest: bytes = b""             # blake3 of the payload, as the chain took it
+
+
+def chain_of(previous: bytes, head: bytes, payload_digest: bytes) -> bytes:
+    """A record's chain value: blake3 of the previous one, its header and its payload's blake3."""
+    return blake3.blake3(previous + head + payload_digest).digest(CHAIN_BYTES)
+
+
+def payload_digest(rtype: int, offset: int, length: int, data=b"") -> bytes:
+    """blake3 of the payload of a DATA or ZERO record, from its fields."""
+    if rtype == DATA:
+        h = blake3.blake3(_OFFSET.pack(offset))
+        h.update(data)
+        return h.digest(CHAIN_BYTES)
+    return blake3.blake3(_ZERO.pack(offset, length)).digest(CHAIN_BYTES)
 
 
 class StreamWriter:
@@ -189,11 +207,10 @@ class StreamWriter:
         if n > MAX_PAYLOAD:
             raise InvalidArgument(f"stream record of {n} bytes is larger than {MAX_PAYLOAD}")
         head = _HEAD.pack(MAGIC, rtype, self.index, n)
-        h = blake3.blake3(self.chain)
-        h.update(head)
+        body = blake3.blake3()
         for p in parts:
-            h.update(p)
-        self.chain = h.digest(CHAIN_BYTES)
+            body.update(p)
+        self.chain = chain_of(self.chain, head, body.digest(CHAIN_BYTES))
         self.out.write(head)
         for p in parts:
             self.out.write(p)
@@ -276,14 +293,13 @@ class StreamReader:
             raise self._damaged(f"record length {n} is over the limit {MAX_PAYLOAD}")
         payload = self._read(n, "payload")
         chain = self._read(CHAIN_BYTES, "payload")
-        h = blake3.blake3(self.chain)
-        h.update(head)
-        h.update(payload)
-        want = h.digest(CHAIN_BYTES)
+        digest = blake3.blake3(payload).digest(CHAIN_BYTES)
+        want = chain_of(self.chain, head, digest)
         if chain != want:
             raise self._damaged(f"{TYPE_NAMES[rtype]} record fails its blake3 check")
         self.chain = want
         rec = self._decode(rtype, payload)
+        rec.digest = digest
         self.index += 1
         return rec
 

@@ -17,7 +17,7 @@ from vdisk import Disk
 from vdisk.replicate.staging import DIR as STAGING
 from vdisk.replicate.staging import STATE
 
-from .test_send_receive import make_source, same_snapshot, stream_of
+from .test_send_receive import boundaries, make_source, same_snapshot, stream_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -93,19 +93,23 @@ def test_diff_prints_ranges_and_json(src):
     assert j["to"] is None and j["changes"] == []
 
 
-def test_receive_killed_halfway_resumes_with_a_token(src):
-    """An incremental receive fed half its stream, then SIGKILLed once it
-    checkpointed; the token names where it stood; send --resume continues it."""
-    ok("vdisk send src s1 | vdisk receive dst", src)
-    buf = stream_of(os.path.join(src, "src"), "s2", "s1")
+@pytest.mark.parametrize("base", ["s1", None], ids=["incremental", "full-into-new-disk"])
+def test_receive_killed_halfway_resumes_with_a_token(src, base):
+    """A receive fed half its stream, then SIGKILLed once it checkpointed;
+    the token names where it stood; send --resume continues it."""
+    if base:
+        ok("vdisk send src s1 | vdisk receive dst", src)
+    buf = stream_of(os.path.join(src, "src"), "s2", base)
     p = subprocess.Popen([os.path.join(BIN, "vdisk"), "receive", "dst"], cwd=src, env=ENV,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        half = len(buf) // 2
-        p.stdin.write(buf[:half])
+        ends = boundaries(buf)
+        k = next(i for i, e in enumerate(ends) if e >= len(buf) // 2)
+        assert k + 2 < len(ends)
+        p.stdin.write(buf[:ends[k]])
         p.stdin.flush()
         time.sleep(1.2)                  # past the checkpoint interval (1 s)
-        p.stdin.write(buf[half:half + 70_000])
+        p.stdin.write(buf[ends[k]:ends[k + 1]])     # one more record: the receiver checkpoints after it
         p.stdin.flush()
         state = os.path.join(src, "dst", STAGING, STATE)
         deadline = time.monotonic() + 20
@@ -120,10 +124,11 @@ def test_receive_killed_halfway_resumes_with_a_token(src):
         p.kill()
         p.communicate()
     with Disk.open(os.path.join(src, "dst"), readonly=True) as d:
-        assert [r.name for r in d.snapshot_records()] == ["s1"]
-    one_error(sh("vdisk send src s2 --from s1 | vdisk receive dst", src), 5, "--resume")
+        assert [r.name for r in d.snapshot_records()] == (["s1"] if base else [])
+    frm = " --from s1" if base else ""
+    one_error(sh(f"vdisk send src s2{frm} | vdisk receive dst", src), 5, "--resume")
     token = ok("vdisk receive dst --resume-token", src).strip()
-    out = ok(f"vdisk send src s2 --from s1 --resume {token} | vdisk receive dst --resume", src)
+    out = ok(f"vdisk send src s2{frm} --resume {token} | vdisk receive dst --resume", src)
     assert "resumed at byte" in out
     same_snapshot(os.path.join(src, "src"), os.path.join(src, "dst"), "s2")
     assert "no problems found" in ok("vdisk verify dst --data", src)

@@ -174,6 +174,23 @@ def test_resume_from_the_whole_stream_again(src, dst):
     same_snapshot(src, dst, "s1")
 
 
+def test_a_full_stream_into_an_existing_empty_disk_is_staged_and_resumes(src, dst):
+    with Disk.create(dst, SIZE // 2, BS):
+        pass
+    buf = stream_of(src, "s1")
+    ends = boundaries(buf)
+    with pytest.raises(StreamTruncated):
+        rx.receive(dst, io.BytesIO(buf[:ends[3] + 9]))
+    with Disk.open(dst, readonly=True) as d:
+        assert d.allocated_bytes() == 0 and not d.snapshot_records()
+    assert not rx.resume_token(dst)["phase"] == "applying"
+    tok = rx.resume_token(dst)["token"]
+    rx.receive(dst, io.BytesIO(stream_of(src, "s1", token=tok)), resume=True)
+    same_snapshot(src, dst, "s1")
+    with Disk.open(dst, readonly=True) as d:
+        assert d.size == SIZE
+
+
 def test_a_full_stream_cut_short_into_a_new_disk_can_be_aborted(src, dst):
     buf = stream_of(src, "s1")
     with pytest.raises(StreamTruncated):
