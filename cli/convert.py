@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 import click
@@ -29,6 +31,28 @@ class _Bar(Progress):
                      "layer": "writing layer"}.get(kind, kind)
             self.phases[phase] = (f"{label} {count}".strip(), "bytes" if kind != "verify" else "states")
         super().__call__(phase, done, total)
+
+
+@contextlib.contextmanager
+def _engine_log_in_the_error():
+    """Keep the engine's log off stderr while a command runs, when nothing
+    else is set up to take it.
+
+    The engine logs a disk that stops (a full file system, an I/O error)
+    for the long-running front ends, which keep logs; here the same failure
+    reaches the user as the command's error, so Python's last-resort
+    handler would print it twice, the first time without the way on.
+    """
+    log = logging.getLogger("vdisk")
+    if log.hasHandlers():
+        yield
+        return
+    quiet = logging.NullHandler()
+    log.addHandler(quiet)
+    try:
+        yield
+    finally:
+        log.removeHandler(quiet)
 
 
 def _resumable(disk: str, e: BaseException):
@@ -80,6 +104,11 @@ def convert(paths, names, fmt, verify, resume, quiet, as_json):
 
     Example: vdisk convert vm1-top.qcow2 vm1.vdisk --verify
     """
+    with _engine_log_in_the_error():
+        _convert(paths, names, fmt, verify, resume, quiet, as_json)
+
+
+def _convert(paths, names, fmt, verify, resume, quiet, as_json):
     from vdisk.convert import converter
     if resume:
         if len(paths) != 1:
@@ -108,8 +137,11 @@ def convert(paths, names, fmt, verify, resume, quiet, as_json):
 
 
 @click.command("import")
-@click.argument("source", type=click.Path(dir_okay=False))
-@click.argument("disk", type=click.Path(file_okay=False))
+# Plain strings, as for convert: the converter checks them and says what is
+# wrong in the same words and exit codes (an existing DISK is "already
+# exists", exit 4, whatever it is).
+@click.argument("source")
+@click.argument("disk")
 @click.option("--format", "-f", "fmt", type=click.Choice(SOURCE_FORMATS),
               help="Format of SOURCE (default: qemu's probe).")
 @click.option("--verify", is_flag=True, help="Compare the new disk with SOURCE.")
@@ -123,6 +155,11 @@ def import_(source, disk, fmt, verify, quiet, as_json):
 
     Example: vdisk import vm1.qcow2 vm1.vdisk
     """
+    with _engine_log_in_the_error():
+        _import(source, disk, fmt, verify, quiet, as_json)
+
+
+def _import(source, disk, fmt, verify, quiet, as_json):
     from vdisk.convert import converter
     d = converter.start(source, disk, fmt=fmt, flat=True)
     try:
@@ -157,6 +194,11 @@ def export(disk, out, snapshot, fmt, chain, verify, quiet, as_json):
 
     Example: vdisk export vm1.vdisk vm1.qcow2 -O qcow2
     """
+    with _engine_log_in_the_error():
+        _export(disk, out, snapshot, fmt, chain, verify, quiet, as_json)
+
+
+def _export(disk, out, snapshot, fmt, chain, verify, quiet, as_json):
     from vdisk.convert import export as ex
     from vdisk.container import require_container
     require_container(disk)
