@@ -95,7 +95,8 @@ def qemu(tool: str, *args, check=True) -> subprocess.CompletedProcess:
     r = subprocess.run([tool, *map(str, args)], capture_output=True, text=True, timeout=60,
                        stdin=subprocess.DEVNULL)
     if check and r.returncode != 0:
-        raise AssertionError(f"{tool} {' '.join(map(str, args))}: exit {r.returncode}: {(r.stderr or r.stdout).strip()}")
+        said = (r.stderr or r.stdout).strip()
+        raise AssertionError(f"{tool} {' '.join(map(str, args))}: exit {r.returncode}: {said}")
     return r
 
 
