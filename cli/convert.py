@@ -206,8 +206,10 @@ def _export(disk, out, snapshot, fmt, chain, verify, quiet, as_json):
         if chain:
             if snapshot is not None:
                 raise InvalidArgument("--chain exports every snapshot; it takes no --snapshot")
-            if fmt not in ("raw", "qcow2"):
-                raise InvalidArgument("--chain writes qcow2 (a backing chain needs it)")
+            explicit = click.get_current_context().get_parameter_source("fmt") != \
+                click.core.ParameterSource.DEFAULT
+            if fmt != "qcow2" and explicit:
+                raise InvalidArgument(f"--chain writes qcow2 (a backing chain needs it), not {fmt}")
             result = ex.export_chain(disk, out, verify=verify, progress=bar)
         else:
             result = ex.export_image(disk, out, snapshot=snapshot, fmt=fmt, verify=verify, progress=bar)

@@ -23,10 +23,11 @@ import shutil
 import time
 
 import vdisk
-from vdisk.errors import AlreadyExists, InvalidArgument, NotFound
+from vdisk.errors import AlreadyExists, Busy, InvalidArgument, NotFound
 from vdisk.names import DEFERRED_PREFIX
 from vdisk.snapshots.diff import EVERYTHING, changed_extents
 
+from . import format as cfmt
 from .compare import compare
 from .qemu import Export, qemu_img
 
@@ -63,12 +64,39 @@ def _write_ranges(view, img: Export, ranges, progress=None, label="export") -> t
     return data_bytes, zero_bytes
 
 
-def _create(path: str, fmt: str, size: int, backing: str | None = None):
+def _create(path: str, fmt: str, size: int, backing: str | None = None, what: str | None = None):
     args = ["create", "-q", "-f", fmt]
     if backing is not None:
         args += ["-b", backing, "-F", "qcow2"]
     args += [path, str(size)]
-    qemu_img(*args, what=path)
+    qemu_img(*args, what=what or path)
+
+
+def _check_new(out: str, what: str):
+    """``out`` must not exist, and the directory it goes in must."""
+    if os.path.lexists(out):
+        raise AlreadyExists(f"{out} already exists; {what}")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise NotFound(f"{parent}: no such directory")
+
+
+def _refuse_unfinished(disk, disk_path: str, what: str):
+    """The running point of an unfinished conversion is not yet the source's
+    top image: exporting it would pass off a half-made state as the disk."""
+    buf = disk.extra_record(cfmt.RECORD_NAME)
+    if buf is not None:
+        rec = cfmt.decode(buf)
+        raise Busy(f"{disk_path} is an unfinished conversion of {rec.source}, so {what} is not yet "
+                   f"that image; finish it first: vdisk convert --resume {disk_path} (the snapshots "
+                   f"it made so far can be exported with --snapshot)")
+
+
+def _backing_name(name: str) -> str:
+    """A snapshot layer's backing file, relative to its directory. qemu reads
+    a name with a colon before any slash ("x:y.qcow2") as a protocol prefix;
+    a leading "./" keeps it a file name."""
+    return f"./{name}.qcow2" if ":" in name else f"{name}.qcow2"
 
 
 def export_image(disk_path: str, out: str, *, snapshot: str | None = None, fmt: str = "raw",
@@ -76,14 +104,15 @@ def export_image(disk_path: str, out: str, *, snapshot: str | None = None, fmt: 
     """Write the running point (or ``snapshot``) of ``disk_path`` to image ``out``."""
     if fmt not in FORMATS:
         raise InvalidArgument(f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}")
-    if os.path.lexists(out):
-        raise AlreadyExists(f"{out} already exists; export writes a new image")
+    _check_new(out, "export writes a new image")
     t0 = time.monotonic()
     with vdisk.Disk.open(disk_path, readonly=True) as disk:
+        if snapshot is None:
+            _refuse_unfinished(disk, disk_path, "its running point")
         view = disk.open_snapshot(snapshot) if snapshot is not None else disk
         tmp = _hidden(out)
         try:
-            _create(tmp, fmt, view.size)
+            _create(tmp, fmt, view.size, what=out)
             ranges = [(e.offset, e.length, True) for e in view.block_status(0, view.size) if e.allocated]
             with Export(tmp, fmt, read_only=False, what=out) as img:
                 written, _zeros = _write_ranges(view, img, ranges, progress)
@@ -110,14 +139,14 @@ def _visible_parent(disk) -> str | None:
 
 def export_chain(disk_path: str, outdir: str, *, verify: bool = False, progress=None) -> dict:
     """Every snapshot as a qcow2 layer over its parent's, the running point on top."""
-    if os.path.lexists(outdir):
-        raise AlreadyExists(f"{outdir} already exists; export --chain makes a new directory")
+    _check_new(outdir, "export --chain makes a new directory")
     t0 = time.monotonic()
     tmp = _hidden(outdir)
     layers = []
     try:
-        os.makedirs(os.path.join(tmp, "snapshots"))
         with vdisk.Disk.open(disk_path, readonly=True) as disk:
+            _refuse_unfinished(disk, disk_path, "its running point (the chain's top)")
+            os.makedirs(os.path.join(tmp, "snapshots"))
             snaps = [s for s in disk.snapshots() if s.name]
             names = {s.name for s in snaps}
             if len(names) != len(snaps):
@@ -128,19 +157,20 @@ def export_chain(disk_path: str, outdir: str, *, verify: bool = False, progress=
                     raise NotFound(f"{disk_path}: snapshot {parent!r} (a parent) is not listed")
                 rel = "disk.qcow2" if name is None else os.path.join("snapshots", f"{name}.qcow2")
                 path = os.path.join(tmp, rel)
+                final = os.path.join(outdir, rel)       # what messages name
                 backing = None
                 if parent is not None:
                     # Relative, so the directory can be moved as a whole.
-                    backing = f"{parent}.qcow2" if name is not None else os.path.join("snapshots",
-                                                                                      f"{parent}.qcow2")
-                _create(path, "qcow2", size, backing)
+                    backing = _backing_name(parent) if name is not None else os.path.join("snapshots",
+                                                                                          f"{parent}.qcow2")
+                _create(path, "qcow2", size, backing, what=final)
                 view = disk if name is None else disk.open_snapshot(name)
                 ranges = list(changed_extents(disk, parent if parent is not None else EVERYTHING, name))
                 label = f"layer {i + 1}/{len(plan)}"
-                with Export(path, "qcow2", read_only=False, what=path) as img:
+                with Export(path, "qcow2", read_only=False, what=final) as img:
                     written, zeros = _write_ranges(view, img, ranges, progress, label)
                 if verify:
-                    with Export(path, "qcow2", what=path) as img:
+                    with Export(path, "qcow2", what=final) as img:
                         compare(view, img, f"{rel} against {name or 'the running point'}")
                 layers.append({"file": rel, "snapshot": name, "backing": backing,
                                "written_bytes": written, "zero_bytes": zeros})

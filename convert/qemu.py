@@ -9,6 +9,7 @@ Every failure becomes one :class:`ImageError` line naming the file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import subprocess
 import tempfile
 import time
 
-from vdisk.errors import ImageError
+from vdisk.errors import ImageError, NoSpace
 
 # qemu-img map of a large, fragmented image prints one JSON object per
 # extent; its whole output is held at once, so bound the time, not the size.
@@ -206,26 +207,33 @@ class Export:
                 pos += n
         return out
 
+    def _write_error(self, e, doing: str):
+        # A full file system under the image is the user's to fix, with the
+        # exit code every command gives it (NoSpace), not a bad image.
+        if getattr(e, "errnum", None) == errno.ENOSPC:      # (its .errno is the name, "ENOSPC")
+            return NoSpace(f"{self.what}: no space left on the file system ({doing})")
+        return ImageError(f"{self.what}: {doing} failed: {e.string}")
+
     def pwrite(self, data, offset: int) -> None:
         nbd = load_nbd()
         try:
             self.h.pwrite(data, offset)
         except nbd.Error as e:
-            raise ImageError(f"{self.what}: writing {len(data)} bytes at {offset} failed: {e.string}") from None
+            raise self._write_error(e, f"writing {len(data)} bytes at {offset}") from None
 
     def zero(self, length: int, offset: int) -> None:
         nbd = load_nbd()
         try:
             self.h.zero(length, offset)
         except nbd.Error as e:
-            raise ImageError(f"{self.what}: zeroing {length} bytes at {offset} failed: {e.string}") from None
+            raise self._write_error(e, f"zeroing {length} bytes at {offset}") from None
 
     def flush(self) -> None:
         nbd = load_nbd()
         try:
             self.h.flush()
         except nbd.Error as e:
-            raise ImageError(f"{self.what}: flush failed: {e.string}") from None
+            raise self._write_error(e, "flush") from None
 
     def close(self) -> None:
         if self.h is not None:

@@ -144,6 +144,7 @@ def test_export_refuses_an_existing_output_and_leaves_it_alone(converted, tmp_pa
     (["--snapshot", "nope"], 3, ["nope"]),
     (["--chain", "--snapshot", "base.qcow2"], 2, ["--chain", "--snapshot"]),
     (["--chain", "-O", "vmdk"], 2, ["qcow2"]),
+    (["--chain", "-O", "raw"], 2, ["writes qcow2", "not raw"]),
     (["-O", "vdi"], 2, ["vdi"]),
 ])
 def test_bad_export_arguments_are_one_line_and_leave_nothing(converted, tmp_path, args, code, words):
@@ -163,3 +164,97 @@ def test_export_json_error_object(converted, tmp_path):
     assert r.exit_code == 3
     err = json.loads(r.stdout)["error"]
     assert err["exit_code"] == 3 and "nope" in err["message"]
+
+
+def test_snapshot_names_qemu_would_misread_still_make_a_chain(tmp_path):
+    """qemu reads "x:y.qcow2" as protocol x; the chain's backing names must
+    stay file names whatever the snapshot is called."""
+    chain = build_chain(tmp_path, [{"name": "a.qcow2", "cmds": ["write -q -P 1 0 128K"]},
+                                   {"name": "b.qcow2", "cmds": ["write -q -P 2 64K 64K"]},
+                                   {"name": "c.qcow2", "cmds": ["write -q -P 3 0 4K"]},
+                                   {"name": "d.qcow2", "cmds": ["write -q -z 0 4K"]}], size=MiB)
+    disk = str(tmp_path / "d.vdisk")
+    ok("convert", chain.top, disk, "--names", "x:y,json:{,nbd:unix")
+    ok("snapshot", "rename", disk, "nbd:unix", "a, b ü")
+    out = str(tmp_path / "out")
+    r = ok_json("export", disk, out, "--chain", "--verify")
+    assert [ly["snapshot"] for ly in r["layers"]] == ["x:y", "json:{", "a, b ü", None]
+    for ly, orig in zip(r["layers"], chain.layers):
+        f = os.path.join(out, ly["file"])
+        qemu_img("check", "-q", f)
+        assert_same(f, "qcow2", orig, "qcow2")
+
+
+def test_chain_export_of_a_tree_after_revert_delete_and_resize(tmp_path):
+    """Reverts make branches: each exported layer is backed by its own parent;
+    a deleted base of two branches is skipped; a grown disk tops a smaller layer."""
+    import vdisk
+    path = str(tmp_path / "t.vdisk")
+    with vdisk.Disk.create(path, MiB, 4096) as d:
+        d.write(0, b"A" * 8192)
+        d.create_snapshot("root")
+        d.write(8192, b"B" * 4096)
+        d.create_snapshot("left")
+        d.revert("root")
+        d.write(4096, b"C" * 4096)
+        d.create_snapshot("right")
+        d.write(65536, b"D" * 4096)
+        d.create_snapshot("right2")
+        d.revert("right")
+        d.delete_snapshot("root")           # hidden: it is the base of left and right
+        d.resize(2 * MiB)
+        d.write(MiB + 4096, b"E" * 4096)
+        d.flush()
+    out = str(tmp_path / "out")
+    r = ok_json("export", path, out, "--chain", "--verify")
+    backing = {ly["snapshot"]: ly["backing"] for ly in r["layers"]}
+    assert backing == {"left": None, "right": None, "right2": "right.qcow2",
+                       None: os.path.join("snapshots", "right.qcow2")}
+    for ly in r["layers"]:
+        f = os.path.join(out, ly["file"])
+        raw = str(tmp_path / f"{ly['snapshot']}.raw")
+        ok("export", path, raw, *(["--snapshot", ly["snapshot"]] if ly["snapshot"] else []))
+        assert_same(f, "qcow2", raw, "raw")
+        qemu_img("check", "-q", f)
+    assert image_info(os.path.join(out, "disk.qcow2"))["virtual-size"] == 2 * MiB
+
+
+def test_export_into_a_missing_directory(converted, tmp_path):
+    _chain, disk = converted
+    one_error_line(run("export", disk, tmp_path / "no" / "x.raw"), 3, "no such directory")
+    one_error_line(run("export", disk, tmp_path / "no" / "dir", "--chain"), 3, "no such directory")
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_unfinished_conversion_exports_its_snapshots_but_not_its_running_point(tmp_path):
+    import subprocess
+    import sys
+    chain = build_chain(tmp_path, [{"name": "a.qcow2", "cmds": ["write -q -P 1 0 128K"]},
+                                   {"name": "b.qcow2", "cmds": ["write -q -P 2 64K 64K"]},
+                                   {"name": "c.qcow2", "cmds": ["write -q -P 3 0 4K"]}], size=MiB)
+    disk = str(tmp_path / "half.vdisk")
+    child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "convert_child.py")
+    r = subprocess.run([sys.executable, child, "kill-after-state", "0", "convert", chain.top, disk],
+                       capture_output=True, timeout=60)
+    assert r.returncode == -9
+    for args in (["x.raw"], ["chain", "--chain"]):
+        one_error_line(run("export", disk, tmp_path / args[0], *args[1:]), 5, "unfinished conversion",
+                       f"vdisk convert --resume {disk}", "--snapshot")
+        assert not os.path.lexists(tmp_path / args[0])
+    ok("export", disk, tmp_path / "a.raw", "--snapshot", "a.qcow2")
+    assert_same(tmp_path / "a.raw", "raw", chain.layers[0], "qcow2")
+
+
+def test_export_into_a_full_file_system_leaves_nothing(converted, tmp_path):
+    import subprocess
+    _chain, disk = converted
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256K", "vdisk-test", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        for args in (["o.raw"], ["o.qcow2", "-O", "qcow2"], ["chain", "--chain"]):
+            one_error_line(run("export", disk, mnt / args[0], *args[1:]), 7, "no space left")
+            assert os.listdir(mnt) == []
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
