@@ -12,7 +12,7 @@ import os
 import pytest
 
 from .util import (BS, KiB, MiB, build_chain, check_converted, create, info, ok, ok_json, own_data_blocks,
-                   own_nonzero_blocks, qemu_img, qemu_io, scribble)
+                   own_nonzero_blocks, qemu_img, qemu_io, run_proc, scribble)
 
 SUMMARY_FIELDS = {"disk", "layers", "snapshots", "read_bytes", "written_bytes", "zero_bytes",
                   "unchanged_bytes", "seconds", "verified_bytes"}
@@ -55,7 +55,8 @@ CASES = {
         {"name": "mid.qcow2", "cmds": ["write -q -z 256K 128K",       # zeros over base data
                                        "discard -q 512K 64K",         # a discard in an overlay
                                        "write -q -P 0x21 768K 512K",  # overwrites base, and past it
-                                       "write -q -z 3M 64K"]},        # zeros over nothing
+                                       "write -q -z 3M 64K",          # zeros over nothing
+                                       "write -q -c 1536K 64K"]},     # a compressed cluster
         {"name": "top.qcow2", "cmds": ["write -q -P 0x31 0 4K", "discard -q 2M 256K",
                                        "write -q -z -u 1M 64K"]},
     ],
@@ -120,6 +121,45 @@ def test_a_vmdk_chain(tmp_path):
     disk, _s = convert(chain, tmp_path)
     check_converted(disk, chain, src)
     check_space(disk, chain, tmp_path, tight=False)
+
+
+def test_a_vmdk_chain_over_a_stream_optimized_base(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    specs = [{"name": "so.vmdk", "fmt": "vmdk", "opts": "subformat=streamOptimized",
+              "cmds": ["write -q -P 0x54 0 1M"]},
+             {"name": "t.vmdk", "fmt": "vmdk", "cmds": ["write -q -P 0x55 512K 64K", "write -q -z 0 64K"]}]
+    chain = build_chain(src, specs, seed=6)
+    disk, _s = convert(chain, tmp_path)
+    check_converted(disk, chain, src)
+
+
+def test_relative_paths_from_another_directory(tmp_path, monkeypatch):
+    """Layers are recorded by absolute path, so where convert and --resume
+    run from does not matter."""
+    src = tmp_path / "images"
+    src.mkdir()
+    chain = build_chain(src, [{"name": "a.qcow2", "cmds": ["write -q -P 1 0 128K"]},
+                              {"name": "b.qcow2", "cmds": ["write -q -P 2 64K 64K"]}], size=MiB)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    s = ok_json("convert", "../images/b.qcow2", "out.vdisk", "--verify")
+    assert s["disk"] == str(tmp_path / "work" / "out.vdisk") and s["snapshots"] == ["a.qcow2"]
+    monkeypatch.chdir(tmp_path)
+    check_converted("work/out.vdisk", chain, src)
+
+
+def test_quiet_on_stderr_when_it_is_not_a_terminal(tmp_path):
+    """Progress bars only on a terminal: a script sees the summary on stdout and nothing on stderr."""
+    src = tmp_path / "src"
+    src.mkdir()
+    chain = build_chain(src, [{"name": "a.qcow2", "cmds": ["write -q -P 1 0 1M"]},
+                              {"name": "b.qcow2", "cmds": ["write -q -P 2 0 64K"]}])
+    for args in (["convert", chain.top, tmp_path / "c.vdisk", "--verify"],
+                 ["import", chain.top, tmp_path / "i.vdisk", "--verify"],
+                 ["export", tmp_path / "c.vdisk", tmp_path / "e", "--chain", "--verify"]):
+        r = run_proc(*args)
+        assert r.returncode == 0 and r.stderr == "" and r.stdout.count("\n") == 1, (args, r)
 
 
 def test_a_raw_base_under_qcow2_layers(tmp_path):
