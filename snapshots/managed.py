@@ -66,6 +66,7 @@ class Disk(Engine):
         self.check_writable()
         with self.lifecycle_lock, self.lock:
             self.check_writable()           # again under the lock: it may have stopped
+            self.check_not_converting("revert")
             rec = self.snapshot_record(name)
             with self.changing():
                 usage.drop_running_point_exclusive(self)
@@ -87,4 +88,5 @@ class Disk(Engine):
         """
         check_snapshot_lookup(name)
         self.check_writable()
+        self.check_not_converting("delete a snapshot")
         return delete.delete_snapshot(self, name, buffer_bytes or delete.DEFAULT_LIMIT_BYTES, progress=progress)

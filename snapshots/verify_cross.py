@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 
-from vdisk.names import CSUM_TREE, FREE_TREE, RUNNING_TREE, SNAP_TREE_PREFIX, VBA_TREE
+from vdisk.names import ANCHOR_TREE, CSUM_TREE, FREE_TREE, RUNNING_TREE, SNAP_TREE_PREFIX, VBA_TREE
 from vdisk.errors import IntegrityError, VdiskError
 from vdisk.extents import LEN_BITS, MAX_LEN, ExtentMap
 
@@ -91,7 +91,7 @@ def check_nodes_stored(v, results, deleting: set[int]):
 
 def cross_check(v):
     lba_names = set(v.lba_trees) | {n for n in v.forest.tree_names()
-                                    if n == RUNNING_TREE or n.startswith(SNAP_TREE_PREFIX)}
+                                    if n in (RUNNING_TREE, ANCHOR_TREE) or n.startswith(SNAP_TREE_PREFIX)}
     lba_complete = (not (lba_names & v.incomplete) and RUNNING_TREE in lba_names
                     and DELETING_KEY.decode() not in v.incomplete)
     vba_complete = VBA_TREE not in v.incomplete

@@ -11,7 +11,7 @@ leaves the checks that need it skipped, with a note, rather than guessed.
 from __future__ import annotations
 
 from vdisk import format as fmt
-from vdisk.names import SNAP_META_PREFIX, SNAP_TREE_PREFIX
+from vdisk.names import ANCHOR_KEY, ANCHOR_TREE, SNAP_META_PREFIX, SNAP_TREE_PREFIX
 from vdisk.errors import IntegrityError, UnsupportedVersion
 
 from .delete import DELETING_KEY
@@ -65,7 +65,15 @@ def check_records(v):
         elif v.problems[-1].kind == "record":
             v.problems[-1].kind = "deletion"
 
+    buf = f.meta_get(ANCHOR_KEY)
+    if buf is not None:
+        v.anchor = _decode(v, "record disk/anchor", fmt.decode_anchor, buf)
+        if v.anchor is not None:
+            v.note("an online conversion is in progress (the anchor tree holds the layers converted so far)")
     names = set(f.tree_names())
+    if (ANCHOR_TREE in names) != (buf is not None):
+        v.problem("record", "conversion anchor", "the anchor tree and its record disk/anchor do not "
+                  "come together" if buf is None else "record disk/anchor has no anchor tree")
     for name in CORE_TREES:
         if name not in names:
             v.problem("record", tree_label(name), f"the tree {name!r} is missing")
@@ -75,7 +83,7 @@ def check_records(v):
             if name[len(SNAP_TREE_PREFIX):] not in v.records:
                 v.problem("snapshot", tree_label(name),
                           f"tree {name!r} has no snapshot record (disk/snap/{name[len(SNAP_TREE_PREFIX):]})")
-        elif name not in CORE_TREES:
+        elif name not in CORE_TREES and name != ANCHOR_TREE:
             v.problem("snapshot", f"tree {name!r}", "is neither a snapshot nor a map vdisk uses")
     for rec in v.records.values():
         _check_snapshot_record(v, rec, names)
@@ -124,6 +132,15 @@ def _check_state(v):
         elif parent.vba_watermark > s.vba_watermark:
             v.problem("snapshot", where, f"its watermark {s.vba_watermark} is below its parent "
                       f"{s.parent!r}'s ({parent.vba_watermark})")
+    a = v.anchor
+    if a is not None:
+        if not 1 <= a.vba_watermark <= a.vba_next <= a.vba_limit <= s.vba_watermark:
+            v.problem("counter", "conversion anchor", f"counters out of order: watermark {a.vba_watermark}, "
+                      f"next {a.vba_next}, limit {a.vba_limit}, running point's watermark {s.vba_watermark}")
+        if a.parent is not None and a.parent not in v.records:
+            v.problem("snapshot", "conversion anchor", f"its parent snapshot {a.parent!r} does not exist")
+        if s.parent is not None:
+            v.problem("snapshot", where, "has a parent while a conversion's anchor exists")
     if v.config is not None and (v.config.size <= 0 or v.config.size % v.config.block_size):
         v.problem("record", "record disk/config", f"disk size {v.config.size} is not a positive "
                   f"multiple of the block size {v.config.block_size}")
@@ -137,7 +154,7 @@ def _check_tree_record(v, name: str):
         return  # check_tree reports it
     where = tree_label(name)
     snap = name.startswith(SNAP_TREE_PREFIX)
-    want = EXTENT if snap else CORE_TREES.get(name)
+    want = EXTENT if snap or name == ANCHOR_TREE else CORE_TREES.get(name)
     if want is not None and rec.layout != want:
         v.problem("layout", where, f"tree record has layout {rec.layout}, expected {want}")
         v.incomplete.add(name)

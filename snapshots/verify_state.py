@@ -47,6 +47,7 @@ class Verification:
         self.incomplete: set[str] = set()
         self.suspects: list[tuple[int, int, bytes]] = []         # (vba, pba, checksum) from --data
         self.deletion = None                                     # fmt.DeletionRecord in progress
+        self.anchor = None                                       # fmt.AnchorRecord of an online conversion
         self.data_file_blocks: int | None = None                 # whole blocks in the data file
         self.held: list[tuple[int, int]] = []                    # VBA runs the deletion may still hold
         self.seen_overlaps: set = set()

@@ -12,7 +12,7 @@ visitor of its map (:mod:`.verify_visitors`).
 from __future__ import annotations
 
 from vdisk.btree.check import check_sharing, check_tree
-from vdisk.names import CSUM_TREE, FREE_TREE, RUNNING_TREE, SNAP_TREE_PREFIX, VBA_TREE
+from vdisk.names import ANCHOR_TREE, CSUM_TREE, FREE_TREE, RUNNING_TREE, SNAP_TREE_PREFIX, VBA_TREE
 from vdisk.extents import ExtentMap
 
 from . import verify_visitors as visitors
@@ -51,6 +51,12 @@ def _lba_context(v, name: str) -> visitors.LbaTree | None:
         size = v.config.size if v.config else None
         born = state.vba_next if state else None
         parent_name = state.parent if state else None
+    elif name == ANCHOR_TREE:
+        # An online conversion's second writable line (vdisk/anchor.py).
+        rec = None
+        size = v.config.size if v.config else None
+        born = v.anchor.vba_next if v.anchor else None
+        parent_name = v.anchor.parent if v.anchor else None
     else:
         rec = v.records.get(name[len(SNAP_TREE_PREFIX):])
         size = rec.size if rec else None
@@ -75,7 +81,7 @@ def walk_trees(v) -> list:
     for i, name in enumerate(order):
         v.advance("trees", i, len(order))
         ctx = None
-        if name == RUNNING_TREE or name.startswith(SNAP_TREE_PREFIX):
+        if name in (RUNNING_TREE, ANCHOR_TREE) or name.startswith(SNAP_TREE_PREFIX):
             ctx = _lba_context(v, name)
             if ctx is not None:
                 v.lba_trees[name] = ctx

@@ -99,6 +99,7 @@ class Commits:
             freed = self.alloc.prepare_commit()
             self.state.pba_end = self.alloc.end
             self.forest.meta_put(b"disk/state", fmt.encode_state(self.state))
+            self._stage_anchor()
             self.forest.commit()
         self._punch_free_runs(freed)
 

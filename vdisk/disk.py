@@ -61,6 +61,7 @@ from vdisk.errors import AlreadyExists, IntegrityError, NotFound, ReadOnly, quot
 
 from . import format as fmt
 from .alloc import Allocator
+from .anchor import Anchor
 from .commit import PUNCH_MIN_BYTES, Commits  # noqa: F401  (importable from here)
 from .container import LMDB_LOCK_FILE_RESERVE, create_container, require_container  # noqa: F401
 from .datastore import DataStore
@@ -80,6 +81,8 @@ MAX_DISK_SIZE = 1 << 60
 # zero/trim unmap this much per lock hold; each extent they touch counts as
 # this many written blocks toward the automatic commit (dirty nodes it costs).
 ZERO_SLICE_BYTES = 256 << 20
+# A zero of the running point during an online conversion writes zeros, this much at a time.
+ZERO_WRITE_BYTES = 4 << 20
 UNMAP_EXTENT_COST = 4
 
 
@@ -93,7 +96,7 @@ class SnapshotInfo:
     exclusive_bytes: int | None = None
 
 
-class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
+class Disk(Anchor, Reader, ReadPath, WritePath, Commits, Maintenance):
     """A virtual disk container. Use :meth:`create` or :meth:`open`.
 
     ``data_store`` (keyword only, for tests and later stores) replaces the
@@ -169,6 +172,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
         self._vba = ExtentMap(self.forest.tree(VBA_TREE))
         self._csum = self.forest.tree(CSUM_TREE)
         self.alloc = Allocator(self.forest.tree(FREE_TREE), self.state.pba_end)
+        self._load_anchor()
 
     def _check_counters(self):
         """Refuse to write on counters that are behind what the maps hold.
@@ -203,6 +207,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
                 # Blocks of the parent at or above the watermark would be
                 # rewritten in place: the snapshot would change.
                 damaged(f"watermark {st.vba_watermark} is below its snapshot's {rec.vba_watermark}")
+        self._check_anchor_counters(damaged)
 
     def close(self):
         with self._lock:
@@ -249,21 +254,29 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
 
     def zero(self, offset: int, length: int) -> None:
         """Make a range read as zeros, unmapping whole blocks instead of writing."""
+        self._zero_to(None, offset, length)
+
+    def _zero_to(self, which: str | None, offset: int, length: int) -> None:
         self.check_writable()
         self._check_range(offset, length)
         if length == 0:
+            return
+        if self._unmapping_shows_origin(which):
+            # An unmapped range would read from the origin again: write the zeros.
+            for pos in range(offset, offset + length, ZERO_WRITE_BYTES):
+                self.write(pos, bytes(min(ZERO_WRITE_BYTES, offset + length - pos)))
             return
         bs = self.block_size
         end = offset + length
         first = -(-offset // bs)
         last = end // bs
         if first >= last:
-            self.write(offset, bytes(length))
+            self._write_to(which, offset, bytes(length))
             return
         if offset < first * bs:
-            self.write(offset, bytes(first * bs - offset))
+            self._write_to(which, offset, bytes(first * bs - offset))
         if end > last * bs:
-            self.write(last * bs, bytes(end - last * bs))
+            self._write_to(which, last * bs, bytes(end - last * bs))
         # In slices, each under the lock once: a huge trim neither holds the
         # lock nor grows the uncommitted state without bound, and counts
         # toward the automatic commit like the writes it replaces.
@@ -272,7 +285,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
             with self._lock:
                 self._check_open()
                 with self.changing():
-                    touched = self._unmap_blocks(b, min(step, last - b))
+                    touched = self._unmap_blocks(b, min(step, last - b), self._line(which))
                     self._after_work(touched * UNMAP_EXTENT_COST)
 
     def _after_work(self, blocks: int):
@@ -285,6 +298,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
         self.check_writable()
         with self._lock:
             self._check_open()
+            self.check_not_converting("resize")
             check_disk_size(new_size, self.block_size, MAX_DISK_SIZE, current=self.size)
             with self.changing():
                 self.config.size = self.size = new_size
@@ -326,6 +340,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
         self.check_writable()
         with self._lock:
             self._check_open()
+            self.check_not_converting("take a snapshot")
             key = SNAP_META_PREFIX + name.encode()
             if self.forest.meta_get(key) is not None:
                 raise AlreadyExists(f"snapshot {name!r} already exists")
@@ -406,6 +421,7 @@ class Disk(Reader, ReadPath, WritePath, Commits, Maintenance):
         self.check_writable()
         with self._lock:
             self._check_open()
+            self.check_not_converting("rename a snapshot")
             rec = self.snapshot_record(old)
             new_key = SNAP_META_PREFIX + new.encode()
             if self.forest.meta_get(new_key) is not None:

@@ -56,6 +56,20 @@ VBA -> PBA map: they belong to the deletion, not to any tree::
     32   2     length of the deleted snapshot's name, then the name (UTF-8)
     ..   8*n   ids of the nodes only the deleted snapshot reached (u64 each)
 
+``disk/anchor`` - the anchor of an online conversion (absent otherwise),
+version 1. The anchor is a second writable LBA -> VBA tree, ``anchor``, into
+which a conversion writes the source chain's layers and from which it takes
+their snapshots, while clients write the running point. The two hand out
+VBAs from disjoint ranges - the anchor below ``vba_limit``, the running point
+from it up - so every client VBA is born after the anchor's last snapshot::
+
+    0    1     record version (1)
+    1    7     reserved, zero
+    8    8     vba_next: the anchor's next VBA
+    16   8     vba_watermark: the first VBA born after the anchor's newest snapshot
+    24   8     vba_limit: the anchor's VBAs stay below it
+    32   2     length of the anchor's parent snapshot's name, then the name (UTF-8)
+
 The snapshot's LBA -> VBA tree is the B+tree ``snap/<name>``; the running
 point's is ``lba``; ``vba`` maps VBA -> PBA extents, ``csum`` VBA -> blake3
 (16 bytes) per block, ``free`` PBA -> length of free extents.
@@ -78,6 +92,7 @@ _CONFIG = struct.Struct("<8sIIQQ")
 _STATE = struct.Struct("<B7xQQQH")
 _SNAP = struct.Struct("<B7xQQQQH")
 _DELETING = struct.Struct("<B7xQQQH")
+_ANCHOR = struct.Struct("<B7xQQQH")
 
 
 @dataclass
@@ -202,3 +217,26 @@ def decode_deletion(buf) -> DeletionRecord:
     if sys.byteorder != "little":
         ids.byteswap()
     return DeletionRecord(buf[_DELETING.size:off].decode(), floor_vba, pseq - 1 if pseq else None, list(ids))
+
+
+@dataclass
+class AnchorRecord:
+    vba_next: int
+    vba_watermark: int
+    vba_limit: int
+    parent: str | None
+
+
+def encode_anchor(a: AnchorRecord) -> bytes:
+    raw = _name_tail(a.parent)
+    return _ANCHOR.pack(RECORD_VERSION, a.vba_next, a.vba_watermark, a.vba_limit, len(raw)) + raw
+
+
+def decode_anchor(buf) -> AnchorRecord:
+    if buf is None or len(buf) < _ANCHOR.size:
+        raise IntegrityError("conversion anchor record is damaged")
+    buf = bytes(buf)
+    version, vba_next, wm, limit, n = _ANCHOR.unpack_from(buf)
+    if version != RECORD_VERSION:
+        raise UnsupportedVersion(f"conversion anchor record has version {version}: upgrade vdisk")
+    return AnchorRecord(vba_next, wm, limit, _read_name(buf, _ANCHOR.size, n, "conversion anchor"))

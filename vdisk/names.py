@@ -25,6 +25,9 @@ VBA_TREE = "vba"
 CSUM_TREE = "csum"
 FREE_TREE = "free"
 SNAP_TREE_PREFIX = "snap/"
+# An online conversion's second writable tree and its record (vdisk/anchor.py).
+ANCHOR_TREE = "anchor"
+ANCHOR_KEY = b"disk/anchor"
 SNAP_META_PREFIX = b"disk/snap/"
 # Records of the layers above the engine (a conversion's progress, a
 # receive's staging): opaque bytes to the engine, each layer encodes its own.

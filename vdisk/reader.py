@@ -48,6 +48,10 @@ class Reader:
     def _lba_map(self) -> ExtentMap:
         raise NotImplementedError
 
+    def _read_origin(self):
+        """What serves the ranges this view does not map (None: they read as zeros)."""
+        return None
+
     def _check_range(self, offset: int, length: int):
         if offset < 0 or length < 0 or offset + length > self.size:
             raise InvalidArgument(f"I/O range {offset}+{length} is outside the disk (size {self.size})")
@@ -61,7 +65,7 @@ class Reader:
         def read():
             # Checked in the view: a read-only opener's size may have grown.
             self._check_range(offset, length)
-            return self.disk._read_blocks(self._lba_map(), b0, b1 - b0) if length else b""
+            return self.disk._read_blocks(self._lba_map(), b0, b1 - b0, self._read_origin()) if length else b""
         buf = self.disk._in_view(read)
         start = offset - b0 * bs
         if start == 0 and length == len(buf):
@@ -87,13 +91,15 @@ class Reader:
             self._check_range(offset, length)
             b0 = offset // bs
             b1 = -(-end // bs)
+            # Unmapped ranges an origin serves hold whatever it holds: data.
+            gap = self._read_origin() is not None
             pos = offset
             for s, _vba, n in self._lba_map().pieces(b0, b1 - b0):
                 a, b = max(s * bs, offset), min((s + n) * bs, end)
-                add(pos, a, False)
+                add(pos, a, gap)
                 add(a, b, True)
                 pos = b
-            add(pos, end, False)
+            add(pos, end, gap)
         return out
 
     def allocated_bytes(self) -> int:
@@ -190,7 +196,7 @@ class ReadPath:
                     if attempt + 1 == VIEW_RETRIES or not moved():
                         raise
 
-    def _read_blocks(self, lba_map: ExtentMap, b0: int, n: int) -> bytes | bytearray:
+    def _read_blocks(self, lba_map: ExtentMap, b0: int, n: int, origin=None) -> bytes | bytearray:
         bs = self.block_size
         pieces = lba_map.pieces(b0, n)
         if len(pieces) == 1 and pieces[0][0] == b0 and pieces[0][2] == n:
@@ -205,8 +211,14 @@ class ReadPath:
                     return data
         out = bytearray(n * bs)
         view = memoryview(out)
+        pos = b0
         for s, vba, ln in pieces:
+            if origin is not None and s > pos:
+                view[(pos - b0) * bs:(s - b0) * bs] = origin.read(pos * bs, (s - pos) * bs)
             self._read_vba(vba, ln, view[(s - b0) * bs:(s - b0 + ln) * bs], s)
+            pos = s + ln
+        if origin is not None and pos < b0 + n:
+            view[(pos - b0) * bs:] = origin.read(pos * bs, (b0 + n - pos) * bs)
         return out
 
     def _pread(self, length: int, offset: int) -> bytes:

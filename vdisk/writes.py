@@ -10,6 +10,7 @@ Mixed into :class:`vdisk.disk.Disk`.
 from __future__ import annotations
 
 import errno
+from typing import NamedTuple
 
 import blake3
 
@@ -22,11 +23,30 @@ from .names import CSUM_BYTES
 EARLY_WRITEBACK_BYTES = 256 << 10
 
 
+class Line(NamedTuple):
+    """A writable LBA -> VBA tree and the counters its writes use.
+
+    The running point is one; an online conversion's anchor is another
+    (vdisk/anchor.py). Ownership is per line: a VBA at or above the line's
+    watermark was born after its newest snapshot and belongs to it alone.
+    ``origin`` serves the ranges the line does not map (None: zeros).
+    """
+
+    lba: object             # ExtentMap
+    counters: object        # .vba_next, .vba_watermark (fmt.State, fmt.AnchorRecord)
+    vba_limit: int          # its VBAs stay below this
+    origin: object          # .read(offset, length) -> bytes, or None
+
+
 class WritePath:
     """Writing and unmapping blocks, mixed into :class:`vdisk.disk.Disk`."""
 
     def write(self, offset: int, data) -> None:
         """Write bytes at any offset; acknowledged, durable at the next flush."""
+        self._write_to(None, offset, data)
+
+    def _write_to(self, which: str | None, offset: int, data) -> None:
+        """Write into the running point (``which`` None) or another line (see _line)."""
         self.check_writable()
         length = len(data)
         self._check_range(offset, length)
@@ -35,24 +55,37 @@ class WritePath:
         bs = self.block_size
         with self._lock:
             self._check_open()
+            line = self._line(which)
             b0 = offset // bs
             b1 = -(-(offset + length) // bs)
             head = offset - b0 * bs
             if head or (offset + length) % bs:
                 buf = bytearray(b1 * bs - b0 * bs)
                 # Only the edge blocks need their old contents.
-                buf[:bs] = self._read_blocks(self._lba, b0, 1)
+                buf[:bs] = self._read_blocks(line.lba, b0, 1, line.origin)
                 if b1 - 1 > b0:
-                    buf[-bs:] = self._read_blocks(self._lba, b1 - 1, 1)
+                    buf[-bs:] = self._read_blocks(line.lba, b1 - 1, 1, line.origin)
                 buf[head:head + length] = data
                 data = buf
-            self._write_blocks(b0, memoryview(data).cast("B"))
+            self._write_blocks(b0, memoryview(data).cast("B"), line)
 
-    def _write_blocks(self, b0: int, data: memoryview):
+    def _line(self, which: str | None) -> "Line":
+        """Where a write lands: the running point, unless a layer above names another."""
+        if which is not None:
+            raise ValueError(f"no write line {which!r}")
+        return Line(self._lba, self.state, MAX_TARGET, self._origin_of_running_point())
+
+    def _origin_of_running_point(self):
+        return None
+
+    def _write_blocks(self, b0: int, data: memoryview, line: "Line"):
         bs = self.block_size
         n = len(data) // bs
-        if self.state.vba_next + n > MAX_TARGET:
-            raise NoSpace(f"disk {self.path} has used up its {MAX_TARGET} virtual block addresses")
+        if line.counters.vba_next + n > line.vba_limit and not self._fits(line, b0, n):
+            if line.vba_limit == MAX_TARGET:
+                raise NoSpace(f"disk {self.path} has used up its {MAX_TARGET} virtual block addresses")
+            raise NoSpace(f"disk {self.path}: the conversion has used up the virtual block addresses "
+                          f"reserved for it ({line.vba_limit})")
         with self.changing():
             pieces = self.alloc.allocate(n)
         store = self._data
@@ -72,18 +105,26 @@ class WritePath:
                 raise NoSpace(f"no space left on the file system holding {self.path}") from None
             raise StorageError(f"writing to {self.path}/data failed: {e.strerror or e}") from None
         with self.changing():
-            self._map_written(b0, n, data, pieces)
+            self._map_written(b0, n, data, pieces, line)
 
-    def _map_written(self, b0: int, n: int, data: memoryview, pieces: list[tuple[int, int]]):
+    def _fits(self, line: "Line", b0: int, n: int) -> bool:
+        """Whether the new VBAs a write of [b0, b0+n) needs fit below the line's
+        limit: blocks born after its newest snapshot keep theirs."""
+        wm = line.counters.vba_watermark
+        kept = sum(ln for _s, vba, ln in split_at_watermark(line.lba.pieces(b0, n), wm) if vba >= wm)
+        return line.counters.vba_next + n - kept <= line.vba_limit
+
+    def _map_written(self, b0: int, n: int, data: memoryview, pieces: list[tuple[int, int]], line: "Line"):
         bs = self.block_size
         h = blake3.blake3
         sums = [h(data[i:i + bs]).digest(CSUM_BYTES) for i in range(0, n * bs, bs)]
-        wm = self.state.vba_watermark
+        counters, lba = line.counters, line.lba
+        wm = counters.vba_watermark
         csum_items = []
         # Split [b0, b0+n) into runs that keep their VBA and runs that need new ones.
         fresh_runs = []
         pos = b0
-        for s, vba, ln in _split_at_watermark(self._lba.pieces(b0, n), wm):
+        for s, vba, ln in split_at_watermark(lba.pieces(b0, n), wm):
             if s > pos:
                 fresh_runs.append((pos, s - pos))
             if vba >= wm:
@@ -98,10 +139,10 @@ class WritePath:
         if pos < b0 + n:
             fresh_runs.append((pos, b0 + n - pos))
         for s, ln in _join_runs(fresh_runs):
-            vba = self.state.vba_next
-            self.state.vba_next += ln
-            self._lba.punch(s, ln)
-            self._lba.map(s, vba, ln)
+            vba = counters.vba_next
+            counters.vba_next += ln
+            lba.punch(s, ln)
+            lba.map(s, vba, ln)
             self._map_vbas(vba, _slice_pieces(pieces, s - b0, ln))
             csum_items.extend(zip(range(vba, vba + ln), sums[s - b0:s - b0 + ln]))
         if len(csum_items) == 1:
@@ -116,11 +157,13 @@ class WritePath:
             self._vba.map(vba, pba, count)
             vba += count
 
-    def _unmap_blocks(self, b0: int, n: int) -> int:
-        """Unmap LBAs [b0, b0+n); returns the number of extents it touched."""
-        wm = self.state.vba_watermark
-        pieces = self._lba.punch(b0, n)
-        for _s, vba, ln in _split_at_watermark(pieces, wm):
+    def _unmap_blocks(self, b0: int, n: int, line: "Line | None" = None) -> int:
+        """Unmap LBAs [b0, b0+n) of a line (the running point's by default);
+        returns the number of extents it touched."""
+        line = line or self._line(None)
+        wm = line.counters.vba_watermark
+        pieces = line.lba.punch(b0, n)
+        for _s, vba, ln in split_at_watermark(pieces, wm):
             if vba >= wm:
                 self.forget_vbas(vba, ln)
         return len(pieces)
@@ -140,7 +183,7 @@ class WritePath:
         return released
 
 
-def _split_at_watermark(pieces, wm: int):
+def split_at_watermark(pieces, wm: int):
     """Split (lba, vba, count) pieces whose VBAs straddle the watermark.
 
     An extent can run across it when a write born after the newest snapshot

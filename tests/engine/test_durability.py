@@ -254,9 +254,9 @@ def test_a_huge_trim_holds_the_lock_in_slices(tmp_path, monkeypatch):
         held = []
         real = d._unmap_blocks
 
-        def spy(b0, n):
+        def spy(b0, n, line=None):
             held.append(n)
-            return real(b0, n)
+            return real(b0, n, line)
         monkeypatch.setattr(d, "_unmap_blocks", spy)
         d.trim(0, 64 << 30)
         assert max(held) <= MiB // BS and len(held) == 64 << 10
