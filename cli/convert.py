@@ -19,12 +19,22 @@ PHASES = {"export": ("writing the image", "bytes")}
 
 
 class _Bar(Progress):
-    """Progress with the converter's numbered phases ("convert 2/5") in bytes."""
+    """Progress with the converter's numbered phases ("convert 2/5") in bytes.
+
+    The verify pass reports each state as a phase of its own ("verify 2/5",
+    0 then 1 of 1): drawn as one line of states compared, not a bar per
+    state counting to one.
+    """
 
     def __init__(self, quiet: bool):
-        super().__init__(quiet)
+        super().__init__(quiet, phases={**PHASES, "verify": ("verifying states", "states")})
 
     def __call__(self, phase, done, total):
+        kind, _, count = phase.partition(" ")
+        if kind == "verify" and count:
+            number, _, states = count.partition("/")
+            if number.isdigit() and states.isdigit():
+                phase, done, total = "verify", int(number) - 1 + done // max(total, 1), int(states)
         if phase not in self.phases:
             kind, _, count = phase.partition(" ")
             label = {"convert": "converting state", "verify": "verifying state",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import struct
 import subprocess
 
@@ -18,8 +17,8 @@ import pytest
 
 from vdisk.errors import AlreadyExists, ImageError, InvalidArgument, NoSpace, NotFound
 
-from .util import (MiB, assert_same, build_chain, check_converted, create, info, ok, ok_json, one_error_line,
-                   qemu_img, qemu_io, run, run_proc)
+from .util import (MiB, build_chain, check_converted, create, info, ok, ok_json, one_error_line, qemu_img, run,
+                   run_proc)
 
 IMAGE, MISSING, EXISTS, USAGE = ImageError.exit_code, NotFound.exit_code, AlreadyExists.exit_code, \
     InvalidArgument.exit_code

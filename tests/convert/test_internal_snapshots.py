@@ -55,3 +55,25 @@ def test_import_ignores_internal_snapshots(tmp_path):
     s = ok_json("import", chain.top, disk, "--verify")
     assert s["snapshots"] == [] and s["layers"] == 1
     assert ok_json("snapshot", "list", disk) == []
+
+
+def test_offsets_past_4_gib_and_block_status_past_1_gib(tmp_path):
+    """An 8 GiB sparse chain: qemu-nbd's block status is asked 1 GiB at a
+    time, and offsets need 64 bits; an internal snapshot makes the
+    converter use it."""
+    GiB = 1 << 30
+    chain = build_chain(tmp_path, [
+        {"name": "b.qcow2",
+         "snapshots": {"s": ["write -q -P 1 0 64K", f"write -q -P 2 {3 * GiB} 64K", f"write -q -P 3 {5 * GiB} 4K"]},
+         "cmds": [f"write -q -P 4 {5 * GiB} 64K", f"write -q -z {3 * GiB} 64K", f"write -q -P 5 {7 * GiB} 4K",
+                  f"write -q -P 6 {GiB - 2048} 4K"]},
+        {"name": "t.qcow2", "cmds": [f"write -q -P 7 {6 * GiB} 1M", "write -q -z 0 4K",
+                                     f"write -q -P 8 {8 * GiB - 512} 512"]},
+    ], size=8 * GiB)
+    disk = str(tmp_path / "big.vdisk")
+    s = ok_json("convert", chain.top, disk, "--verify")
+    assert s["snapshots"] == ["b.qcow2@s", "b.qcow2"]
+    check_converted(disk, chain, tmp_path)
+    assert info(disk)["physical_bytes"] < 2 * MiB
+    r = ok_json("export", disk, tmp_path / "out", "--chain", "--verify")
+    assert len(r["layers"]) == 3
