@@ -67,25 +67,32 @@ def plan(layers: list[Layer], names: list[str] | None) -> list[cfmt.Step]:
     snaps = [s for s in steps if s.snapshot is not None]
     if names is not None:
         if len(names) != len(snaps):
-            raise InvalidArgument(f"--names gives {len(names)} names, but the chain makes {len(snaps)} "
+            given = f"{len(names)} name{'s' if len(names) != 1 else ''}"
+            raise InvalidArgument(f"--names gives {given}, but the chain makes {len(snaps)} "
                                   f"snapshots ({', '.join(s.snapshot for s in snaps) or 'none'})")
         for s, n in zip(snaps, names):
             s.snapshot = n
-    seen: dict[str, int] = {}
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise InvalidArgument(f"--names: {twice!r} is given twice")
+    else:
+        # Two layers with one file name in different folders: the later
+        # ones get the first "-k" that no layer is called and none took.
+        taken = {s.snapshot for s in snaps}
+        used: set[str] = set()
+        for s in snaps:
+            if s.snapshot in used:
+                k = 2
+                while f"{s.snapshot}-{k}" in taken or f"{s.snapshot}-{k}" in used:
+                    k += 1
+                s.snapshot = f"{s.snapshot}-{k}"
+            used.add(s.snapshot)
     for s in snaps:
-        base = s.snapshot
-        if names is None and base in seen:
-            # Two layers with one file name in different folders.
-            seen[base] += 1
-            s.snapshot = f"{base}-{seen[base]}"
-        elif base in seen:
-            raise InvalidArgument(f"--names: {base!r} is given twice")
-        seen.setdefault(base, 1)
         try:
             validate_snapshot_name(s.snapshot)
         except InvalidArgument:
-            raise InvalidArgument(f"{s.snapshot!r} cannot name a snapshot ({SNAPSHOT_NAME_RULE}); "
-                                  f"give the names with --names") from None
+            hint = "" if names is not None else "; give the names with --names"
+            raise InvalidArgument(f"{s.snapshot!r} cannot name a snapshot ({SNAPSHOT_NAME_RULE}){hint}") from None
     return steps
 
 

@@ -228,9 +228,6 @@ def test_a_layer_file_name_that_cannot_name_a_snapshot_asks_for_names(tmp_path, 
     assert ok_json("convert", top, d, "--names", "base")["snapshots"] == ["base"]
 
 
-@pytest.mark.xfail(strict=True, reason="converter.plan() ends a bad --names entry with 'give the names with "
-                   "--names', though they were given that way; proposed fix: add that hint only when "
-                   "names is None, and say '1 name' for one")
 def test_a_bad_name_given_with_names_does_not_suggest_names(tmp_path):
     ch = small_chain(tmp_path)
     line = refused(tmp_path, [ch.top, "--names", "a,b/c"], USAGE, "'b/c' cannot name a snapshot")
@@ -239,11 +236,6 @@ def test_a_bad_name_given_with_names_does_not_suggest_names(tmp_path):
     assert "gives 1 name," in line
 
 
-@pytest.mark.xfail(strict=True, reason="converter.plan() makes 'a.qcow2-2' for the second layer called "
-                   "a.qcow2 without checking that no other layer is called a.qcow2-2, so create_snapshot "
-                   "fails mid-conversion (AlreadyExists) and the disk it calls resumable can never finish; "
-                   "proposed fix: pick the first '{label}-{k}' that no layer's name or earlier pick holds, "
-                   "and refuse any duplicate in plan(), before DISK exists")
 def test_a_layer_named_like_a_renamed_duplicate(tmp_path):
     for d in "xyz":
         (tmp_path / d).mkdir()
