@@ -65,6 +65,7 @@ def read_chain(source: str, fmt: str | None = None) -> list[Layer]:
         if info.get("data-file") or info.get("format-specific", {}).get("data", {}).get("data-file"):
             raise ImageError(f"{path}: qcow2 images with an external data file are not supported")
         names = [s["name"] for s in sorted(info.get("snapshots") or [], key=_snapshot_order)]
+        _refuse_duplicate_names(path, info.get("snapshots") or [])
         layers.append(Layer(path, info["format"], int(info["virtual-size"]), names))
     sizes = {ly.size for ly in layers}
     if len(sizes) > 1:
@@ -74,6 +75,18 @@ def read_chain(source: str, fmt: str | None = None) -> list[Layer]:
     if layers[0].size <= 0:
         raise ImageError(f"{source}: the image is empty")
     return layers
+
+
+def _refuse_duplicate_names(path: str, snapshots: list[dict]):
+    """qemu lets two internal snapshots share a name, but loads a state by
+    name, finding the first: the second would silently read as the first."""
+    seen: dict[str, str] = {}
+    for s in snapshots:
+        if s["name"] in seen:
+            raise ImageError(f"{path}: internal snapshots {seen[s['name']]} and {s.get('id')} are both called "
+                             f"{s['name']!r}, and qemu reads a snapshot by its name; delete one first "
+                             f"(qemu-img snapshot -d {s['name']!r} deletes the older)")
+        seen[s["name"]] = s.get("id")
 
 
 def _snapshot_order(s: dict):

@@ -98,7 +98,8 @@ class Export:
             cmd.append("--allocation-depth")
         self._depth = depth
         if snapshot is not None:
-            cmd += ["--load-snapshot", f"snapshot.name={snapshot}"]
+            # An option string: a comma in the name is written twice.
+            cmd += ["--load-snapshot", f"snapshot.name={snapshot.replace(',', ',,')}"]
         cmd.append(path)
         self._log = open(os.path.join(self._dir, "log"), "w+")
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,

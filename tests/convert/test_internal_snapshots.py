@@ -4,7 +4,8 @@ layer's current state - in the base and in a middle layer."""
 
 from __future__ import annotations
 
-from .util import BS, MiB, build_chain, check_converted, info, ok_json, own_data_blocks, scribble
+from .util import (BS, MiB, build_chain, check_converted, info, ok_json, one_error_line, own_data_blocks, qemu_img,
+                   qemu_io, run, scribble)
 
 
 def mixed(count, align=1):
@@ -77,3 +78,28 @@ def test_offsets_past_4_gib_and_block_status_past_1_gib(tmp_path):
     assert info(disk)["physical_bytes"] < 2 * MiB
     r = ok_json("export", disk, tmp_path / "out", "--chain", "--verify")
     assert len(r["layers"]) == 3
+
+
+def test_an_internal_snapshot_name_with_a_comma(tmp_path):
+    """qemu's option strings split at commas: the name must be escaped ("x,,y")."""
+    chain = build_chain(tmp_path, [{"name": "vm.qcow2",
+                                    "snapshots": {"x,y": ["write -q -P 1 0 64K"], "a=b c": ["write -q -P 2 0 4K"]},
+                                    "cmds": ["write -q -P 3 0 4K"]}], size=MiB)
+    disk = str(tmp_path / "vm.vdisk")
+    s = ok_json("convert", chain.top, disk, "--verify")
+    assert s["snapshots"] == ["vm.qcow2@x,y", "vm.qcow2@a=b c"]
+    check_converted(disk, chain, tmp_path)
+
+
+def test_two_internal_snapshots_with_one_name_are_refused_before_the_disk_exists(tmp_path):
+    """qemu loads a snapshot by name, finding the first: the second would
+    silently convert (and verify) as the first."""
+    img = str(tmp_path / "vm.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", img, str(MiB))
+    for pattern in (1, 2):
+        qemu_io(img, "qcow2", [f"write -q -P {pattern} 0 64K"])
+        qemu_img("snapshot", "-c", "same", img)
+    disk = tmp_path / "vm.vdisk"
+    one_error_line(run("convert", img, disk), 12, "internal snapshots 1 and 2 are both called 'same'",
+                   "qemu-img snapshot -d")
+    assert not disk.exists()

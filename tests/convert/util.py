@@ -272,7 +272,7 @@ def state_raw(chain: Chain, i: int, internal: str | None, out) -> str:
     """Layer ``i`` of ``chain`` as it reads (at internal snapshot ``internal``), as a raw file."""
     args = ["convert", "-U", "-f", chain.formats[i], "-O", "raw"]
     if internal is not None:
-        args += ["-l", f"snapshot.name={internal}"]
+        args += ["-l", f"snapshot.name={internal.replace(',', ',,')}"]
     qemu_img(*args, chain.layers[i], out)
     return str(out)
 
