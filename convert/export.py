@@ -27,8 +27,8 @@ from vdisk.errors import AlreadyExists, Busy, InvalidArgument, NotFound
 from vdisk.names import DEFERRED_PREFIX
 from vdisk.snapshots.diff import EVERYTHING, changed_extents
 
-from . import format as cfmt
 from .compare import compare
+from .converter import progress_of
 from .qemu import Export, qemu_img
 
 FORMATS = ("raw", "qcow2", "vmdk")
@@ -84,9 +84,8 @@ def _check_new(out: str, what: str):
 def _refuse_unfinished(disk, disk_path: str, what: str):
     """The running point of an unfinished conversion is not yet the source's
     top image: exporting it would pass off a half-made state as the disk."""
-    buf = disk.extra_record(cfmt.RECORD_NAME)
-    if buf is not None:
-        rec = cfmt.decode(buf)
+    rec = progress_of(disk)         # None once the conversion is complete
+    if rec is not None:
         raise Busy(f"{disk_path} is an unfinished conversion of {rec.source}, so {what} is not yet "
                    f"that image; finish it first: vdisk convert --resume {disk_path} (the snapshots "
                    f"it made so far can be exported with --snapshot)")

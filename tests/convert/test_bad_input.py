@@ -18,7 +18,7 @@ import pytest
 from vdisk.errors import AlreadyExists, ImageError, InvalidArgument, NoSpace, NotFound
 
 from .util import (MiB, build_chain, check_converted, create, info, ok, ok_json, one_error_line, qemu_img, run,
-                   run_proc)
+                   run_proc, unfinished)
 
 IMAGE, MISSING, EXISTS, USAGE = ImageError.exit_code, NotFound.exit_code, AlreadyExists.exit_code, \
     InvalidArgument.exit_code
@@ -163,7 +163,7 @@ def test_a_layer_corrupt_inside_is_found_while_converting_and_the_disk_is_resuma
     disk = str(tmp_path / "new.vdisk")
     line = one_error_line(run_proc("convert", ch.top, disk), IMAGE, "l1.qcow2",
                           f"left resumable: vdisk convert --resume {disk}")
-    assert os.path.isdir(disk) and info(disk)["conversion"] is not None
+    assert os.path.isdir(disk) and unfinished(disk) is not None
     assert line.count("l1.qcow2") >= 1
     with open(victim, "r+b") as f:
         f.write(good)
@@ -273,14 +273,18 @@ def small_tmpfs(path, size):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def test_a_full_file_system_leaves_the_disk_resumable(tmp_path):
+# Room for: almost nothing (the first metadata commit fails), part of the
+# data (a checkpoint's commit fails), all but the last MiB (a data write fails).
+@pytest.mark.parametrize("room", ["300K", "2M", "4400K"])
+def test_a_full_file_system_leaves_the_disk_resumable(tmp_path, room):
     ch = build_chain(tmp_path, [{"name": "base.qcow2", "cmds": ["write -q -P 1 0 3M"]},
-                                {"name": "top.qcow2", "cmds": ["write -q -P 2 1M 2M"]}], size=6 * MiB)
-    with small_tmpfs(tmp_path / "mnt", "2M") as mnt:
+                                {"name": "mid.qcow2", "cmds": ["write -q -P 2 1M 1M"]},
+                                {"name": "top.qcow2", "cmds": ["write -q -P 3 4M 1M"]}], size=6 * MiB)
+    with small_tmpfs(tmp_path / "mnt", room) as mnt:
         disk = str(mnt / "d.vdisk")
         r = run_proc("convert", ch.top, disk)
         one_error_line(r, NoSpace.exit_code, "no space left", f"left resumable: vdisk convert --resume {disk}")
-        assert info(disk)["conversion"] is not None
+        assert unfinished(disk) is not None
         # Room again: the conversion finishes where it stopped.
         subprocess.run(["mount", "-o", "remount,size=64M", str(mnt)], check=True)
         r = run_proc("convert", "--resume", disk, "--verify")

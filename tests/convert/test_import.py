@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from .util import KiB, MiB, assert_same, info, ok, ok_json, qemu_img, qemu_io, verify_clean
+from .util import KiB, MiB, assert_same, info, ok, ok_json, qemu_img, qemu_io, unfinished, verify_clean
 
 SIZE = 8 * MiB
 # 1 MiB of data in two pieces, a zero write over 1 MiB, the rest never written.
@@ -26,7 +26,7 @@ def test_import_of_each_format_skips_holes_and_zeros(tmp_path, fmt):
     facts = info(disk)
     assert facts["size"] == SIZE
     assert facts["allocated_bytes"] == facts["physical_bytes"] == 1 * MiB
-    assert facts["conversion"] is None
+    assert unfinished(disk) is None
     out = str(tmp_path / "back.raw")
     ok("export", disk, out)
     assert_same(out, "raw", img, fmt)

@@ -80,6 +80,13 @@ def info(disk) -> dict:
     return ok_json("info", disk)
 
 
+def unfinished(disk) -> dict | None:
+    """``vdisk info``'s conversion object while the conversion is unfinished,
+    else None (a complete one may still be described, as complete)."""
+    conv = info(disk)["conversion"]
+    return None if conv is None or conv.get("complete") else conv
+
+
 def snapshot_names(disk) -> list[str]:
     return [s["name"] for s in ok_json("snapshot", "list", disk)]
 
