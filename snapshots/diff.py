@@ -104,7 +104,8 @@ def diff(disk, from_name: str | None, to_name: str | None = None) -> Diff:
     out = Diff(block_size=bs, from_size=size_a, to_size=size_b, nodes_read=walk.nodes_read,
                shared_skipped=walk.shared_skipped)
     end = size_b // bs
-    for start, stop, data in _differing(_extents(walk.a), _extents(walk.b)):
+    a, b = _without_common(walk.a, walk.b)
+    for start, stop, data in _differing(_extents(a), _extents(b)):
         stop = min(stop, end)
         if start >= stop:
             continue
@@ -119,6 +120,37 @@ def diff(disk, from_name: str | None, to_name: str | None = None) -> Diff:
 def changed_extents(disk, from_name: str | None, to_name: str | None = None) -> Iterator[Change]:
     """``(offset, length, data)`` of each range that differs; see :func:`diff`."""
     return iter(diff(disk, from_name, to_name).changes)
+
+
+def _without_common(a: list, b: list) -> tuple[list, list]:
+    """Both key-ordered entry lists without the entries they have in common.
+
+    The leaves a small change rewrote hold mostly the entries they held
+    before; an entry equal on both sides (same first LBA, VBA and length)
+    maps the same blocks in both, so it is dropped before the sweep.
+    """
+    if not a or not b:
+        return a, b
+    out_a, out_b = [], []
+    i = j = 0
+    na, nb = len(a), len(b)
+    while i < na and j < nb:
+        ka, kb = a[i][0], b[j][0]
+        if ka == kb:
+            if a[i][1] != b[j][1]:
+                out_a.append(a[i])
+                out_b.append(b[j])
+            i += 1
+            j += 1
+        elif ka < kb:
+            out_a.append(a[i])
+            i += 1
+        else:
+            out_b.append(b[j])
+            j += 1
+    out_a.extend(a[i:])
+    out_b.extend(b[j:])
+    return out_a, out_b
 
 
 def _extents(entries) -> list[tuple[int, int, int]]:

@@ -160,3 +160,56 @@ def test_errors_are_one_line_with_their_exit_code(src):
     assert set(dropped) == doc["receive-abort"] and dropped["removed_disk"] is False
     one_error(sh("vdisk receive dst --abort --resume", src), 2, "cannot be used together")
     one_error(sh("vdisk receive dst < /dev/null", src), 8, "ended")
+
+
+def on_terminal(args, cwd, timeout=60):
+    """Run a vdisk command with stderr on a pty (stdout a pipe): (exit code, what the terminal got)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    p = subprocess.Popen([os.path.join(BIN, "vdisk"), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=slave,
+                         stdin=subprocess.DEVNULL, env={**ENV, "TERM": "xterm"})
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif p.poll() is not None:
+                break
+        p.stdout.read()
+        p.wait(timeout=30)
+    finally:
+        os.close(master)
+        if p.poll() is None:
+            p.kill()
+    return p.returncode, seen.decode(errors="replace")
+
+
+def test_progress_bars_on_a_terminal_and_nothing_stray_in_a_pipe(src):
+    code, tty = on_terminal(["send", "src", "s2", "--from", "s1", "-o", "s2.stream"], src)
+    assert code == 0
+    assert "sending changed blocks" in tty and "100%" in tty and "\r" in tty and "\x1b[K" in tty, repr(tty)
+    code, tty = on_terminal(["receive", "dst", "-i", os.path.join(src, "s2.stream")], src)
+    # Refused (dst has no base): the one error line, and no bar begun before the refusal.
+    assert code == 3 and "receiving" not in tty and tty.count("vdisk: error:") == 1, repr(tty)
+    ok("vdisk send src s1 | vdisk receive dst", src)
+    code, tty = on_terminal(["receive", "dst", "-i", os.path.join(src, "s2.stream")], src)
+    assert code == 0 and "receiving" in tty and "applying to the disk" in tty and "100%" in tty, repr(tty)
+    code, tty = on_terminal(["send", "src", "s3", "--from", "s2", "-o", "s3.stream", "--quiet"], src)
+    assert code == 0 and tty == "", repr(tty)
+    # Through a pipe (stderr not a terminal): the summary line alone.
+    r = sh("vdisk send src s3 --from s2 | vdisk receive dst", src)
+    assert r.returncode == 0 and r.stderr.count("\n") == 1 and r.stderr.startswith("sent snapshot s3"), r.stderr

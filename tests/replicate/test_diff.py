@@ -157,3 +157,29 @@ def test_diff_trees_finds_every_differing_entry(changes, seed):
     assert [k for k, _ in r.a] == sorted(k for k, _ in r.a)
     if not changes:
         assert r.nodes_read == 0 and r.shared_skipped == 1
+
+
+@settings(max_examples=15)
+@given(st.lists(st.tuples(st.integers(0, 2999), st.integers(1, 40), st.booleans()), min_size=1, max_size=30))
+def test_diff_of_fragmented_trees_with_several_leaves(changes):
+    """1,500 extents (several leaves, two levels) and random writes and
+    zeros on top: leaves only partly changed, split and merged."""
+    top = scratch_dir()
+    try:
+        with Disk.create(os.path.join(top, "d"), 3000 * BS, BS) as d:
+            for blk in range(0, 3000, 2):
+                d.write(blk * BS, bytes([blk % 251 + 1]) * BS)
+            d.create_snapshot("a")
+            for blk, n, zero in changes:
+                n = min(n, 3000 - blk)
+                if zero:
+                    d.zero(blk * BS, n * BS)
+                else:
+                    d.write(blk * BS, b"\x07" * (n * BS))
+            d.create_snapshot("b")
+            assert d.forest.tree("snap/a").height >= 2
+            check_pair(d, "a", "b")
+            check_pair(d, "b", "a")
+            check_pair(d, "a", None)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
