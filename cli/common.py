@@ -113,8 +113,9 @@ def require_disk(path: str):
 
 
 def open_disk(path: str, readonly: bool = False):
-    from vdisk import Disk
-    d = Disk.open(path, readonly=readonly)
+    # Through convert's opener: a disk converted online reads through its source.
+    from vdisk.convert.online import open_disk as open_converting
+    d = open_converting(path, readonly=readonly, background=False)
     if not readonly:
         try:
             refuse_unfinished(d)
@@ -130,7 +131,9 @@ def refuse_unfinished(d):
     and a change made now would land inside a layer's snapshot."""
     from vdisk.convert.converter import progress_of
     rec = progress_of(d)
-    if rec is not None:
+    # An online conversion is carried on by whoever serves the disk, and the
+    # engine itself refuses what would mix it with client changes.
+    if rec is not None and not rec.online:
         raise Busy(f"{d.path} is an unfinished conversion of {rec.source} (state {rec.next + 1} of "
                    f"{len(rec.steps)}); finish it first: vdisk convert --resume {d.path}")
 

@@ -100,9 +100,11 @@ def _summary(s, as_json: bool, verb: str):
               help="Format of SOURCE (default: qemu's probe; the layers below say theirs).")
 @click.option("--verify", is_flag=True, help="Compare every snapshot and the running point with its source.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted conversion of DISK (give DISK only).")
+@click.option("--online", is_flag=True, help="Prepare DISK at once and return; whoever serves or mounts it "
+                                             "converts in the background while clients use it.")
 @quiet_option
 @json_option
-def convert(paths, names, fmt, verify, resume, quiet, as_json):
+def convert(paths, names, fmt, verify, resume, online, quiet, as_json):
     """Convert a qemu chain into a new DISK, layers as snapshots.
 
     SOURCE is the top image of a chain qemu reads (qcow2 backing chains,
@@ -112,13 +114,17 @@ def convert(paths, names, fmt, verify, resume, quiet, as_json):
     the data the layers hold is copied. An interrupted conversion (Ctrl-C,
     a crash, a full disk) is finished with --resume.
 
+    With --online, DISK is ready in seconds: serve or mount it and clients
+    read the chain through it while the layers are converted behind them;
+    their writes never enter a layer's snapshot (docs/CONVERT.md).
+
     Example: vdisk convert vm1-top.qcow2 vm1.vdisk --verify
     """
     with _engine_log_in_the_error():
-        _convert(paths, names, fmt, verify, resume, quiet, as_json)
+        _convert(paths, names, fmt, verify, resume, online, quiet, as_json)
 
 
-def _convert(paths, names, fmt, verify, resume, quiet, as_json):
+def _convert(paths, names, fmt, verify, resume, online, quiet, as_json):
     from vdisk.convert import converter
     if resume:
         if len(paths) != 1:
@@ -133,6 +139,21 @@ def _convert(paths, names, fmt, verify, resume, quiet, as_json):
         raise InvalidArgument("convert takes SOURCE and DISK (or --resume DISK)")
     source, disk = paths
     name_list = [n.strip() for n in names.split(",")] if names is not None else None
+    if online:
+        if verify:
+            raise InvalidArgument("--verify runs once an online conversion is done: "
+                                  "vdisk convert --resume DISK --verify")
+        with converter.start(source, disk, names=name_list, fmt=fmt, online=True) as d:
+            rec = converter.progress_of(d)
+        if as_json:
+            emit_json({"disk": os.path.abspath(disk), "source": source, "layers": len(rec.layers),
+                       "states": len(rec.steps), "snapshots": [s.snapshot for s in rec.steps if s.snapshot],
+                       "online": True})
+        else:
+            click.echo(f"prepared {disk} for online conversion of {source} ({len(rec.layers)} layers): serve or "
+                       f"mount it (vdisk serve {disk}) and it converts in the background; vdisk info shows "
+                       f"the progress")
+        return
     d = converter.start(source, disk, names=name_list, fmt=fmt)
     try:
         with d, _Bar(quiet) as bar:

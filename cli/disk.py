@@ -54,6 +54,15 @@ def _info_json(data: dict, snaps=None) -> dict:
     return out
 
 
+def _describe_conversion(c: dict) -> str:
+    if c["complete"]:
+        return f"converted from {c['source']} ({len(c['layers'])} layers); the source is no longer used"
+    done = f"state {c['states_done'] + 1} of {c['states']} from {c['source']}, which is still needed"
+    if c["online"]:
+        return f"online, in progress: {done}; the process serving the disk carries it on"
+    return f"unfinished: {done}; finish with {c['resume']}"
+
+
 def _conversion(d):
     from vdisk.convert.converter import status
     return status(d)
@@ -70,8 +79,9 @@ def info(disk, as_json):
     with open_live(disk, readonly=True) as d:
         data = d.info()
         snaps = d.snapshots()
-        # Served disks are never mid-conversion (serve refuses them).
-        data["conversion"] = _conversion(d) if is_local(d) else None
+        # A server adds it to its own answer (control/server.py).
+        if is_local(d):
+            data["conversion"] = _conversion(d)
     if as_json:
         emit_json(_info_json(data, snaps))
         return
@@ -87,10 +97,9 @@ def info(disk, as_json):
         rows.append(("deleted, held", f"{describe_size(data['deferred_bytes'])} held by deleted snapshots "
                                       f"that are still the base of others (after a revert); it returns "
                                       f"when at most one of them is left"))
-    conv = data["conversion"]
+    conv = data.get("conversion")
     if conv is not None:
-        rows.append(("conversion", f"unfinished: state {conv['states_done'] + 1} of {conv['states']} from "
-                                   f"{conv['source']}, which is still needed; finish with {conv['resume']}"))
+        rows.append(("conversion", _describe_conversion(conv)))
     rows += [("format version", str(data["format_version"])), ("snapshots", str(len(snaps)))]
     for label, value in rows:
         click.echo(f"{label + ':':<16}{value}")

@@ -59,6 +59,7 @@ import stat
 import struct
 import threading
 
+from vdisk.convert.converter import status as conversion_status
 from vdisk.errors import Busy, InvalidArgument, VdiskError
 
 from . import protocol, unixsock
@@ -209,7 +210,7 @@ class ControlServer:
                     "owner": self.owner, "pid": os.getpid(), "readonly": bool(d.readonly)}
         if op == "info":
             _check_args(op, args, ())
-            return d.info()
+            return {**d.info(), "conversion": conversion_status(d)}
         if op == "snapshot_list":
             _check_args(op, args, ("exclusive",))
             exclusive = args.get("exclusive", True)

@@ -102,7 +102,7 @@ def _layer_facts(ly: Layer) -> dict:
 
 
 def start(source: str, disk_path: str, *, names: list[str] | None = None, fmt: str | None = None,
-          flat: bool = False):
+          flat: bool = False, online: bool = False):
     """Create ``disk_path`` for converting ``source``; returns the open disk.
 
     Everything about the chain is checked before the container exists, so a
@@ -120,29 +120,42 @@ def start(source: str, disk_path: str, *, names: list[str] | None = None, fmt: s
     block_size = 4096 if size % 4096 == 0 else 512
     disk = vdisk.Disk.create(disk_path, size, block_size)
     try:
-        rec = cfmt.Progress(source, [_layer_facts(ly) for ly in layers], steps, started=time.time(), flat=flat)
+        rec = cfmt.Progress(source, [_layer_facts(ly) for ly in layers], steps, started=time.time(), flat=flat,
+                            online=online)
         disk.stage_extra_record(cfmt.RECORD_NAME, cfmt.encode(rec))
-        disk.flush()
+        if online:
+            # Room for every state's blocks in the anchor's own VBA range
+            # (an upper bound: VBAs are numbers, only the ones used cost).
+            disk.begin_anchor(len(steps) * (size // block_size) + 1)      # commits the record with it
+        else:
+            disk.flush()
     except BaseException:
         disk.close()
         raise
     return disk
 
 
-def progress_of(disk) -> cfmt.Progress | None:
-    """The conversion record of an open disk, or None when it is not being converted."""
+def record_of(disk) -> cfmt.Progress | None:
+    """The conversion record of an open disk (finished or not), or None."""
     buf = disk.extra_record(cfmt.RECORD_NAME)
     return None if buf is None else cfmt.decode(buf)
 
 
+def progress_of(disk) -> cfmt.Progress | None:
+    """The record of a conversion still to finish, or None."""
+    rec = record_of(disk)
+    return None if rec is None or rec.complete else rec
+
+
 def status(disk) -> dict | None:
-    """What ``vdisk info`` shows of a conversion in progress (None: none)."""
-    rec = progress_of(disk)
+    """What ``vdisk info`` shows of a conversion (None: the disk was not converted)."""
+    rec = record_of(disk)
     if rec is None:
         return None
-    return {"source": rec.source, "layers": [f["path"] for f in rec.layers], "states_done": rec.next,
-            "states": len(rec.steps), "state_bytes_done": rec.done, "source_in_use": True,
-            "resume": f"vdisk convert --resume {disk.path}"}
+    return {"source": rec.source, "layers": [f["path"] for f in rec.layers], "online": rec.online,
+            "complete": rec.complete, "states_done": rec.next, "states": len(rec.steps),
+            "state_bytes_done": rec.done, "source_in_use": not rec.complete,
+            "resume": None if rec.complete or rec.online else f"vdisk convert --resume {disk.path}"}
 
 
 def _check_layers(rec: cfmt.Progress) -> list[Layer]:
@@ -165,11 +178,17 @@ def run(disk, progress=None) -> Summary:
     if rec is None:
         return Summary(disk.path, 0, [], 0, 0, 0, 0, 0.0)
     layers = _check_layers(rec)
-    conv = _Converter(disk, rec, layers, progress)
+    conv = _Converter(AnchorTarget(disk) if rec.online else disk, rec, layers, progress)
     while rec.next < len(rec.steps):
         conv.step(rec.steps[rec.next])
-    disk.stage_extra_record(cfmt.RECORD_NAME, None)
-    disk.flush()
+    rec.complete = True
+    disk.stage_extra_record(cfmt.RECORD_NAME, cfmt.encode(rec))
+    if rec.online:
+        origin = disk.finish_anchor()            # commits the record with the merge
+        if origin is not None:
+            origin.close()
+    else:
+        disk.flush()
     st = rec.stats
     return Summary(disk.path, len(layers), [s.snapshot for s in rec.steps if s.snapshot],
                    st["read"], st["written"], st["zeros"], st["skipped"], time.monotonic() - t0)
@@ -194,7 +213,11 @@ def open_for_verify(disk_path: str):
 def resume(disk_path: str, progress=None, verify: bool = False) -> Summary:
     with vdisk.Disk.open(disk_path) as disk:
         rec = progress_of(disk)
+        if rec is not None and rec.online and disk.converting:
+            disk.attach_origin(open_origin(rec))
         summary = run(disk, progress)
+        # A complete conversion can still be verified, while its sources exist.
+        rec = record_of(disk)
         if verify and rec is not None:
             summary.verified_bytes = verify_states(disk, rec, progress)
         return summary
@@ -218,6 +241,58 @@ def verify_states(disk, rec: cfmt.Progress, progress=None) -> int:
     return total
 
 
+class QemuOrigin:
+    """The top image of the chain, read-only through qemu-nbd: what the running
+    point reads where it maps nothing during an online conversion."""
+
+    def __init__(self, path: str, fmt: str):
+        self._export = Export(path, fmt, what=path)
+        self._lock = threading.Lock()
+        self.size = self._export.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        with self._lock:
+            return self._export.pread(length, offset)
+
+    def close(self):
+        with self._lock:
+            self._export.close()
+
+
+def open_origin(rec: cfmt.Progress) -> QemuOrigin:
+    top = _check_layers(rec)[-1]
+    return QemuOrigin(top.path, top.format)
+
+
+class AnchorTarget:
+    """The disk as an online conversion writes it: states into the anchor,
+    snapshots of the anchor; clients keep the running point. Each write
+    first checks whether the disk is closing, so close() stops the
+    conversion within one chunk (it resumes at the next open)."""
+
+    def __init__(self, disk):
+        self._disk = disk
+        self._view = disk.anchor_view()
+
+    def write(self, offset: int, data) -> None:
+        self._disk.check_cancelled()
+        self._disk.anchor_write(offset, data)
+
+    def zero(self, offset: int, length: int) -> None:
+        self._disk.check_cancelled()
+        self._disk.anchor_zero(offset, length)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._view.read(offset, length)
+
+    def create_snapshot(self, name: str):
+        return self._disk.anchor_snapshot(name)
+
+    def __getattr__(self, name):
+        # flush, stage_extra_record, block_size, path, ...: the disk's own.
+        return getattr(self._disk, name)
+
+
 class _Converter:
     def __init__(self, disk, rec: cfmt.Progress, layers: list[Layer], progress):
         self.disk = disk
@@ -227,8 +302,6 @@ class _Converter:
         self.bs = disk.block_size
         self.zero_block = bytes(self.bs)
         self._since_checkpoint = 0
-        self._done_bytes = 0
-        self._total = None
 
     # ------------------------------------------------------------ steps
 

@@ -29,6 +29,11 @@ The body::
     stats       {read, written, zeros, skipped}: bytes so far
     flat        true for an import: the top image as qemu shows it, chain
                 and all, is one state (no snapshots)
+    online      true for ``convert --online``: the states go into the
+                engine's anchor (vdisk/anchor.py) while clients use the
+                running point, which reads the top image as its origin
+    complete    true once done: the record stays to say where the disk
+                came from; the source is no longer used
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ class Progress:
     started: float = 0.0
     stats: dict = field(default_factory=lambda: {"read": 0, "written": 0, "zeros": 0, "skipped": 0})
     flat: bool = False
+    online: bool = False
+    complete: bool = False
 
 
 def encode(p: Progress) -> bytes:

@@ -75,9 +75,10 @@ def run(disk_path: str, mountpoint: str, *, allow_other: bool = False, on_ready=
 
 
 def _run(disk_path, mountpoint, allow_other, on_ready, debug):
-    from vdisk import Disk
+    from vdisk.convert.online import open_disk
 
-    disk = Disk.open(disk_path)
+    # An online conversion in progress gets its origin and carries on here.
+    disk = open_disk(disk_path)
     control = None
     fs = None
     mounted = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 
-from vdisk import Disk
+from vdisk.convert.online import open_disk
 from vdisk.control.server import ControlServer
 from vdisk.errors import Busy, NotFound
 
@@ -27,7 +27,8 @@ class ServerState:
     """
 
     def __init__(self, path: str, readonly: bool, control: bool, owner: str):
-        self.disk = Disk.open(path, readonly=readonly)
+        # An online conversion in progress gets its origin and carries on here.
+        self.disk = open_disk(path, readonly=readonly)
         self.io = threading.Lock()
         self.closed = False
         self.users = {}                 # export name -> open connections

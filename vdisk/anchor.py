@@ -125,7 +125,8 @@ class Anchor:
 
     def attach_origin(self, origin) -> None:
         """Serve the running point's unmapped ranges from ``origin``
-        (``.read(offset, length) -> bytes``, thread-safe) until the anchor is merged."""
+        (``.read(offset, length) -> bytes``, thread-safe) until the anchor is
+        merged; the disk closes it (``.close()``, if it has one) at close()."""
         with self._lock:
             self._origin = origin
 
@@ -134,6 +135,13 @@ class Anchor:
         with self._lock:
             origin, self._origin = self._origin, None
             return origin
+
+    def _close_origin(self):
+        """At close: an attached origin belongs to the disk, so it is closed too."""
+        origin, self._origin = self._origin, None
+        close = getattr(origin, "close", None)
+        if close is not None:
+            close()
 
     def _origin_of_running_point(self):
         if self._anchor is None:

@@ -224,6 +224,7 @@ class Disk(Anchor, Reader, ReadPath, WritePath, Commits, Maintenance):
                     self._commit()
             finally:
                 self._closed = True
+                self._close_origin()
                 self._data.close()
                 self.store.close()
                 self._release_lock()
