@@ -155,3 +155,29 @@ def test_resume_of_a_plain_disk_has_nothing_to_do(tmp_path):
     ok("create", disk, "--size", "1M")
     r = run("convert", "--resume", disk, "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["layers"] == 0
+
+
+def test_an_interrupted_import_resumes_too(tmp_path):
+    from .util import MiB, assert_same, qemu_img, qemu_io
+    img = str(tmp_path / "big.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", img, str(4 * MiB))
+    qemu_io(img, "qcow2", ["write -q -P 3 0 3M", "write -q -z 3M 64K"])
+    disk = str(tmp_path / "i.vdisk")
+    r = child("kill-in-state", 0, "import", img, disk)
+    assert r.returncode == -9, (r.returncode, r.stderr)
+    assert unfinished(disk)["states"] == 1
+    s = ok_json("convert", "--resume", disk, "--verify")
+    assert s["layers"] == 1 and s["snapshots"] == []
+    ok("export", disk, tmp_path / "back.raw")
+    assert_same(tmp_path / "back.raw", "raw", img, "qcow2", 4 * MiB)
+    assert info(disk)["physical_bytes"] == 3 * MiB
+
+
+def test_resume_of_a_disk_another_process_has_open_is_busy(chain, tmp_path):
+    import vdisk
+    ch, _clean = chain
+    disk = str(tmp_path / "d.vdisk")
+    assert child("kill-after-state", 0, "convert", ch.top, disk).returncode == -9
+    with vdisk.Disk.open(disk):
+        one_error_line(run_proc("convert", "--resume", disk), 5, "in use by PID")
+    assert unfinished(disk)["states_done"] == 1
