@@ -12,6 +12,7 @@ nothing to convert.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 
 from vdisk.errors import ImageError, NotFound
@@ -57,6 +58,11 @@ def read_chain(source: str, fmt: str | None = None) -> list[Layer]:
     layers = []
     for info in reversed(infos):
         path = os.path.abspath(info["filename"])
+        if not _local_image(path):
+            # A backing named by a protocol or a json: description (nbd,
+            # null-co, ...): nothing vdisk can record and check on --resume.
+            raise ImageError(f"{source}: layer {info['filename']} is not a local image file or block "
+                             f"device; vdisk converts chains of files")
         if info.get("encrypted"):
             raise ImageError(f"{path}: encrypted images are not supported; decrypt it first "
                              f"(qemu-img convert --object secret,... -O qcow2)")
@@ -75,6 +81,14 @@ def read_chain(source: str, fmt: str | None = None) -> list[Layer]:
     if layers[0].size <= 0:
         raise ImageError(f"{source}: the image is empty")
     return layers
+
+
+def _local_image(path: str) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISBLK(mode)
 
 
 def _refuse_duplicate_names(path: str, snapshots: list[dict]):

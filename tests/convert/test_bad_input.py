@@ -126,6 +126,15 @@ def test_a_qcow2_with_an_external_data_file(tmp_path):
     refused(tmp_path, [img], IMAGE, "external data file")
 
 
+def test_a_layer_that_is_not_a_file(tmp_path):
+    """A backing qemu opens by protocol (here json: of a null-co device):
+    refused before DISK exists (it once left an empty DISK behind)."""
+    top = str(tmp_path / "top.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", "-u", "-b",
+             'json:{"driver": "raw", "file": {"driver": "null-co", "size": 1048576}}', "-F", "raw", top, str(MiB))
+    refused(tmp_path, [top], IMAGE, "null-co", "is not a local image file")
+
+
 def test_garbage_read_as_qcow2(tmp_path):
     junk = tmp_path / "junk.bin"
     junk.write_bytes(os.urandom(64 * 1024))

@@ -185,6 +185,29 @@ def test_a_raw_base_under_qcow2_layers(tmp_path):
     assert s["zero_bytes"] >= 64 * KiB
 
 
+def test_a_block_device_as_the_raw_base(tmp_path):
+    """An LVM-style base: a raw block device (a loop device here) under a qcow2 overlay."""
+    import subprocess
+    img = str(tmp_path / "dev.raw")
+    qemu_img("create", "-q", "-f", "raw", img, str(2 * MiB))
+    qemu_io(img, "raw", ["write -q -P 0x65 0 1M"])
+    r = subprocess.run(["losetup", "-f", "--show", img], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"no loop device here: {r.stderr.strip()}")
+    dev = r.stdout.strip()
+    try:
+        top = create(tmp_path / "top.qcow2", backing=dev, backing_fmt="raw")
+        qemu_io(top, "qcow2", ["write -q -P 0x66 512K 64K"])
+        from .util import Chain
+        chain = Chain([dev, top], ["raw", "qcow2"], 2 * MiB)
+        disk, s = convert(chain, tmp_path)
+        assert s["snapshots"] == [os.path.basename(dev)]
+        check_converted(disk, chain, tmp_path)
+        assert info(disk)["physical_bytes"] == MiB + 64 * KiB     # the device's zeros take nothing
+    finally:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
 def test_a_raw_image_alone_and_a_size_that_is_not_whole_blocks(tmp_path):
     src = tmp_path / "odd.raw"
     qemu_img("create", "-q", "-f", "raw", src, str(3 * MiB + 1536))
