@@ -11,7 +11,7 @@ import click
 from vdisk.errors import Interrupted, InvalidArgument, VdiskError
 from vdisk.units import format_size as describe_size
 
-from .common import emit_json, json_option, quiet_option
+from .common import SizeType, emit_json, json_option, quiet_option
 from .progress import Progress
 
 SOURCE_FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi", "qed", "parallels")
@@ -102,9 +102,12 @@ def _summary(s, as_json: bool, verb: str):
 @click.option("--resume", is_flag=True, help="Finish an interrupted conversion of DISK (give DISK only).")
 @click.option("--online", is_flag=True, help="Prepare DISK at once and return; whoever serves or mounts it "
                                              "converts in the background while clients use it.")
+@click.option("--rate", type=SizeType(), default=None, metavar="SIZE",
+              help="With --online: convert at most SIZE bytes per second (e.g. 100M), so clients keep "
+                   "most of the device.")
 @quiet_option
 @json_option
-def convert(paths, names, fmt, verify, resume, online, quiet, as_json):
+def convert(paths, names, fmt, verify, resume, online, rate, quiet, as_json):
     """Convert a qemu chain into a new DISK, layers as snapshots.
 
     SOURCE is the top image of a chain qemu reads (qcow2 backing chains,
@@ -121,10 +124,10 @@ def convert(paths, names, fmt, verify, resume, online, quiet, as_json):
     Example: vdisk convert vm1-top.qcow2 vm1.vdisk --verify
     """
     with _engine_log_in_the_error():
-        _convert(paths, names, fmt, verify, resume, online, quiet, as_json)
+        _convert(paths, names, fmt, verify, resume, online, rate, quiet, as_json)
 
 
-def _convert(paths, names, fmt, verify, resume, online, quiet, as_json):
+def _convert(paths, names, fmt, verify, resume, online, rate, quiet, as_json):
     from vdisk.convert import converter
     if resume:
         if len(paths) != 1:
@@ -139,11 +142,13 @@ def _convert(paths, names, fmt, verify, resume, online, quiet, as_json):
         raise InvalidArgument("convert takes SOURCE and DISK (or --resume DISK)")
     source, disk = paths
     name_list = [n.strip() for n in names.split(",")] if names is not None else None
+    if rate is not None and not online:
+        raise InvalidArgument("--rate paces an online conversion; it needs --online")
     if online:
         if verify:
             raise InvalidArgument("--verify runs once an online conversion is done: "
                                   "vdisk convert --resume DISK --verify")
-        with converter.start(source, disk, names=name_list, fmt=fmt, online=True) as d:
+        with converter.start(source, disk, names=name_list, fmt=fmt, online=True, rate=rate or 0) as d:
             rec = converter.progress_of(d)
         if as_json:
             emit_json({"disk": os.path.abspath(disk), "source": source, "layers": len(rec.layers),

@@ -102,7 +102,7 @@ def _layer_facts(ly: Layer) -> dict:
 
 
 def start(source: str, disk_path: str, *, names: list[str] | None = None, fmt: str | None = None,
-          flat: bool = False, online: bool = False):
+          flat: bool = False, online: bool = False, rate: int = 0):
     """Create ``disk_path`` for converting ``source``; returns the open disk.
 
     Everything about the chain is checked before the container exists, so a
@@ -121,7 +121,7 @@ def start(source: str, disk_path: str, *, names: list[str] | None = None, fmt: s
     disk = vdisk.Disk.create(disk_path, size, block_size)
     try:
         rec = cfmt.Progress(source, [_layer_facts(ly) for ly in layers], steps, started=time.time(), flat=flat,
-                            online=online)
+                            online=online, rate=rate)
         disk.stage_extra_record(cfmt.RECORD_NAME, cfmt.encode(rec))
         if online:
             # Room for every state's blocks in the anchor's own VBA range
@@ -178,7 +178,7 @@ def run(disk, progress=None) -> Summary:
     if rec is None:
         return Summary(disk.path, 0, [], 0, 0, 0, 0, 0.0)
     layers = _check_layers(rec)
-    conv = _Converter(AnchorTarget(disk) if rec.online else disk, rec, layers, progress)
+    conv = _Converter(AnchorTarget(disk, rec.rate) if rec.online else disk, rec, layers, progress)
     while rec.next < len(rec.steps):
         conv.step(rec.steps[rec.next])
     rec.complete = True
@@ -270,17 +270,31 @@ class AnchorTarget:
     first checks whether the disk is closing, so close() stops the
     conversion within one chunk (it resumes at the next open)."""
 
-    def __init__(self, disk):
+    def __init__(self, disk, rate: int = 0):
         self._disk = disk
         self._view = disk.anchor_view()
+        self._rate = rate
+        self._t0 = time.monotonic()
+        self._bytes = 0
 
     def write(self, offset: int, data) -> None:
         self._disk.check_cancelled()
         self._disk.anchor_write(offset, data)
+        self._pace(len(data))
 
     def zero(self, offset: int, length: int) -> None:
         self._disk.check_cancelled()
         self._disk.anchor_zero(offset, length)
+
+    def _pace(self, n: int):
+        """Keep to the conversion's rate (outside the disk's lock; at most
+        half a second at a time, so close() is never kept waiting long)."""
+        if not self._rate:
+            return
+        self._bytes += n
+        ahead = self._bytes / self._rate - (time.monotonic() - self._t0)
+        if ahead > 0:
+            time.sleep(min(ahead, 0.5))
 
     def read(self, offset: int, length: int) -> bytes:
         return self._view.read(offset, length)
@@ -362,8 +376,9 @@ class _Converter:
         # Zero tests are memcmp: a bytearray compares with any buffer in C
         # (memoryview == bytes goes byte by byte, and buf.count(0) scans the
         # whole chunk at ~1 GB/s: a fifth of a conversion's time). Data
-        # stops each compare at its first non-zero byte.
-        if bytearray(len(buf)) != buf:
+        # stops each compare at its first non-zero byte; most chunks of data
+        # skip even making the zeros (bytearray(n) is a memset of n bytes).
+        if buf and (buf[0] or bytearray(len(buf)) != buf):
             head = (-off) % bs
             a = head
             runs = []       # (start, end, zero) over the chunk, block-aligned inside

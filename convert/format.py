@@ -34,6 +34,8 @@ The body::
                 running point, which reads the top image as its origin
     complete    true once done: the record stays to say where the disk
                 came from; the source is no longer used
+    rate        an online conversion's pace in bytes per second (0: as
+                fast as it goes), so clients keep most of the device
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class Progress:
     flat: bool = False
     online: bool = False
     complete: bool = False
+    rate: int = 0
 
 
 def encode(p: Progress) -> bytes:
