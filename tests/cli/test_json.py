@@ -184,3 +184,13 @@ def test_convert_import_and_export_print_the_documented_fields(tmp_path):
     chain = _json("export", str(tmp_path / "c.vdisk"), str(tmp_path / "chain"), "--chain")
     assert set(chain) == DOC["export-chain"]
     assert [ly["file"] for ly in chain["layers"]] == ["snapshots/base.qcow2.qcow2", "disk.qcow2"]
+
+
+def test_convert_online_prints_the_documented_fields(tmp_path):
+    import subprocess
+    base = str(tmp_path / "base.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "4M"], check=True)
+    out = _json("convert", "--online", base, str(tmp_path / "o.vdisk"))
+    assert set(out) == DOC["convert-online"] and out["online"] is True and out["snapshots"] == []
+    info = _json("info", str(tmp_path / "o.vdisk"))
+    assert set(info) == DOC["info"] and info["conversion"]["online"] and not info["conversion"]["complete"]
