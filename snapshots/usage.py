@@ -20,6 +20,7 @@ after S's parent). The cost follows what differs, not the disk size.
 from __future__ import annotations
 
 from vdisk.extents import LEN_BITS, MAX_LEN, ExtentMap
+from vdisk.names import ANCHOR_TREE
 
 
 def shared_roots(forest, tree_name: str, since_seq: int) -> set[int]:
@@ -68,10 +69,16 @@ def snapshot_neighbours(disk, name: str):
     children = [_tree_of(r.name) for r in recs.values() if r.parent == name]
     if disk.state.parent == name:
         children.append(_tree_of(None))
+    # An online conversion's anchor is the child of the last layer it froze.
+    anchor = disk.anchor_record()
+    if anchor is not None and anchor.parent == name:
+        children.append(ANCHOR_TREE)
     # Any tree created after S's parent could map a VBA born after it.
     since = parent.seq if parent else -1
     others = [_tree_of(r.name) for r in recs.values() if r.name != name and r.seq > since]
     others.append(_tree_of(None))
+    if anchor is not None:
+        others.append(ANCHOR_TREE)
     return rec, parent, children, others
 
 

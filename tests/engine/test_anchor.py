@@ -127,6 +127,11 @@ def test_what_the_anchor_forbids(tmp_path):
         d.attach_origin(Origin(bytes(SIZE)))
         d.anchor_write(0, b"a" * BS)
         d.anchor_snapshot("L0")
+        # The anchor still maps L0's block: L0 holds nothing alone, until the
+        # next layer rewrites it.
+        assert d.exclusive_blocks("L0") == 0
+        d.anchor_write(0, b"b" * BS)
+        assert d.exclusive_blocks("L0") == 1
         for call in (lambda: d.create_snapshot("x"), lambda: d.revert("L0"),
                      lambda: d.delete_snapshot("L0"), lambda: d.rename_snapshot("L0", "M"),
                      lambda: d.resize(2 * SIZE)):
