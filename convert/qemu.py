@@ -101,7 +101,7 @@ class Export:
             # An option string: a comma in the name is written twice.
             cmd += ["--load-snapshot", f"snapshot.name={snapshot.replace(',', ',,')}"]
         cmd.append(path)
-        self._log = open(os.path.join(self._dir, "log"), "w+")
+        self._log = tempfile.TemporaryFile("w+")      # qemu-nbd's messages, nameless
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
                                       start_new_session=True)
         self.h = None
@@ -110,6 +110,10 @@ class Export:
         except BaseException:
             self.close()
             raise
+        # Connected, the socket has served its purpose (qemu-nbd takes one
+        # client): remove it now, so a converter killed with SIGKILL leaves
+        # no directory behind (qemu-nbd exits when the connection drops).
+        shutil.rmtree(self._dir, ignore_errors=True)
         self.size = self.h.get_size()
 
     def _connect(self, nbd, sock: str):

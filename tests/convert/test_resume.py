@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 
@@ -44,8 +47,21 @@ def chain(tmp_path_factory):
 
 
 def child(mode, n, *args):
-    return subprocess.run([sys.executable, CHILD, mode, str(n), *map(str, args)], capture_output=True,
-                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    """Run convert_child.py; its temporary files go to a directory of their
+    own, which must be empty once it is dead and its qemu-nbd gone."""
+    tmp = tempfile.mkdtemp(prefix="vdisk-child-tmp-")
+    try:
+        r = subprocess.run([sys.executable, CHILD, mode, str(n), *map(str, args)], capture_output=True,
+                           text=True, timeout=60, stdin=subprocess.DEVNULL, env={**os.environ, "TMPDIR": tmp})
+        # qemu-nbd (its socket is under tmp) exits once its client is gone.
+        deadline = time.monotonic() + 10
+        while subprocess.run(["pgrep", "-f", tmp], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, "a qemu-nbd outlived the converter"
+            time.sleep(0.05)
+        assert os.listdir(tmp) == [], os.listdir(tmp)
+        return r
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def finish_and_check(disk, ch, clean, tmp_path, verify=False):
