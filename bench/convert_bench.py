@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/convert_bench.py [--size 4G] [--layers 10] [--percent 5] [--runs 3]
                                             [--dir /tmp/convert-bench] [--cold] [--verify]
+                                            [--client-iops 500] [--no-online]
                                             [--profile] [--keep] [--chain DIR]
 
 The chain (issue 12): ``--layers`` qcow2 images (64 KiB clusters) over one
@@ -12,7 +13,7 @@ each layer above it rewrites ``--percent`` of the blocks, picked at random
 data is exactly the blocks it rewrote and not the copy-on-write of whole
 clusters around smaller writes (``--block 4096`` shows that instead).
 
-Then, in the same run, ``--runs`` repetitions of each, alternating which goes
+Then, in the same run, ``--runs`` repetitions of each, rotating which goes
 first: ``vdisk convert TOP OUT`` (every layer a snapshot) and ``qemu-img
 convert -t writeback -O raw TOP OUT.raw`` (the chain flattened: every
 snapshot lost). Both are timed as whole commands (process start, qemu-img
@@ -34,8 +35,15 @@ other units: qemu-img never reads the layer bytes (the lower layers' copies of
 rewritten blocks are skipped), so as a rate it flatters it. Space: the vdisk's
 ``physical_bytes`` (blocks allocated in its data file, every snapshot
 included; ``vdisk info --json``) against the layer bytes (target: within 10%).
-The issue's third row, online conversion with a client writing, needs
-``--online``, which is not built yet: it prints as "not built".
+The issue's third row: ``vdisk convert --online TOP OUT`` (timed: "ready"),
+then ``vdisk serve OUT`` converts in the background while an NBD client
+(libnbd, this process) writes 4 KiB blocks of random data at random places,
+``--client-iops`` a second (default 500), a flush every 64; timed from the
+start of ``convert --online`` until the server's info says the conversion
+is complete (polled every 0.1 s through the control socket), then up to 5,000
+of the client's blocks are read back and checked (target: within 2x the
+offline time). It takes its turn in the same rotation as the other two
+(``--no-online`` skips it).
 
 ``--profile`` runs one more conversion in process under cProfile and prints
 where the converting thread's time goes (the reader thread is not profiled:
@@ -197,6 +205,114 @@ def run_qemu(top: str, out: str) -> dict:
     return res
 
 
+class Client:
+    """4 KiB random writes (random data, a flush every FLUSH_EVERY) through NBD
+    at up to ``iops``, in a thread, until stopped; remembers what it wrote."""
+
+    FLUSH_EVERY = 64
+
+    def __init__(self, sock: str, size: int, iops: int, seed: int):
+        import threading
+        import nbd
+        self.h = nbd.NBD()
+        self.h.connect_unix(sock)
+        self.size, self.iops = size, iops
+        self.rng = random.Random(seed)
+        self.pool = self.rng.randbytes(1 << 20)
+        self.written: dict[int, int] = {}       # offset -> pool offset of its data
+        self.lat: list[float] = []
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t0 = time.perf_counter()
+        self.t.start()
+
+    def _run(self):
+        try:
+            blocks = self.size // 4096
+            n = 0
+            while not self.stop.is_set() and time.perf_counter() - self.t0 < TIMEOUT:
+                off = self.rng.randrange(blocks) * 4096
+                src = self.rng.randrange(0, (1 << 20) - 4096, 512)
+                t = time.perf_counter()
+                self.h.pwrite(self.pool[src:src + 4096], off)
+                n += 1
+                if n % self.FLUSH_EVERY == 0:
+                    self.h.flush()
+                self.lat.append(time.perf_counter() - t)
+                self.written[off] = src
+                ahead = n / self.iops - (time.perf_counter() - self.t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+            self.h.flush()
+        except BaseException as e:          # reported by finish()
+            self.error = e
+
+    def finish(self, check: int) -> dict:
+        """Stop; read back up to ``check`` of the blocks written (last write wins)."""
+        self.stop.set()
+        self.t.join()
+        secs = time.perf_counter() - self.t0
+        if self.error is not None:
+            raise RuntimeError(f"the NBD client failed: {self.error}")
+        offs = list(self.written)
+        random.Random(0).shuffle(offs)
+        for off in offs[:check]:
+            src = self.written[off]
+            if self.h.pread(4096, off) != self.pool[src:src + 4096]:
+                raise RuntimeError(f"a client write at {off} reads back wrong after the conversion")
+        self.h.shutdown()
+        lat = sorted(self.lat) or [0.0]
+        return {"writes": len(self.lat), "iops": len(self.lat) / secs, "checked": min(check, len(offs)),
+                "p99": lat[int(len(lat) * 0.99)], "max": lat[-1]}
+
+
+def run_online(top: str, out: str, size: int, iops: int, seed: int) -> dict:
+    """convert --online, then vdisk serve converts while a client writes; timed
+    from the start of convert --online to the server saying it is complete."""
+    from vdisk.control.client import find_server
+    t0, c0 = time.perf_counter(), children_cpu()
+    run([VDISK, "convert", "--online", top, out, "-q"])
+    prepare = time.perf_counter() - t0
+    sock = os.path.join(out, "nbd.sock")
+    srv = subprocess.Popen([VDISK, "serve", out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    client = None
+    try:
+        while not os.path.exists(sock):
+            if srv.poll() is not None:
+                raise RuntimeError(f"vdisk serve failed: {srv.stderr.read().strip()[-500:]}")
+            if time.perf_counter() - t0 > 60:
+                raise RuntimeError("vdisk serve did not start in 60 s")
+            time.sleep(0.02)
+        client = Client(sock, size, iops, seed)
+        with find_server(out) as control:
+            while True:
+                conv = control.info()["conversion"]
+                if conv["complete"]:
+                    break
+                if srv.poll() is not None or client.error is not None or time.perf_counter() - t0 > TIMEOUT:
+                    raise RuntimeError(f"the online conversion did not finish: {conv}, client {client.error}")
+                time.sleep(0.1)
+        done = time.perf_counter() - t0
+        cl = client.finish(check=5000)
+        client = None
+    finally:
+        if client is not None:
+            client.stop.set()
+        srv.send_signal(15)
+        try:
+            srv.wait(120)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait()
+    u, s_ = children_cpu()
+    info = json.loads(run([VDISK, "info", "--json", out]).stdout)
+    res = {"wall": done, "prepare": prepare, "cpu": u - c0[0] + s_ - c0[1], "sys": s_ - c0[1],
+           "physical": info["physical_bytes"], "snapshots": len(info["snapshots"]), "client": cl}
+    shutil.rmtree(out)
+    return res
+
+
 # ------------------------------------------------------------------ profile
 
 # Where the converting thread's time goes: (label, file suffix, function, "cum" or "own").
@@ -224,8 +340,7 @@ ROWS = (
 )
 
 
-def profile(top: str, out: str, repo: str):
-    sys.path.insert(0, repo)
+def profile(top: str, out: str):
     from vdisk.convert import converter
     prof = cProfile.Profile()
     t = time.perf_counter()
@@ -280,6 +395,9 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="profile one more conversion (cProfile)")
     ap.add_argument("--keep", action="store_true", help="leave the chain in --dir")
     ap.add_argument("--chain", help="reuse the chain in this directory (built with the same options)")
+    ap.add_argument("--no-online", action="store_true", help="skip the online conversion row")
+    ap.add_argument("--client-iops", type=int, default=500, help="the online row's client: 4 KiB random "
+                                                                  "writes per second (default 500)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     size = parse_size(args.size)
@@ -292,13 +410,14 @@ def main(argv=None):
             sys.exit(f"{tool} is not installed (Debian package qemu-utils)")
     os.makedirs(args.dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="run-", dir=args.dir)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     print(f"convert benchmark, {datetime.date.today()}, {machine()}, qemu-img "
           f"{run(['qemu-img', '--version']).stdout.split()[2]}")
     print(f"disk {size / MIB:.0f} MiB, {args.layers} layers, {args.percent:g}% of {args.block // KIB} KiB blocks "
           f"rewritten per layer, seed {args.seed}, {args.runs} runs each, page cache "
           f"{'evicted (fadvise DONTNEED of the chain)' if args.cold else 'warm (chain read in)'} before "
           f"every command, scratch {tmp}", flush=True)
+    vd = run([sys.executable, "-c", "import vdisk, os; print(os.path.dirname(vdisk.__file__))"]).stdout.strip()
+    print(f"vdisk code: {vd}", flush=True)
     try:
         if args.chain:
             paths = sorted(os.path.join(args.chain, n) for n in os.listdir(args.chain) if n.endswith(".qcow2"))
@@ -322,19 +441,32 @@ def main(argv=None):
             shutil.rmtree(out_v)
             print(f"  vdisk convert --verify: clean, {s['verified_bytes'] / MIB:.0f} MiB compared, "
                   f"{time.perf_counter() - t:.1f} s", flush=True)
-        samples: dict[str, list[dict]] = {"vdisk": [], "qemu": []}
+        samples: dict[str, list[dict]] = {"vdisk": [], "qemu": [], "online": []}
+        tools = ("vdisk", "qemu") if args.no_online else ("vdisk", "qemu", "online")
         for rep in range(args.runs):
-            order = ("vdisk", "qemu") if rep % 2 == 0 else ("qemu", "vdisk")
+            order = tools[rep % len(tools):] + tools[:rep % len(tools)]
             for tool in order:
                 prepare_cache(paths, args.cold)
-                r = run_vdisk(top, out_v) if tool == "vdisk" else run_qemu(top, out_q)
+                if tool == "online":
+                    r = run_online(top, out_v, size, args.client_iops, args.seed + rep)
+                elif tool == "vdisk":
+                    r = run_vdisk(top, out_v)
+                else:
+                    r = run_qemu(top, out_q)
                 samples[tool].append(r)
-                extra = (f", read {r['summary']['read_bytes'] / MIB:.1f} MiB, physical {r['physical'] / MIB:.1f} MiB"
-                         if tool == "vdisk" else f", wrote {r['file'] / MIB:.1f} MiB")
+                if tool == "online":
+                    c = r["client"]
+                    extra = (f" (ready after {r['prepare']:.2f} s), client {c['writes']} writes at {c['iops']:.0f}/s, "
+                             f"p99 {c['p99'] * 1e3:.1f} ms, max {c['max'] * 1e3:.0f} ms, {c['checked']} read back "
+                             f"right; physical {r['physical'] / MIB:.1f} MiB")
+                elif tool == "vdisk":
+                    extra = f", read {r['summary']['read_bytes'] / MIB:.1f} MiB, physical {r['physical'] / MIB:.1f} MiB"
+                else:
+                    extra = f", wrote {r['file'] / MIB:.1f} MiB"
                 print(f"  run {rep + 1} {tool:5}: {r['wall']:.2f} s wall, {r['cpu']:.2f} s CPU ({r['sys']:.2f} system){extra}", flush=True)
         if args.profile:
             prepare_cache(paths, args.cold)
-            profile(top, out_v, repo)
+            profile(top, out_v)
     finally:
         if args.keep and not args.chain:
             print(f"  chain kept in {tmp}")
@@ -345,7 +477,8 @@ def main(argv=None):
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    med = {t: {k: statistics.median(s[k] for s in samples[t]) for k in ("wall", "cpu", "sys")} for t in samples}
+    med = {t: {k: statistics.median(s[k] for s in samples[t]) for k in ("wall", "cpu", "sys")}
+           for t in samples if samples[t]}
     v, q = samples["vdisk"], samples["qemu"]
     tv, tq = med["vdisk"]["wall"], med["qemu"]["wall"]
     read_v = v[0]["summary"]["read_bytes"]
@@ -380,7 +513,20 @@ def main(argv=None):
           f"{'pass' if abs(space - 1) <= 0.10 else 'miss'} |")
     print(f"| vdisk metadata (meta/, allocated) | {meta / MIB:.1f} MiB | - | - | - |")
     print(f"| snapshots kept | {v[0]['snapshots']} | 0 (flattened) | - | - |")
-    print("| online conversion, a client writing | not built (no --online yet) | - | - | <= 2x offline |")
+    if samples["online"]:
+        o = samples["online"]
+        to = med["online"]["wall"]
+        iops = statistics.median(x["client"]["iops"] for x in o)
+        mx = max(x["client"]["max"] for x in o)
+        print(f"| online conversion, a client writing ({iops:.0f} x 4 KiB/s), to complete | {to:.2f} s "
+              f"(ready in {statistics.median(x['prepare'] for x in o):.2f} s) | - | {to / tv:.2f}x vdisk offline | "
+              f"<= 2x offline: {'pass' if to <= 2 * tv else 'miss'} |")
+        print(f"| online: client write latency p99 / worst | {statistics.median(x['client']['p99'] for x in o) * 1e3:.1f}"
+              f" ms / {mx * 1e3:.0f} ms | - | - | - |")
+        print(f"| online: physical_bytes / layer bytes (client writes included) | "
+              f"{statistics.median(x['physical'] for x in o) / layers_data:.3f} | - | - | - |")
+    else:
+        print("| online conversion, a client writing | not run (--no-online) | - | - | <= 2x offline |")
     return 0
 
 
