@@ -151,9 +151,10 @@ def receive(path: str, inp, resume: bool = False, progress=None) -> ReceiveSumma
         except StreamTruncated as e:
             _checkpoint(staging, disk)
             staging.close()
-            raise StreamTruncated(f"{e}; the {staging.offset - started_at} bytes of changes received are kept: "
-                                  f"resume with vdisk receive {path} --resume, from the stream vdisk send "
-                                  f"--resume {encode_token(h.snap_id, h.base_id, staging.offset)} writes") from None
+            raise StreamTruncated(f"{e}; nothing is published, and every change up to byte {staging.offset} is "
+                                  f"kept: resume with vdisk receive {path} --resume, from the stream vdisk send "
+                                  f"--resume {encode_token(h.snap_id, h.base_id, staging.offset)} writes "
+                                  f"(or drop it: vdisk receive {path} --abort)") from None
         except StreamDamaged:
             _reject(staging, saved)
             if created:
