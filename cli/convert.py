@@ -78,7 +78,7 @@ def _summary(s, as_json: bool, verb: str):
     if as_json:
         emit_json({"disk": os.path.abspath(s.disk), "layers": s.layers, "snapshots": s.snapshots,
                    "read_bytes": s.read_bytes, "written_bytes": s.written_bytes, "zero_bytes": s.zero_bytes,
-                   "unchanged_bytes": s.skipped_bytes, "seconds": round(s.seconds, 3),
+                   "unchanged_bytes": s.skipped_bytes, "hole_bytes": s.hole_bytes, "seconds": round(s.seconds, 3),
                    "verified_bytes": s.verified_bytes})
         return
     if not s.layers:
@@ -87,7 +87,7 @@ def _summary(s, as_json: bool, verb: str):
     snaps = f"{len(s.snapshots)} snapshot{'s' if len(s.snapshots) != 1 else ''}"
     click.echo(f"{verb} {s.layers} layer{'s' if s.layers != 1 else ''} into {s.disk} ({snaps}) in "
                f"{s.seconds:.1f} s: read {describe_size(s.read_bytes)}, wrote {describe_size(s.written_bytes)}, "
-               f"{describe_size(s.zero_bytes)} as zeros" +
+               f"{describe_size(s.zero_bytes)} as zeros, {describe_size(s.hole_bytes)} of holes skipped" +
                (f", {describe_size(s.skipped_bytes)} unchanged" if s.skipped_bytes else "") +
                (f"; verified {describe_size(s.verified_bytes)}" if s.verified_bytes is not None else ""))
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class Summary:
     skipped_bytes: int
     seconds: float
     verified_bytes: int | None = None
+    hole_bytes: int = 0
 
 
 def plan(layers: list[Layer], names: list[str] | None) -> list[cfmt.Step]:
@@ -130,7 +132,10 @@ def start(source: str, disk_path: str, *, names: list[str] | None = None, fmt: s
         else:
             disk.flush()
     except BaseException:
+        # Without its record the container would pass for a complete, empty
+        # disk; it did not exist before this call, so it goes.
         disk.close()
+        shutil.rmtree(disk_path, ignore_errors=True)
         raise
     return disk
 
@@ -191,7 +196,8 @@ def run(disk, progress=None) -> Summary:
         disk.flush()
     st = rec.stats
     return Summary(disk.path, len(layers), [s.snapshot for s in rec.steps if s.snapshot],
-                   st["read"], st["written"], st["zeros"], st["skipped"], time.monotonic() - t0)
+                   st["read"], st["written"], st["zeros"], st["skipped"], time.monotonic() - t0,
+                   hole_bytes=st.get("holes", 0))
 
 
 def convert(source: str, disk_path: str, *, names=None, fmt=None, progress=None,
@@ -338,6 +344,9 @@ class _Converter:
                     with Export(ly.path, ly.format, snapshot=prev.internal, depth=True, what=what) as old:
                         ranges = _union(ranges, old.own_ranges())
                 self._copy(src, [(o, n, True) for o, n, _d in ranges], compare=True)
+            # What the state leaves to the one below it: skipped, never read.
+            # Counted when the state ends, in the commit that ends it.
+            self.rec.stats["holes"] = self.rec.stats.get("holes", 0) + ly.size - sum(r[1] for r in ranges)
         self.rec.next += 1
         self.rec.done = 0
         self.disk.stage_extra_record(cfmt.RECORD_NAME, cfmt.encode(self.rec))

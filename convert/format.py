@@ -26,7 +26,8 @@ The body::
     done        bytes of step ``next``'s source range already converted
                 (every extent below this offset is in the disk)
     started     Unix time, seconds (float)
-    stats       {read, written, zeros, skipped}: bytes so far
+    stats       {read, written, zeros, skipped, holes}: bytes so far (holes:
+                what the states left to the ones below, never read)
     flat        true for an import: the top image as qemu shows it, chain
                 and all, is one state (no snapshots)
     online      true for ``convert --online``: the states go into the
@@ -67,7 +68,7 @@ class Progress:
     next: int = 0
     done: int = 0
     started: float = 0.0
-    stats: dict = field(default_factory=lambda: {"read": 0, "written": 0, "zeros": 0, "skipped": 0})
+    stats: dict = field(default_factory=lambda: {"read": 0, "written": 0, "zeros": 0, "skipped": 0, "holes": 0})
     flat: bool = False
     online: bool = False
     complete: bool = False
