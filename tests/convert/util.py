@@ -39,6 +39,20 @@ def missing_tools() -> list[str]:
 
 # ------------------------------------------------------------------ vdisk
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def documented_fields(block: str) -> set[str]:
+    """The fields docs/CLI.md lists in its ``json-fields BLOCK`` block (the
+    documentation is the contract, as in tests/cli/test_json.py)."""
+    import re
+    with open(os.path.join(ROOT, "docs", "CLI.md")) as f:
+        text = f.read()
+    m = re.search(r"```json-fields %s\n(.*?)```" % re.escape(block), text, re.S)
+    assert m, f"docs/CLI.md has no json-fields {block} block"
+    return {line.split()[0] for line in m.group(1).splitlines() if line.strip()}
+
+
 def run(*args, input=None):
     """``vdisk ARGS`` in this process: a click Result (stdout, stderr, exit_code)."""
     return CliRunner(catch_exceptions=False).invoke(main, [str(a) for a in args], input=input)
