@@ -316,3 +316,10 @@ def test_a_failure_right_after_the_container_is_made_leaves_no_disk(tmp_path, mo
     r = run("convert", ch.top, disk)
     assert r.exit_code == NoSpace.exit_code
     assert not os.path.lexists(disk) or "resum" in r.stderr
+
+
+def test_a_disk_in_a_directory_that_does_not_exist(tmp_path):
+    ch = small_chain(tmp_path, n=1)
+    for cmd in ("convert", "import"):
+        one_error_line(run(cmd, ch.top, tmp_path / "no" / "d.vdisk"), MISSING, "does not exist")
+    assert not (tmp_path / "no").exists()

@@ -261,3 +261,10 @@ def test_export_into_a_full_file_system_leaves_nothing(converted, tmp_path):
             assert os.listdir(mnt) == []
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_export_of_a_directory_that_is_not_a_disk(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"meow")
+    one_error_line(run("export", tmp_path / "photos", tmp_path / "o.raw"), 2, "is not a vdisk disk")
+    assert os.listdir(tmp_path / "photos") == ["cat.jpg"] and not (tmp_path / "o.raw").exists()
