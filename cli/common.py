@@ -129,7 +129,7 @@ def refuse_unfinished(d):
     """Refuse to change (or serve, or mount) a disk an offline conversion
     has not finished: its running point is not yet the source's top image,
     and a change made now would land inside a layer's snapshot."""
-    from vdisk.convert.converter import progress_of
+    from vdisk.convert.state import progress_of
     rec = progress_of(d)
     # An online conversion is carried on by whoever serves the disk, and the
     # engine itself refuses what would mix it with client changes.

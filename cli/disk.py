@@ -64,7 +64,7 @@ def _describe_conversion(c: dict) -> str:
 
 
 def _conversion(d):
-    from vdisk.convert.converter import status
+    from vdisk.convert.state import status
     return status(d)
 
 

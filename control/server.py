@@ -59,7 +59,7 @@ import stat
 import struct
 import threading
 
-from vdisk.convert.converter import status as conversion_status
+from vdisk.convert.state import status as conversion_status
 from vdisk.errors import Busy, InvalidArgument, VdiskError
 
 from . import protocol, unixsock

@@ -31,13 +31,14 @@ import time
 from dataclasses import dataclass
 
 import vdisk
-from vdisk.errors import AlreadyExists, ImageError, InvalidArgument, NotFound
-from vdisk.names import SNAPSHOT_NAME_RULE, validate_snapshot_name
+from vdisk.errors import AlreadyExists, ImageError
 
 from . import format as cfmt
 from .chain import Layer, own_extents, read_chain
 from .compare import compare
 from .qemu import Export
+# Planning and the record live in .state; importable from here too.
+from .state import check_layers, layer_facts, plan, progress_of, record_of, status  # noqa: F401
 
 CHUNK_BYTES = 4 << 20
 CHECKPOINT_BYTES = 256 << 20
@@ -59,50 +60,6 @@ class Summary:
     hole_bytes: int = 0
 
 
-def plan(layers: list[Layer], names: list[str] | None) -> list[cfmt.Step]:
-    """One step per state of the chain, base first; the snapshot names they get."""
-    steps = []
-    for i, ly in enumerate(layers):
-        for s in ly.internal:
-            steps.append(cfmt.Step(i, s, f"{ly.label}@{s}"))
-        steps.append(cfmt.Step(i, None, None if i == len(layers) - 1 else ly.label))
-    snaps = [s for s in steps if s.snapshot is not None]
-    if names is not None:
-        if len(names) != len(snaps):
-            given = f"{len(names)} name{'s' if len(names) != 1 else ''}"
-            raise InvalidArgument(f"--names gives {given}, but the chain makes {len(snaps)} "
-                                  f"snapshots ({', '.join(s.snapshot for s in snaps) or 'none'})")
-        for s, n in zip(snaps, names):
-            s.snapshot = n
-        if len(set(names)) != len(names):
-            twice = next(n for n in names if names.count(n) > 1)
-            raise InvalidArgument(f"--names: {twice!r} is given twice")
-    else:
-        # Two layers with one file name in different folders: the later
-        # ones get the first "-k" that no layer is called and none took.
-        taken = {s.snapshot for s in snaps}
-        used: set[str] = set()
-        for s in snaps:
-            if s.snapshot in used:
-                k = 2
-                while f"{s.snapshot}-{k}" in taken or f"{s.snapshot}-{k}" in used:
-                    k += 1
-                s.snapshot = f"{s.snapshot}-{k}"
-            used.add(s.snapshot)
-    for s in snaps:
-        try:
-            validate_snapshot_name(s.snapshot)
-        except InvalidArgument:
-            hint = "" if names is not None else "; give the names with --names"
-            raise InvalidArgument(f"{s.snapshot!r} cannot name a snapshot ({SNAPSHOT_NAME_RULE}){hint}") from None
-    return steps
-
-
-def _layer_facts(ly: Layer) -> dict:
-    st = os.stat(ly.path)
-    return {"path": ly.path, "format": ly.format, "size": ly.size, "mtime_ns": st.st_mtime_ns}
-
-
 def start(source: str, disk_path: str, *, names: list[str] | None = None, fmt: str | None = None,
           flat: bool = False, online: bool = False, rate: int = 0):
     """Create ``disk_path`` for converting ``source``; returns the open disk.
@@ -122,7 +79,7 @@ def start(source: str, disk_path: str, *, names: list[str] | None = None, fmt: s
     block_size = 4096 if size % 4096 == 0 else 512
     disk = vdisk.Disk.create(disk_path, size, block_size)
     try:
-        rec = cfmt.Progress(source, [_layer_facts(ly) for ly in layers], steps, started=time.time(), flat=flat,
+        rec = cfmt.Progress(source, [layer_facts(ly) for ly in layers], steps, started=time.time(), flat=flat,
                             online=online, rate=rate)
         disk.stage_extra_record(cfmt.RECORD_NAME, cfmt.encode(rec))
         if online:
@@ -140,49 +97,13 @@ def start(source: str, disk_path: str, *, names: list[str] | None = None, fmt: s
     return disk
 
 
-def record_of(disk) -> cfmt.Progress | None:
-    """The conversion record of an open disk (finished or not), or None."""
-    buf = disk.extra_record(cfmt.RECORD_NAME)
-    return None if buf is None else cfmt.decode(buf)
-
-
-def progress_of(disk) -> cfmt.Progress | None:
-    """The record of a conversion still to finish, or None."""
-    rec = record_of(disk)
-    return None if rec is None or rec.complete else rec
-
-
-def status(disk) -> dict | None:
-    """What ``vdisk info`` shows of a conversion (None: the disk was not converted)."""
-    rec = record_of(disk)
-    if rec is None:
-        return None
-    return {"source": rec.source, "layers": [f["path"] for f in rec.layers], "online": rec.online,
-            "complete": rec.complete, "states_done": rec.next, "states": len(rec.steps),
-            "state_bytes_done": rec.done, "source_in_use": not rec.complete,
-            "resume": None if rec.complete or rec.online else f"vdisk convert --resume {disk.path}"}
-
-
-def _check_layers(rec: cfmt.Progress) -> list[Layer]:
-    layers = []
-    for f in rec.layers:
-        try:
-            st = os.stat(f["path"])
-        except FileNotFoundError:
-            raise NotFound(f"layer {f['path']} of the conversion is gone; it cannot be finished") from None
-        if st.st_mtime_ns != f["mtime_ns"]:
-            raise ImageError(f"layer {f['path']} changed since the conversion started; it cannot be finished")
-        layers.append(Layer(f["path"], f["format"], f["size"]))
-    return layers
-
-
 def run(disk, progress=None) -> Summary:
     """Finish the conversion recorded in ``disk`` (open for writing)."""
     t0 = time.monotonic()
     rec = progress_of(disk)
     if rec is None:
         return Summary(disk.path, 0, [], 0, 0, 0, 0, 0.0)
-    layers = _check_layers(rec)
+    layers = check_layers(rec)
     conv = _Converter(AnchorTarget(disk, rec.rate) if rec.online else disk, rec, layers, progress)
     while rec.next < len(rec.steps):
         conv.step(rec.steps[rec.next])
@@ -266,7 +187,7 @@ class QemuOrigin:
 
 
 def open_origin(rec: cfmt.Progress) -> QemuOrigin:
-    top = _check_layers(rec)[-1]
+    top = check_layers(rec)[-1]
     return QemuOrigin(top.path, top.format)
 
 
