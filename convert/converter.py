@@ -97,8 +97,12 @@ def start(source: str, disk_path: str, *, names: list[str] | None = None, fmt: s
     return disk
 
 
-def run(disk, progress=None) -> Summary:
-    """Finish the conversion recorded in ``disk`` (open for writing)."""
+def run(disk, progress=None, on_change=None) -> Summary:
+    """Finish the conversion recorded in ``disk`` (open for writing).
+
+    ``on_change()``, if given, is called after each snapshot it takes and
+    at the end (a mount refreshes its snapshots/ folder with it).
+    """
     t0 = time.monotonic()
     rec = progress_of(disk)
     if rec is None:
@@ -106,7 +110,10 @@ def run(disk, progress=None) -> Summary:
     layers = check_layers(rec)
     conv = _Converter(AnchorTarget(disk, rec.rate) if rec.online else disk, rec, layers, progress)
     while rec.next < len(rec.steps):
-        conv.step(rec.steps[rec.next])
+        step = rec.steps[rec.next]
+        conv.step(step)
+        if step.snapshot is not None and on_change is not None:
+            on_change()
     rec.complete = True
     disk.stage_extra_record(cfmt.RECORD_NAME, cfmt.encode(rec))
     if rec.online:
@@ -115,6 +122,8 @@ def run(disk, progress=None) -> Summary:
             origin.close()
     else:
         disk.flush()
+    if on_change is not None:
+        on_change()
     st = rec.stats
     return Summary(disk.path, len(layers), [s.snapshot for s in rec.steps if s.snapshot],
                    st["read"], st["written"], st["zeros"], st["skipped"], time.monotonic() - t0,

@@ -31,18 +31,29 @@ def open_disk(path: str, readonly: bool = False, background: bool = True):
         if rec is not None and rec.online and disk.converting:
             disk.attach_origin(converter.open_origin(rec))
             if not readonly and background:
-                threading.Thread(target=_convert_in_background, args=(disk,), name="vdisk-convert",
-                                 daemon=True).start()
+                start_background(disk)
     except BaseException:
         disk.close()
         raise
     return disk
 
 
-def _convert_in_background(disk):
+def start_background(disk, on_change=None) -> bool:
+    """Carry on an online conversion of ``disk`` (opened by :func:`open_disk`
+    with ``background=False``) in a thread; False when there is none.
+    ``on_change`` is :func:`vdisk.convert.converter.run`'s."""
+    rec = converter.progress_of(disk)
+    if disk.readonly or rec is None or not rec.online or not disk.converting:
+        return False
+    threading.Thread(target=_convert_in_background, args=(disk, on_change), name="vdisk-convert",
+                     daemon=True).start()
+    return True
+
+
+def _convert_in_background(disk, on_change):
     try:
         with disk.maintenance():
-            summary = converter.run(disk)
+            summary = converter.run(disk, on_change=on_change)
         log.info("online conversion of %s done: %d layers, %d snapshots; its source is no longer used",
                  disk.path, summary.layers, len(summary.snapshots))
     except Cancelled:

@@ -75,10 +75,11 @@ def run(disk_path: str, mountpoint: str, *, allow_other: bool = False, on_ready=
 
 
 def _run(disk_path, mountpoint, allow_other, on_ready, debug):
-    from vdisk.convert.online import open_disk
+    from vdisk.convert.online import open_disk, start_background
 
-    # An online conversion in progress gets its origin and carries on here.
-    disk = open_disk(disk_path)
+    # An online conversion in progress gets its origin here, and carries on
+    # once the mount is up (its snapshots then appear under snapshots/).
+    disk = open_disk(disk_path, background=False)
     control = None
     fs = None
     mounted = False
@@ -100,6 +101,7 @@ def _run(disk_path, mountpoint, allow_other, on_ready, debug):
         fs.start_notifier()
         control = control_server(disk, fs, mountpoint)
         control.start()
+        start_background(disk, on_change=fs.refresh)
         trio.run(_serve, mountpoint, on_ready)
     finally:
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)

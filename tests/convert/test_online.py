@@ -181,3 +181,31 @@ def test_resume_in_the_foreground_when_nobody_serves(chain, tmp_path):
     assert out["snapshots"] == ["base.qcow2", "mid.qcow2"] and out["verified_bytes"] > 0
     assert conversion(disk)["complete"]
     assert vdisk("verify", disk).returncode == 0
+
+
+def test_a_mount_converts_too_and_shows_the_layers_as_they_land(chain, tmp_path):
+    d, base, mid, top, raws = chain
+    disk, mnt = str(tmp_path / "m.vdisk"), str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    vdisk("convert", "--online", "--rate", "200M", top, disk)
+    vdisk("mount", disk, mnt)
+    try:
+        img = os.path.join(mnt, "disk.img")
+        fd = os.open(img, os.O_RDWR)
+        try:
+            os.pwrite(fd, b"m" * 8192, 3 * MiB + 100)
+            os.fsync(fd)
+            assert os.pread(fd, 4096, 51 * MiB) == b"\x03" * 4096     # the top, through the origin
+        finally:
+            os.close(fd)
+        wait_until(lambda: conversion(disk)["complete"], "the conversion did not finish")
+        assert sorted(os.listdir(os.path.join(mnt, "snapshots"))) == ["base.qcow2.img", "mid.qcow2.img"]
+        for name, src in (("base.qcow2", base), ("mid.qcow2", mid)):
+            sh("qemu-img", "compare", "-q", "-f", "raw", "-F", "raw",
+               os.path.join(mnt, "snapshots", name + ".img"), raws[src])
+        with open(img, "rb") as f:
+            f.seek(3 * MiB + 100)
+            assert f.read(8192) == b"m" * 8192
+    finally:
+        vdisk("umount", mnt)
+    assert vdisk("verify", disk).returncode == 0
