@@ -136,7 +136,7 @@ def _convert(paths, names, fmt, verify, resume, online, rate, quiet, as_json):
             raise InvalidArgument("--names and --format belong to the start of a conversion, not --resume")
         with _Bar(quiet) as bar:
             summary = converter.resume(paths[0], progress=bar, verify=verify)
-        _summary(summary, as_json, "converted")
+        _summary(summary, as_json, "imported" if summary.imported else "converted")
         return
     if len(paths) != 2:
         raise InvalidArgument("convert takes SOURCE and DISK (or --resume DISK)")

@@ -58,6 +58,7 @@ class Summary:
     seconds: float
     verified_bytes: int | None = None
     hole_bytes: int = 0
+    imported: bool = False      # an import (one flattened state), not a chain
 
 
 def start(source: str, disk_path: str, *, names: list[str] | None = None, fmt: str | None = None,
@@ -127,7 +128,7 @@ def run(disk, progress=None, on_change=None) -> Summary:
     st = rec.stats
     return Summary(disk.path, len(layers), [s.snapshot for s in rec.steps if s.snapshot],
                    st["read"], st["written"], st["zeros"], st["skipped"], time.monotonic() - t0,
-                   hole_bytes=st.get("holes", 0))
+                   hole_bytes=st.get("holes", 0), imported=rec.flat)
 
 
 def convert(source: str, disk_path: str, *, names=None, fmt=None, progress=None,

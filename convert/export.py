@@ -36,8 +36,28 @@ CHUNK_BYTES = 4 << 20
 
 
 def _hidden(path: str) -> str:
+    """The name OUT is built under; what a killed export of OUT left is removed."""
     d, base = os.path.split(os.path.abspath(path))
-    return os.path.join(d, f".{base}.vdisk-export-{os.getpid()}")
+    prefix = f".{base}.vdisk-export-"
+    try:
+        names = os.listdir(d)
+    except OSError:
+        names = []
+    for n in names:
+        pid = n[len(prefix):]
+        if n.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _remove(os.path.join(d, n))
+    return os.path.join(d, f"{prefix}{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_ranges(view, img: Export, ranges, progress=None, label="export") -> tuple[int, int]:
