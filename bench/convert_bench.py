@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/convert_bench.py [--size 4G] [--layers 10] [--percent 5] [--runs 3]
                                             [--dir /tmp/convert-bench] [--cold] [--verify]
-                                            [--client-iops 500] [--no-online]
+                                            [--settle 15] [--client-iops 500] [--no-online]
                                             [--profile] [--keep] [--chain DIR]
 
 The chain (issue 12): ``--layers`` qcow2 images (64 KiB clusters) over one
@@ -25,6 +25,13 @@ the default: this VM reclaims cold page cache within minutes, so "cold"
 would mean whatever it happened to evict) or, with ``--cold``, evicted with
 ``posix_fadvise(DONTNEED)`` (only the chain's own files: dropping the whole
 cache would slow everyone else on the machine); the same for both tools.
+Memory too: this VM (firecracker, virtio-balloon free page reporting) hands
+free memory back to the host within seconds, and the first touch of such a
+page costs ~10 us (pwrite into new page cache: ~370 MiB/s, against ~4 GB/s
+into pages freed a moment ago). Whichever command ran right after a large
+output was deleted got the cheap pages, so before each command the bench
+waits ``--settle`` seconds (default 15) after deleting the last outputs:
+every command then starts with the host holding the free memory.
 
 Rates: vdisk reads each layer's own data (the sum of ``qemu-img map`` depth 0
 data extents over the layers: "layer bytes"); qemu-img reads the flattened
@@ -395,6 +402,8 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="profile one more conversion (cProfile)")
     ap.add_argument("--keep", action="store_true", help="leave the chain in --dir")
     ap.add_argument("--chain", help="reuse the chain in this directory (built with the same options)")
+    ap.add_argument("--settle", type=float, default=15.0, help="seconds to wait after deleting outputs, "
+                                                                 "before each command (see above)")
     ap.add_argument("--no-online", action="store_true", help="skip the online conversion row")
     ap.add_argument("--client-iops", type=int, default=500, help="the online row's client: 4 KiB random "
                                                                   "writes per second (default 500)")
@@ -414,8 +423,8 @@ def main(argv=None):
           f"{run(['qemu-img', '--version']).stdout.split()[2]}")
     print(f"disk {size / MIB:.0f} MiB, {args.layers} layers, {args.percent:g}% of {args.block // KIB} KiB blocks "
           f"rewritten per layer, seed {args.seed}, {args.runs} runs each, page cache "
-          f"{'evicted (fadvise DONTNEED of the chain)' if args.cold else 'warm (chain read in)'} before "
-          f"every command, scratch {tmp}", flush=True)
+          f"{'evicted (fadvise DONTNEED of the chain)' if args.cold else 'warm (chain read in)'} and "
+          f"{args.settle:g} s settle before every command, scratch {tmp}", flush=True)
     vd = run([sys.executable, "-c", "import vdisk, os; print(os.path.dirname(vdisk.__file__))"]).stdout.strip()
     print(f"vdisk code: {vd}", flush=True)
     try:
@@ -446,6 +455,7 @@ def main(argv=None):
         for rep in range(args.runs):
             order = tools[rep % len(tools):] + tools[:rep % len(tools)]
             for tool in order:
+                time.sleep(args.settle)
                 prepare_cache(paths, args.cold)
                 if tool == "online":
                     r = run_online(top, out_v, size, args.client_iops, args.seed + rep)
