@@ -104,9 +104,25 @@ def _open_env(key: str, path: str, readonly: bool, create: bool, map_size: int) 
 
 
 def _open_error(path: str, e: lmdb.Error):
-    if getattr(e, "code", None) == errno.EIO:
+    code = getattr(e, "code", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e):
+        # Not damage: the file system is full (creating or opening writes pages).
+        return NoSpace(f"cannot open metadata database {path}: no space left on the file system")
+    if code in (errno.EIO, errno.EFBIG) and _nearly_full(path):
+        # LMDB reports a short write as EIO, which is what a full file system gives.
+        return NoSpace(f"cannot open metadata database {path}: no space left on the file system ({e})")
+    if code == errno.EIO:
         return StorageError(f"cannot open metadata database {path}: {e}")
     return IntegrityError(f"cannot open metadata database {path}: {e}")
+
+
+def _nearly_full(path: str) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    free = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    return free * st.f_frsize < (1 << 20)
 
 
 def _release_env(key: str):
