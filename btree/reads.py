@@ -134,8 +134,24 @@ class TreeReads:
 
     def floor(self, key):
         """The entry with the greatest key <= ``key``, or None."""
-        # items_reverse without the generator: the extent maps call this on
-        # every disk request.
+        # The extent maps call this on every disk request: descend without
+        # keeping the path, which only a floor in an earlier leaf needs.
+        cache = self.forest.cache
+        load = self.forest.load
+        node_id = self.rec.root
+        node = cache.get(node_id) or load(node_id)
+        while not node.leaf:
+            i = bisect_right(node.keys, key) - 1
+            node_id = node.vals[i if i > 0 else 0]
+            node = cache.get(node_id) or load(node_id)
+        j = bisect_right(node.keys, key)
+        if j:
+            return node.keys[j - 1], node.vals[j - 1]
+        return self._floor_before_leaf(key)
+
+    def _floor_before_leaf(self, key):
+        """floor() when ``key`` is below its leaf's first key: the floor ends an earlier leaf."""
+        # items_reverse without the generator.
         f = self.forest
         cache = f.cache
         stack = []

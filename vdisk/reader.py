@@ -19,7 +19,7 @@ import blake3
 from vdisk.errors import ChecksumMismatch, IntegrityError, InvalidArgument, NotFound, ReadOnly, StorageError
 
 from . import format as fmt
-from .extents import ExtentMap
+from .extents import LEN_BITS, MAX_LEN, ExtentMap
 from .names import CSUM_BYTES, SNAP_META_PREFIX, SNAP_TREE_PREFIX
 
 log = logging.getLogger("vdisk")
@@ -198,6 +198,10 @@ class ReadPath:
 
     def _read_blocks(self, lba_map: ExtentMap, b0: int, n: int, origin=None) -> bytes | bytearray:
         bs = self.block_size
+        if n == 1:
+            data = self._read_one(lba_map, b0)
+            if data is not None:
+                return data
         pieces = lba_map.pieces(b0, n)
         if len(pieces) == 1 and pieces[0][0] == b0 and pieces[0][2] == n:
             # One extent (the common large read): read straight into a new
@@ -220,6 +224,36 @@ class ReadPath:
         if origin is not None and pos < b0 + n:
             view[(pos - b0) * bs:] = origin.read(pos * bs, (b0 + n - pos) * bs)
         return out
+
+    def _read_one(self, lba_map: ExtentMap, lba: int) -> bytes | None:
+        """One mapped, intact block read with a floor lookup per map; None otherwise.
+
+        The common NBD request is one 4 KiB block (issue 13): a floor in the
+        LBA and VBA trees, a get in the csum tree and one pread, instead of
+        the general path's piece lists. Anything else (a hole, a missing
+        VBA or checksum, a short read, a mismatch) returns None and the
+        general path reads the block again and answers it as it always has,
+        so every error keeps its message.
+        """
+        e = lba_map.tree.floor(lba)
+        if e is None:
+            return None
+        k, v = e
+        if k + (v & MAX_LEN) <= lba:
+            return None
+        vba = (v >> LEN_BITS) + lba - k
+        e = self._vba.tree.floor(vba)
+        if e is None:
+            return None
+        k, v = e
+        if k + (v & MAX_LEN) <= vba:
+            return None
+        bs = self.block_size
+        data = self._pread(bs, ((v >> LEN_BITS) + vba - k) * bs)
+        want = self._csum.get(vba)
+        if want is None or len(data) != bs or blake3.blake3(data).digest(CSUM_BYTES) != want:
+            return None
+        return data
 
     def _pread(self, length: int, offset: int) -> bytes:
         try:
