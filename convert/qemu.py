@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -87,57 +88,78 @@ class Export:
         self.path = path
         self.what = what or path
         nbd = load_nbd()
-        self._dir = tempfile.mkdtemp(prefix="vdisk-qemu-nbd-")
-        sock = os.path.join(self._dir, "sock")
         # Writes (export) keep mapped zero blocks sparse; flush makes them durable.
-        cmd = [_tool("qemu-nbd"), "--socket", sock, "--format", fmt, "--cache", "writeback",
+        cmd = [_tool("qemu-nbd"), "--format", fmt, "--cache", "writeback",
                "--aio", "threads", "--discard", "unmap", "--detect-zeroes", "off" if read_only else "unmap"]
         if read_only:
             cmd.append("--read-only")
         if depth:
             cmd.append("--allocation-depth")
-        self._depth = depth
         if snapshot is not None:
             # An option string: a comma in the name is written twice.
             cmd += ["--load-snapshot", f"snapshot.name={snapshot.replace(',', ',,')}"]
         cmd.append(path)
         self._log = tempfile.TemporaryFile("w+")      # qemu-nbd's messages, nameless
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
-                                      start_new_session=True)
         self.h = None
+        self._proc = None
+        self._watch = None
         try:
-            self.h = self._connect(nbd, sock)
+            client = self._spawn(cmd)
+            self.h = nbd.NBD()
+            self.h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+            if depth:
+                self.h.add_meta_context(DEPTH_CONTEXT)
+            try:
+                self.h.connect_socket(client.detach())
+            except nbd.Error:
+                self._proc.wait(NBD_START_TIMEOUT)
+                self._log.seek(0)
+                raise ImageError(f"{self.what}: {_last_line(self._log.read())}") from None
         except BaseException:
             self.close()
             raise
-        # Connected, the socket has served its purpose (qemu-nbd takes one
-        # client): remove it now, so a converter killed with SIGKILL leaves
-        # no directory behind (qemu-nbd exits when the connection drops).
-        shutil.rmtree(self._dir, ignore_errors=True)
         self.size = self.h.get_size()
 
-    def _connect(self, nbd, sock: str):
-        deadline = time.monotonic() + NBD_START_TIMEOUT
-        while True:
-            if self._proc.poll() is not None:
-                self._log.seek(0)
-                raise ImageError(f"{self.what}: {_last_line(self._log.read())}")
-            if os.path.exists(sock):
-                h = nbd.NBD()
-                h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-                if self._depth:
-                    h.add_meta_context(DEPTH_CONTEXT)
-                try:
-                    h.connect_unix(sock)
-                    return h
-                except nbd.Error:
-                    # The socket is bound before qemu-nbd listens on it: try
-                    # again. (The binding has no close(); dropping the handle
-                    # frees it.)
-                    del h
-            if time.monotonic() > deadline:
-                raise ImageError(f"{self.what}: qemu-nbd did not start in {NBD_START_TIMEOUT:.0f} s")
-            time.sleep(0.01)
+    def _spawn(self, cmd: list[str]) -> socket.socket:
+        """Start qemu-nbd socket-activated on a listening socket this process
+        is already connected to; returns the connected end.
+
+        qemu-nbd serves that one client and exits when it leaves - but only
+        once the NBD handshake is done, so a server whose client died before
+        it (this process SIGKILLed right after the spawn) would wait for
+        ever. So it runs under a small bash watchdog that reads a pipe only
+        this process writes: when this process dies, however, the read ends
+        and the watchdog stops qemu-nbd. No socket file outlives this call.
+        """
+        d = tempfile.mkdtemp(prefix="vdisk-qemu-nbd-")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        watch_r, self._watch = os.pipe()
+        try:
+            path = os.path.join(d, "sock")
+            listener.bind(path)
+            listener.listen(1)
+            client.connect(path)
+            fd = listener.fileno()
+            # systemd's protocol: the listening socket is fd 3 and LISTEN_PID
+            # the server's own (bash: dash cannot name a descriptor past 9).
+            # It ends with qemu-nbd, passing on its status.
+            shell = (f'( export LISTEN_PID=$BASHPID LISTEN_FDS=1; exec "$@" 3<&{fd} {watch_r}<&- ) & q=$!; '
+                     f'( read -r -u {watch_r} _; kill $q 2>/dev/null ) & w=$!; '
+                     f'trap "kill $q 2>/dev/null" TERM; wait $q; s=$?; kill $w 2>/dev/null; exit $s')
+            self._proc = subprocess.Popen(["/bin/bash", "-c", shell, "bash", *cmd], stdin=subprocess.DEVNULL,
+                                          stdout=self._log, stderr=self._log, pass_fds=(fd, watch_r),
+                                          start_new_session=True)
+        except BaseException:
+            client.close()
+            os.close(self._watch)
+            self._watch = None
+            raise
+        finally:
+            os.close(watch_r)
+            listener.close()
+            shutil.rmtree(d, ignore_errors=True)
+        return client
 
     def pread(self, length: int, offset: int) -> bytes:
         nbd = load_nbd()
@@ -247,7 +269,10 @@ class Export:
             with contextlib.suppress(Exception):
                 self.h.close()
             self.h = None
-        if self._proc.poll() is None:
+        if self._watch is not None:
+            os.close(self._watch)           # the watchdog stops qemu-nbd if it still runs
+            self._watch = None
+        if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
             try:
                 self._proc.wait(10)
@@ -255,7 +280,6 @@ class Export:
                 self._proc.kill()
                 self._proc.wait()
         self._log.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self):
         return self

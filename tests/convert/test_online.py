@@ -40,16 +40,18 @@ def vdisk(*args, check=True):
 
 
 class Serve:
-    def __init__(self, disk):
+    def __init__(self, disk, images: str):
         self.sock = os.path.join(disk, "nbd.sock")
+        self.images = images
         self.proc = subprocess.Popen([sys.executable, "-m", "vdisk.cli.main", "serve", disk],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
-        while not os.path.exists(self.sock):
+        pidfile = os.path.join(disk, "nbdkit.pid")
+        while not (os.path.exists(self.sock) and os.path.exists(pidfile)):
             assert self.proc.poll() is None, self.proc.stderr.read()
             assert time.monotonic() < deadline, "vdisk serve did not start"
             time.sleep(0.02)
-        self.pid = int(open(os.path.join(disk, "nbdkit.pid")).read())
+        self.pid = int(open(pidfile).read())
         nbd = load_nbd()
         self.h = nbd.NBD()
         self.h.connect_unix(self.sock)
@@ -58,11 +60,19 @@ class Serve:
         """SIGKILL the process that holds the disk (nbdkit), as a crash would."""
         os.kill(self.pid, signal.SIGKILL)
         self.proc.wait(30)
+        # Its qemu-nbd servers (the origin, the layer being read) go with it.
+        wait_until(lambda: not qemu_nbd_of(self.images), "a qemu-nbd outlived the killed server", 10)
 
     def stop(self):
         self.h.shutdown()
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(60)
+
+
+def qemu_nbd_of(folder: str) -> list[int]:
+    """PIDs of qemu-nbd processes serving an image in ``folder``."""
+    out = subprocess.run(["pgrep", "-f", f"qemu-nbd .*{folder}"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
 
 
 def read_all(h) -> bytes:
@@ -139,7 +149,7 @@ def test_clients_write_while_the_chain_converts_behind_them(chain, tmp_path):
             roff = rng.randrange(0, SIZE - 65536)
             assert h.pread(65536, roff) == bytes(model[roff:roff + 65536])
 
-    s = Serve(disk)
+    s = Serve(disk, str(d))
     client_round(s.h, 10)
     wait_until(lambda: states_done(disk)[0] >= 1, "the base layer was not converted")
     assert not states_done(disk)[1]
@@ -147,7 +157,7 @@ def test_clients_write_while_the_chain_converts_behind_them(chain, tmp_path):
     c = conversion(disk)
     assert not c["complete"] and c["states_done"] >= 1
 
-    s = Serve(disk)
+    s = Serve(disk, str(d))
     assert read_all(s.h) == bytes(model)         # nothing flushed was lost; the top shows through
     client_round(s.h, 60)
     wait_until(lambda: conversion(disk)["complete"], "the conversion did not finish")

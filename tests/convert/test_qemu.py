@@ -1,9 +1,14 @@
-"""The qemu helpers (convert/qemu.py): a qemu-nbd export that is not yet
-listening is waited for, and qemu's failures become one ImageError line."""
+"""The qemu helpers (convert/qemu.py): a qemu-nbd export never outlives the
+process that started it, and qemu's failures become one ImageError line."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 
 import pytest
 
@@ -13,26 +18,46 @@ from vdisk.errors import ImageError
 from .util import MiB, qemu_img
 
 
-def test_an_export_not_yet_listening_is_retried(tmp_path, monkeypatch):
-    # qemu-nbd binds its socket before it listens: a connect in between is
-    # refused, and the next try must work (it once raised AttributeError).
-    nbd = qemu.load_nbd()
+@pytest.mark.parametrize("when", ["connected", "spawned"])
+def test_qemu_nbd_never_outlives_a_killed_user(tmp_path, when):
+    # qemu-nbd is socket-activated on a socket the parent is already connected
+    # to, so a parent killed at any point - even right after spawning it,
+    # before the NBD handshake - leaves a server whose one client is gone,
+    # and it exits; no socket directory is left either.
     img = str(tmp_path / "a.qcow2")
     qemu_img("create", "-q", "-f", "qcow2", img, str(MiB))
-    real = nbd.NBD.connect_unix
-    calls = []
+    child = f"""
+import os, signal, sys
+from vdisk.convert import qemu
+if {when!r} == "spawned":
+    real = qemu.Export._spawn
+    def spawn_and_die(self, cmd):
+        sock = real(self, cmd)
+        print(self._proc.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    qemu.Export._spawn = spawn_and_die
+e = qemu.Export({img!r}, "qcow2")
+print(e._proc.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    before = set(os.listdir(tempfile.gettempdir()))
+    r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=30)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    pid = int(r.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _alive(pid):
+        assert time.monotonic() < deadline, "qemu-nbd outlived the process that started it"
+        time.sleep(0.05)
+    left = {n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("vdisk-qemu-nbd-")}
+    assert not left
 
-    def refused_once(self, sock):
-        calls.append(sock)
-        if len(calls) == 1:
-            raise nbd.Error("Connection refused", 111)
-        return real(self, sock)
 
-    monkeypatch.setattr(nbd.NBD, "connect_unix", refused_once)
-    with qemu.Export(img, "qcow2") as e:
-        assert e.size == MiB and e.pread(4096, 0) == bytes(4096)
-    assert len(calls) == 2
-    assert not os.path.exists(os.path.dirname(calls[0]))      # its private directory is gone
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_a_failing_qemu_nbd_is_one_image_error(tmp_path):
