@@ -65,6 +65,22 @@ def qemu_img_json(*args: str, what: str):
         raise ImageError(f"{what}: qemu-img printed no JSON") from None
 
 
+def _qemu_env() -> dict:
+    """qemu-nbd's environment: glibc told to keep request buffers on its heap.
+
+    qemu-nbd allocates a buffer per request; glibc maps each one of our
+    4 MiB reads fresh and unmaps it after, so every read faulted in 1,024
+    new pages (285k faults per 1.5 GB in the convert benchmark, a third of
+    all CPU in qemu-nbd's kernel time). Above the request size, the heap is
+    reused: a 1 GiB import went from 2.2 s to 1.8 s (median of 4 alternated
+    runs; qemu-img convert -O raw: 0.64 s). A user's own setting wins.
+    """
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 << 20))
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(256 << 20))
+    return env
+
+
 def load_nbd():
     """Debian's libnbd binding (python3-libnbd; ./dev setup links it into the venv)."""
     try:
@@ -149,7 +165,7 @@ class Export:
                      f'trap "kill $q 2>/dev/null" TERM; wait $q; s=$?; kill $w 2>/dev/null; exit $s')
             self._proc = subprocess.Popen(["/bin/bash", "-c", shell, "bash", *cmd], stdin=subprocess.DEVNULL,
                                           stdout=self._log, stderr=self._log, pass_fds=(fd, watch_r),
-                                          start_new_session=True)
+                                          start_new_session=True, env=_qemu_env())
         except BaseException:
             client.close()
             os.close(self._watch)
