@@ -151,19 +151,10 @@ class TreeReads:
 
     def _floor_before_leaf(self, key):
         """floor() when ``key`` is below its leaf's first key: the floor ends an earlier leaf."""
-        # items_reverse without the generator.
-        f = self.forest
-        cache = f.cache
-        stack = []
-        node_id = self.rec.root
-        node = cache.get(node_id) or f.load(node_id)
-        while not node.leaf:
-            i = bisect_right(node.keys, key) - 1
-            if i < 0:
-                i = 0
-            stack.append([node, i])
-            node_id = node.vals[i]
-            node = cache.get(node_id) or f.load(node_id)
+        # items_reverse without the generator; _prev_leaf moves the path's
+        # child indexes, so they become lists.
+        path, node = self._descend(key)
+        stack = [list(step) for step in path]
         j = bisect_right(node.keys, key)
         while not j:
             node = self._prev_leaf(stack)

@@ -159,7 +159,14 @@ def _convert(paths, names, fmt, verify, resume, online, rate, quiet, as_json):
                        f"mount it (vdisk serve {disk}) and it converts in the background; vdisk info shows "
                        f"the progress")
         return
-    d = converter.start(source, disk, names=name_list, fmt=fmt)
+    _start_and_run(disk, verify, quiet, as_json, "converted", source=source, names=name_list, fmt=fmt)
+
+
+def _start_and_run(disk, verify, quiet, as_json, verb, **start):
+    """A new DISK from ``converter.start(**start)``, converted and (with
+    ``verify``) compared; a failure after DISK exists says how to resume."""
+    from vdisk.convert import converter
+    d = converter.start(disk_path=disk, **start)
     try:
         with d, _Bar(quiet) as bar:
             rec = converter.progress_of(d)
@@ -169,7 +176,7 @@ def _convert(paths, names, fmt, verify, resume, online, rate, quiet, as_json):
     if verify:
         with converter.open_for_verify(disk) as d, _Bar(quiet) as bar:
             summary.verified_bytes = converter.verify_states(d, rec, bar)
-    _summary(summary, as_json, "converted")
+    _summary(summary, as_json, verb)
 
 
 @click.command("import")
@@ -196,18 +203,7 @@ def import_(source, disk, fmt, verify, quiet, as_json):
 
 
 def _import(source, disk, fmt, verify, quiet, as_json):
-    from vdisk.convert import converter
-    d = converter.start(source, disk, fmt=fmt, flat=True)
-    try:
-        with d, _Bar(quiet) as bar:
-            rec = converter.progress_of(d)
-            summary = converter.run(d, progress=bar)
-    except (VdiskError, KeyboardInterrupt) as e:
-        raise _resumable(disk, e) from None
-    if verify:
-        with converter.open_for_verify(disk) as d, _Bar(quiet) as bar:
-            summary.verified_bytes = converter.verify_states(d, rec, bar)
-    _summary(summary, as_json, "imported")
+    _start_and_run(disk, verify, quiet, as_json, "imported", source=source, fmt=fmt, flat=True)
 
 
 @click.command("export")

@@ -9,6 +9,7 @@ difference fails with :class:`VerifyFailed`, naming the offset.
 from __future__ import annotations
 
 from vdisk.errors import VdiskError
+from vdisk.snapshots.verify_runs import subtract
 
 from .qemu import Export
 
@@ -29,7 +30,7 @@ def compare(view, src: Export, what: str) -> int:
     data = [(e.offset, e.offset + e.length) for e in ext if e.allocated]
     # A hole in the disk must read as zeros in the image; where qemu knows
     # the image reads zeros, nothing needs reading at all.
-    holes = _subtract([(e.offset, e.offset + e.length) for e in ext if not e.allocated], src.zero_ranges())
+    holes = subtract([(e.offset, e.offset + e.length) for e in ext if not e.allocated], src.zero_ranges())
     compared = 0
     for start, end in data:
         for pos in range(start, end, CHUNK_BYTES):
@@ -48,28 +49,3 @@ def compare(view, src: Export, what: str) -> int:
                 raise VerifyFailed(f"{what}: differs at byte {pos + first} (a hole in the disk)")
             compared += n
     return compared
-
-
-def _subtract(spans: list[tuple[int, int]], minus: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``spans`` minus ``minus`` (both sorted, disjoint), as sorted spans.
-
-    Called with the disk's holes and the image's known zeros: what is left
-    is a hole in the disk that the image might still hold data in.
-    """
-    out = []
-    j = 0
-    for a, b in spans:
-        while j < len(minus) and minus[j][1] <= a:
-            j += 1
-        k = j
-        while a < b:
-            if k < len(minus) and minus[k][0] < b:
-                if minus[k][0] > a:
-                    out.append((a, minus[k][0]))
-                a = max(a, minus[k][1])
-                k += 1
-            else:
-                out.append((a, b))
-                break
-    return out
-

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import vdisk
 from vdisk.errors import AlreadyExists, ImageError
+from vdisk.snapshots.verify_runs import merge
 
 from . import format as cfmt
 from .chain import Layer, own_extents, read_chain
@@ -273,7 +274,8 @@ class _Converter:
                 ranges = src.own_ranges()
                 if same_layer:
                     with Export(ly.path, ly.format, snapshot=prev.internal, depth=True, what=what) as old:
-                        ranges = _union(ranges, old.own_ranges())
+                        both = merge((o, o + n) for o, n, _d in ranges + old.own_ranges())
+                        ranges = [(a, b - a, True) for a, b in both]
                 self._copy(src, [(o, n, True) for o, n, _d in ranges], compare=True)
             # What the state leaves to the one below it: skipped, never read.
             # Counted when the state ends, in the commit that ends it.
@@ -387,17 +389,6 @@ class _Converter:
             return lambda done: None
         label = f"{PROGRESS_PHASE} {self.rec.next + 1}/{len(self.rec.steps)}"
         return lambda done: self.progress(label, done, max(total, 1))
-
-
-def _union(a: list[tuple[int, int, bool]], b: list[tuple[int, int, bool]]) -> list[tuple[int, int, bool]]:
-    spans = sorted((o, o + n) for o, n, _d in a + b)
-    out: list[list[int]] = []
-    for s, e in spans:
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return [(s, e - s, True) for s, e in out]
 
 
 def _read_ahead(src: Export, ranges: list[tuple[int, int, bool]]):

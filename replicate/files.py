@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import os
 
-
-def fsync_dir(path: str):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from vdisk.container import fsync_dir
 
 
 def write_atomic(path: str, data: bytes):

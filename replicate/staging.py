@@ -36,9 +36,10 @@ import os
 import shutil
 import struct
 
+from vdisk.container import fsync_dir
 from vdisk.errors import IntegrityError
 
-from .files import fsync_dir, write_atomic
+from .files import write_atomic
 from .stream import CHAIN_BYTES, DATA, ZERO, Header, payload_digest
 
 DIR = "receiving"

@@ -60,7 +60,7 @@ def create_container(path: str, size: int, block_size: int) -> None:
     try:
         _build_container(tmp, size, block_size)
         _rename_noreplace(tmp, path)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except OSError as e:
         _remove_tree(tmp)
         if e.errno == errno.EEXIST or e.errno == errno.ENOTEMPTY:
@@ -98,7 +98,7 @@ def _build_container(path: str, size: int, block_size: int):
     # The files' contents are synced (LMDB's commit, empty files); their
     # names are durable only once their directories are.
     for d in (meta, path):
-        _fsync_dir(d)
+        fsync_dir(d)
 
 
 _RENAME_NOREPLACE = 1
@@ -146,7 +146,8 @@ def _create_private(path: str):
         os.close(fd)
 
 
-def _fsync_dir(path: str):
+def fsync_dir(path: str):
+    """fsync a directory, so the entries made in it survive a power cut."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

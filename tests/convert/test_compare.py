@@ -9,7 +9,8 @@ import random
 import pytest
 
 import vdisk
-from vdisk.convert.compare import VerifyFailed, _subtract, compare
+from vdisk.convert.compare import VerifyFailed, compare
+from vdisk.snapshots.verify_runs import subtract as _subtract
 from vdisk.convert.qemu import Export
 
 from .util import MiB, qemu_img, qemu_io
