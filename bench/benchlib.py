@@ -19,3 +19,25 @@ def machine() -> str:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
     return f"{os.cpu_count()} cores, {cpu}, {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+ENGINE_PATHS = ("vdisk", "btree", "snapshots", "nbdplugin", "cli", "control")
+
+
+def code_version() -> str:
+    """The commit a benchmark runs on, and which engine files differ from it.
+
+    Other work may change the engine in the same tree while a benchmark
+    runs; the figures belong to this state, not to the commit alone.
+    """
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        status = subprocess.run(["git", "-C", repo, "status", "--short", "--", *ENGINE_PATHS],
+                                capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown commit"
+    dirty = [line.strip() for line in status.splitlines() if line.strip()]
+    return f"commit {head or '?'}" + (f", engine tree dirty: {'; '.join(dirty)}" if dirty else ", engine tree clean")
