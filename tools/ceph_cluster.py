@@ -117,6 +117,7 @@ class Cluster:
         started them ends (a test session killed outright leaves none behind)."""
         self.dir = os.path.abspath(directory)
         self.die_with_parent = die_with_parent
+        self._procs: dict[str, subprocess.Popen] = {}     # the daemons this process started
         self.conf = os.path.join(self.dir, "ceph.conf")
         self.pool = POOL
         self.store_bytes = store_bytes
@@ -147,6 +148,11 @@ class Cluster:
             return None
         return pid
 
+    def _exited(self, name: str) -> bool:
+        # Until it has exec'ed, a daemon just started still looks like us in /proc.
+        p = self._procs.get(name)
+        return p.poll() is not None if p is not None else self._pid(name) is None
+
     def _launch(self, name: str, argv: list[str]) -> None:
         out = open(os.path.join(self.dir, "log", f"{name}.out"), "ab")
         # Its own session: the daemon outlives `./dev ceph start` and no
@@ -155,6 +161,7 @@ class Cluster:
                              stderr=out, start_new_session=True, close_fds=True,
                              preexec_fn=_die_with_parent if self.die_with_parent else None)
         out.close()
+        self._procs[name] = p
         tmp = self._pidfile(name) + ".tmp"
         with open(tmp, "w") as f:
             f.write(f"{p.pid}\n")
@@ -205,7 +212,7 @@ class Cluster:
     def _wait(self, what: str, until: float, probe, name: str):
         last = None
         while time.monotonic() < until:
-            if name and self._pid(name) is None:
+            if name and self._exited(name):
                 raise ClusterError(f"{name} exited while {what}{self._log_tail(name)}")
             try:
                 v = probe()
@@ -289,6 +296,9 @@ class Cluster:
         self._stop_daemon(f"mon.{MON_ID}", timeout)
 
     def _stop_daemon(self, name: str, timeout: float) -> None:
+        p = self._procs.pop(name, None)
+        if p is not None:
+            _wait_exec(p)
         pid = self._pid(name)
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
@@ -340,6 +350,19 @@ class Cluster:
 def _die_with_parent() -> None:
     import ctypes
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+
+
+def _wait_exec(p: subprocess.Popen, timeout: float = 5) -> None:
+    """Wait until a child we started runs its daemon (so /proc names it) or has exited."""
+    until = time.monotonic() + timeout
+    while p.poll() is None and time.monotonic() < until:
+        try:
+            with open(f"/proc/{p.pid}/cmdline", "rb") as f:
+                if os.path.basename(f.read().split(b"\0")[0]).startswith(b"ceph-"):
+                    return
+        except OSError:
+            return
+        time.sleep(0.01)
 
 
 def _reap(pid: int) -> None:

@@ -1,0 +1,357 @@
+"""The PBA space in a RADOS pool: objects of ``object_size`` bytes, written async.
+
+The :class:`vdisk.datastore.DataStore` contract over librados, for a disk
+named NAME (format version 1, docs/RADOS.md has the table):
+
+============================ ===================================================
+object                       holds
+============================ ===================================================
+``NAME.data.<16 hex>``       bytes [i * object_size, (i + 1) * object_size) of the
+                             PBA space; missing = zeros (never written or punched)
+``NAME.data.map``            the object map: byte i is 1 if object i may exist,
+                             0 if it does not (a superset: set before the object
+                             is written, cleared after it is removed); xattrs
+                             ``vdisk.format`` (b"1"), ``vdisk.object_size``,
+                             ``vdisk.size`` (decimal ASCII)
+============================ ===================================================
+
+Writes are ``aio_write`` calls, up to ``max_in_flight`` at once; :meth:`sync`
+waits for all of them and raises the first failure - and keeps raising it:
+a write the cluster refused may be lost, and no later sync may report
+success over it (the durability contract, docs/ARCHITECTURE.md). Reads wait
+for the writes in flight to the objects they touch, so a block written and
+not yet synced reads back.
+
+The size (the end of the highest write) is kept in memory and stored at
+:meth:`sync` when it grew: a crash can lose the growth only together with
+the unsynced writes beyond it, which no commit references. A read-only
+opener re-reads it when asked for bytes past what it knew, so it can read
+what the writer committed after it opened.
+
+Errors are ``OSError`` with librados' errno (ETIMEDOUT with an op timeout
+set, ESHUTDOWN once the client is blocklisted), as the protocol asks.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+FORMAT = b"1"
+DEFAULT_OBJECT_SIZE = 4 << 20
+_X_FORMAT, _X_OBJECT_SIZE, _X_SIZE = "vdisk.format", "vdisk.object_size", "vdisk.size"
+_ZERO_SWAPPED: bool | None = None          # see RadosDataStore._zero
+
+
+def _oserror(e: Exception, what: str) -> OSError:
+    code = getattr(e, "errno", None) or errno.EIO
+    return OSError(abs(code), f"{what}: {os.strerror(abs(code))} ({e})")
+
+
+class RadosDataStore:
+    """The PBA space of disk ``name`` in the pool of ``ioctx`` (owned by the caller)."""
+
+    def __init__(self, ioctx, name: str, object_size: int = DEFAULT_OBJECT_SIZE, readonly: bool = False,
+                 max_in_flight: int = 64, create: bool = True):
+        import rados
+        self._rados = rados
+        self.ioctx, self.name, self.readonly = ioctx, name, readonly
+        self.map_oid = f"{name}.data.map"
+        self._lock = threading.Condition()
+        self._pending: dict[str, int] = {}      # object -> writes in flight to it
+        self._in_flight = 0
+        self._slots = threading.Semaphore(max_in_flight)
+        self._error: OSError | None = None      # the first failed write: sticky
+        self.closed = False
+        try:
+            attrs = dict(ioctx.get_xattrs(self.map_oid))
+        except rados.ObjectNotFound:
+            if readonly or not create:
+                raise OSError(errno.ENOENT, f"RADOS data store {name} does not exist") from None
+            attrs = self._create(object_size)
+        except rados.Error as e:
+            raise _oserror(e, f"cannot open RADOS data store {name}") from None
+        if attrs.get(_X_FORMAT) != FORMAT:
+            raise OSError(errno.EPROTO, f"RADOS data store {name}: unsupported format {attrs.get(_X_FORMAT)!r}")
+        self.object_size = int(attrs[_X_OBJECT_SIZE])
+        self._size = self._stored_size = int(attrs.get(_X_SIZE, b"0"))
+        self._map = self._read_map()
+
+    def _create(self, object_size: int) -> dict:
+        if object_size <= 0 or object_size & (object_size - 1):
+            raise OSError(errno.EINVAL, f"object size {object_size} is not a power of two")
+        attrs = {_X_FORMAT: FORMAT, _X_OBJECT_SIZE: str(object_size).encode(), _X_SIZE: b"0"}
+        op = self.ioctx.create_write_op()
+        try:
+            op.new(self._rados.LIBRADOS_CREATE_EXCLUSIVE)
+            for k, v in attrs.items():
+                op.set_xattr(k, v)
+            self.ioctx.operate_write_op(op, self.map_oid)
+        except self._rados.ObjectExists:               # another creator won: use its header
+            return dict(self.ioctx.get_xattrs(self.map_oid))
+        except self._rados.Error as e:
+            raise _oserror(e, f"cannot create RADOS data store {self.name}") from None
+        finally:
+            op.release()
+        return attrs
+
+    def _read_map(self) -> bytearray:
+        out = bytearray()
+        while True:
+            try:
+                chunk = self.ioctx.read(self.map_oid, 1 << 22, len(out))
+            except self._rados.Error as e:
+                raise _oserror(e, f"cannot read the object map of {self.name}") from None
+            out += chunk
+            if len(chunk) < 1 << 22:
+                return out
+
+    def _oid(self, index: int) -> str:
+        return f"{self.name}.data.{index:016x}"
+
+    def _pieces(self, offset: int, length: int):
+        """(object index, offset inside it, length, offset in the request)."""
+        osz, pos, end = self.object_size, offset, offset + length
+        while pos < end:
+            index, within = divmod(pos, osz)
+            take = min(osz - within, end - pos)
+            yield index, within, take, pos - offset
+            pos += take
+
+    # ------------------------------------------------------------ writes
+
+    def _check(self):
+        if self.closed:
+            raise OSError(errno.EBADF, f"RADOS data store {self.name} is closed")
+
+    def _submit(self, oid: str, start, tolerate: int = 0) -> None:
+        """Run ``start(oncomplete)`` (an aio call) as one tracked write.
+
+        ``tolerate``: an errno that is no failure (ENOENT removing what is gone).
+        """
+        self._slots.acquire()
+        with self._lock:
+            self._pending[oid] = self._pending.get(oid, 0) + 1
+            self._in_flight += 1
+
+        def done(comp):
+            rc = comp.get_return_value()
+            with self._lock:
+                if rc < 0 and -rc != tolerate and self._error is None:
+                    self._error = OSError(-rc, f"write to {oid} failed: {os.strerror(-rc)}")
+                left = self._pending[oid] - 1
+                if left:
+                    self._pending[oid] = left
+                else:
+                    del self._pending[oid]
+                self._in_flight -= 1
+                self._lock.notify_all()
+            self._slots.release()
+        try:
+            start(done)
+        except Exception as e:
+            with self._lock:
+                self._pending[oid] -= 1
+                if not self._pending[oid]:
+                    del self._pending[oid]
+                self._in_flight -= 1
+                self._lock.notify_all()
+            self._slots.release()
+            raise _oserror(e, f"write to {oid} failed") from None
+
+    def _mark(self, index: int, value: int) -> None:
+        if index >= len(self._map):
+            self._map.extend(bytes(index + 1 - len(self._map)))
+        self._map[index] = value
+        # One writer: its writes to one object are applied in the order issued.
+        self._submit(self.map_oid, lambda cb: self.ioctx.aio_write(self.map_oid, bytes([value]), index,
+                                                                   oncomplete=cb))
+
+    def write(self, data: memoryview, offset: int) -> None:
+        self._check()
+        if self.readonly:
+            raise OSError(errno.EROFS, f"RADOS data store {self.name} is read-only")
+        data = memoryview(data).cast("B")
+        for index, within, take, at in self._pieces(offset, len(data)):
+            if index >= len(self._map) or not self._map[index]:
+                self._mark(index, 1)                  # before the object: the map stays a superset
+            oid, chunk = self._oid(index), bytes(data[at:at + take])
+            self._submit(oid, lambda cb, oid=oid, chunk=chunk, within=within:
+                         self.ioctx.aio_write(oid, chunk, within, oncomplete=cb))
+        self._size = max(self._size, offset + len(data))
+
+    def start_writeback(self, offset: int, length: int) -> None:
+        # The writes are already on their way; only a failure is news.
+        self._check()
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+
+    def _wait(self, oids=None) -> None:
+        with self._lock:
+            if oids is None:
+                self._lock.wait_for(lambda: self._in_flight == 0)
+            else:
+                self._lock.wait_for(lambda: not any(o in self._pending for o in oids))
+
+    def sync(self) -> None:
+        self._check()
+        self._wait()
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+        if self._size != self._stored_size and not self.readonly:
+            try:
+                self.ioctx.set_xattr(self.map_oid, _X_SIZE, str(self._size).encode())
+            except self._rados.Error as e:
+                self._error = _oserror(e, f"cannot store the size of {self.name}")
+                raise self._error from None
+            self._stored_size = self._size
+
+    # ------------------------------------------------------------ reads
+
+    def readinto(self, buf: memoryview, offset: int) -> int:
+        self._check()
+        buf = memoryview(buf).cast("B")
+        if self.readonly and offset + len(buf) > self._size:
+            self._refresh()
+        n = max(0, min(len(buf), self._size - offset))
+        pieces = list(self._pieces(offset, n))
+        self._wait({self._oid(p[0]) for p in pieces})
+        for index, within, take, at in pieces:
+            if index < len(self._map) and not self._map[index] and not self.readonly:
+                buf[at:at + take] = bytes(take)       # never written, or punched whole
+                continue
+            try:
+                got = self.ioctx.read(self._oid(index), take, within)
+            except self._rados.ObjectNotFound:
+                got = b""
+            except self._rados.Error as e:
+                raise _oserror(e, f"read of {self._oid(index)} failed") from None
+            buf[at:at + len(got)] = got
+            if len(got) < take:                       # past the object's end: zeros
+                buf[at + len(got):at + take] = bytes(take - len(got))
+        return n
+
+    def read(self, length: int, offset: int) -> bytes:
+        if self.readonly and offset + length > self._size:
+            self._refresh()
+        buf = bytearray(max(0, min(length, self._size - offset)))
+        self.readinto(memoryview(buf), offset)
+        return bytes(buf)
+
+    def _refresh(self) -> None:
+        try:
+            self._size = int(self.ioctx.get_xattr(self.map_oid, _X_SIZE))
+        except self._rados.Error as e:
+            raise _oserror(e, f"cannot read the size of {self.name}") from None
+        self._map = self._read_map()
+
+    # ------------------------------------------------------------ space
+
+    def punch(self, offset: int, length: int) -> bool:
+        self._check()
+        if self.readonly:
+            raise OSError(errno.EROFS, f"RADOS data store {self.name} is read-only")
+        end = min(offset + length, self._size)
+        if end <= offset:
+            return True
+        pieces = [p for p in self._pieces(offset, end - offset)
+                  if p[0] < len(self._map) and self._map[p[0]]]
+        self._wait({self._oid(p[0]) for p in pieces})
+        removed, ops = [], []
+        for index, within, take, _ in pieces:
+            oid = self._oid(index)
+            if take == self.object_size:
+                self._submit(oid, lambda cb, oid=oid: self.ioctx.aio_remove(oid, oncomplete=cb),
+                             tolerate=errno.ENOENT)
+                removed.append(index)
+            else:
+                op = self.ioctx.create_write_op()
+                self._zero(op, within, take)
+                ops.append(op)
+                self._submit(oid, lambda cb, oid=oid, op=op: self.ioctx.operate_aio_write_op(op, oid, oncomplete=cb),
+                             tolerate=errno.ENOENT)
+        self._wait()
+        for op in ops:                                # not inside its callback: librados still holds it there
+            op.release()
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+        for index in removed:                         # after the object: still a superset
+            self._mark(index, 0)
+        return True
+
+    def _zero(self, op, offset: int, length: int) -> None:
+        # Debian's binding (Ceph 16) passes WriteOp.zero's arguments to
+        # rados_write_op_zero swapped (ceph tracker 67471), and an OSD of that
+        # age aborts on a zero of length 0 - so the order is tested once, on
+        # a scratch object, and never guessed.
+        global _ZERO_SWAPPED
+        if _ZERO_SWAPPED is None:
+            probe = f"{self.name}.data.zero-probe"
+            try:
+                self.ioctx.write_full(probe, b"abcd")
+                test = self.ioctx.create_write_op()
+                try:
+                    test.zero(1, 2)
+                    self.ioctx.operate_write_op(test, probe)
+                finally:
+                    test.release()
+                got = self.ioctx.read(probe, 4)
+                self.ioctx.remove_object(probe)
+            except self._rados.Error as e:
+                raise _oserror(e, f"cannot punch in {self.name}") from None
+            if got not in (b"a\0\0d", b"ab\0d"):
+                raise OSError(errno.EIO, f"WriteOp.zero of this rados binding does something unknown: {got!r}")
+            _ZERO_SWAPPED = got == b"ab\0d"
+        if _ZERO_SWAPPED:
+            op.zero(length, offset)
+        else:
+            op.zero(offset, length)
+
+    def seek_data(self, offset: int) -> int | None:
+        self._check()
+        if offset >= self._size:
+            return None
+        index = offset // self.object_size
+        while index < len(self._map) and not self._map[index]:
+            index += 1
+        if index >= len(self._map) or index * self.object_size >= self._size:
+            return None
+        return max(offset, index * self.object_size)
+
+    def seek_hole(self, offset: int) -> int:
+        self._check()
+        index = offset // self.object_size
+        while index < len(self._map) and self._map[index]:
+            index += 1
+        return min(max(offset, index * self.object_size), self._size)
+
+    def size(self) -> int:
+        return self._size
+
+    def allocated_bytes(self) -> int:
+        """Objects that may exist, at their full size: RADOS keeps no cheaper count."""
+        return sum(self._map) * self.object_size
+
+    def close(self) -> None:
+        if not self.closed:
+            self._wait()                              # no callback after the caller closes the ioctx
+            self.closed = True
+
+    def remove(self) -> None:
+        """Remove every object of this store (the disk is being deleted)."""
+        self._check()
+        for index, exists in enumerate(self._map):
+            if exists:
+                oid = self._oid(index)
+                self._submit(oid, lambda cb, oid=oid: self.ioctx.aio_remove(oid, oncomplete=cb),
+                             tolerate=errno.ENOENT)
+        self._wait()
+        try:
+            self.ioctx.remove_object(self.map_oid)
+        except self._rados.ObjectNotFound:
+            pass
+        self.closed = True
