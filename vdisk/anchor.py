@@ -167,7 +167,7 @@ class Anchor:
         """Start an online conversion on a new, empty disk: create the anchor
         with ``vba_reserve`` VBAs for the chain's layers, and commit."""
         self.check_writable()
-        with self._lock:
+        with self._settled():
             self._check_open()
             if self._anchor is not None:
                 raise AlreadyExists(f"disk {self.path} already has a conversion anchor")
@@ -198,7 +198,7 @@ class Anchor:
         """Freeze the anchor as snapshot ``name`` (a converted layer) and commit."""
         validate_snapshot_name(name)
         self.check_writable()
-        with self._lock:
+        with self._settled():
             self._check_open()
             a = self._anchor
             if a is None:
@@ -219,7 +219,7 @@ class Anchor:
         """Merge the running point into the anchor and make it the running point,
         in one commit; returns the origin, now unused (the caller closes it)."""
         self.check_writable()
-        with self._lock:
+        with self._settled():
             self._check_open()
             a = self._anchor
             if a is None:

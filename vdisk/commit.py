@@ -91,6 +91,7 @@ class Commits:
         """
         self._blocks_since_commit = 0
         with self.changing():
+            self.settle()
             try:
                 self._data.sync()
             except OSError as e:

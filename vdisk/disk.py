@@ -38,7 +38,8 @@ The engine is split along its seams; each part is a mixin of :class:`Disk`
 in its own module, over the state Disk holds:
 
 * :mod:`vdisk.reader` - views and the read path; :mod:`vdisk.writes` - the
-  write path and its ownership rule; :mod:`vdisk.commit` - commits and the
+  write path and its ownership rule; :mod:`vdisk.recent` - one-block
+  writes waiting to settle into the VBA and csum trees; :mod:`vdisk.commit` - commits and the
   failure contract; :mod:`vdisk.maintenance` - batched work and compact.
 * :mod:`vdisk.datastore` - the PBA space's interface and commit protocol
   (:mod:`vdisk.datastore_file`, :mod:`vdisk.datastore_memory`);
@@ -73,6 +74,7 @@ from .maintenance import BATCH_COMMIT, BATCH_IO_SHARE, BATCH_MIN_PAUSE, Maintena
 from .names import (CSUM_BYTES, CSUM_TREE, DEFERRED_PREFIX, EXTRA_META_PREFIX, FREE_TREE, RUNNING_TREE,  # noqa: F401
                     SNAP_META_PREFIX, SNAP_TREE_PREFIX, SNAPSHOT_NAME_BYTES, SNAPSHOT_NAME_RULE, VBA_TREE,
                     check_snapshot_lookup, checksum, snapshot_name, validate_snapshot_name)
+from .recent import RecentWrites
 from .reader import VIEW_RETRIES, Extent, Reader, ReadPath, SnapshotView  # noqa: F401
 from .units import check_block_size, check_disk_size
 from .writes import EARLY_WRITEBACK_BYTES, WritePath  # noqa: F401
@@ -91,6 +93,7 @@ AUTO_COMMIT_BLOCKS = 65536
 AUTO_COMMIT_LIGHT_BLOCKS = 16384
 AUTO_COMMIT_BLOCKS_PER_NODE = 32
 AUTO_COMMIT_DIRTY_NODES = 32768
+RECENT_PER_NODE = 16
 MAX_DISK_SIZE = 1 << 60
 # zero/trim unmap this much per lock hold; each extent they touch counts as
 # this many written blocks toward the automatic commit (dirty nodes it costs).
@@ -110,7 +113,7 @@ class SnapshotInfo:
     exclusive_bytes: int | None = None
 
 
-class Disk(Anchor, Reader, ReadPath, WritePath, Commits, Maintenance):
+class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenance):
     """A virtual disk container. Use :meth:`create` or :meth:`open`.
 
     ``data_store`` (keyword only, for tests and later stores) replaces the
@@ -131,6 +134,7 @@ class Disk(Anchor, Reader, ReadPath, WritePath, Commits, Maintenance):
         self._jobs_done = threading.Condition(threading.Lock())
         self._view_id = None
         self._blocks_since_commit = 0
+        self._recent = {}
         self.store = None
         self._data: DataStore | None = None
         try:
@@ -306,15 +310,20 @@ class Disk(Anchor, Reader, ReadPath, WritePath, Commits, Maintenance):
     def _after_work(self, blocks: int):
         self._blocks_since_commit += blocks
         n = self._blocks_since_commit
-        dirty = self.forest.dirty_nodes
+        # A recent write (vdisk/recent.py) holds ~250 bytes until it settles,
+        # then dirties a node or two: it makes the commit node-heavy at once,
+        # and counts toward the memory budget at RECENT_PER_NODE a node.
+        recent = len(self._recent)
+        dirty = self.forest.dirty_nodes + recent // RECENT_PER_NODE
+        heavy = dirty + recent
         if (n >= AUTO_COMMIT_BLOCKS or dirty >= AUTO_COMMIT_DIRTY_NODES
-                or (n >= AUTO_COMMIT_LIGHT_BLOCKS and dirty * AUTO_COMMIT_BLOCKS_PER_NODE <= n)):
+                or (n >= AUTO_COMMIT_LIGHT_BLOCKS and heavy * AUTO_COMMIT_BLOCKS_PER_NODE <= n)):
             self._commit()
 
     def resize(self, new_size: int) -> None:
         """Grow the disk (shrinking is refused: it would destroy data)."""
         self.check_writable()
-        with self._lock:
+        with self._settled():
             self._check_open()
             self.check_not_converting("resize")
             check_disk_size(new_size, self.block_size, MAX_DISK_SIZE, current=self.size)
@@ -331,9 +340,11 @@ class Disk(Anchor, Reader, ReadPath, WritePath, Commits, Maintenance):
     # (maintenance.py, flush), the change guard (commit.py).
 
     @property
-    def lock(self) -> threading.RLock:
-        """The lock that serialises every call; maintenance holds it one batch at a time."""
-        return self._lock
+    def lock(self):
+        """The lock that serialises every call, as a context manager; maintenance
+        holds it one batch at a time. Inside it every map is exact: the recent
+        writes (vdisk/recent.py) are in the trees."""
+        return self._settled()
 
     @property
     def lifecycle_lock(self) -> threading.Lock:
@@ -356,7 +367,7 @@ class Disk(Anchor, Reader, ReadPath, WritePath, Commits, Maintenance):
         """Freeze every write completed so far under ``name``. O(1)."""
         validate_snapshot_name(name)
         self.check_writable()
-        with self._lock:
+        with self._settled():
             self._check_open()
             self.check_not_converting("take a snapshot")
             key = SNAP_META_PREFIX + name.encode()
@@ -437,7 +448,7 @@ class Disk(Anchor, Reader, ReadPath, WritePath, Commits, Maintenance):
         check_snapshot_lookup(old)
         validate_snapshot_name(new)
         self.check_writable()
-        with self._lock:
+        with self._settled():
             self._check_open()
             self.check_not_converting("rename a snapshot")
             rec = self.snapshot_record(old)
@@ -476,7 +487,7 @@ class Disk(Anchor, Reader, ReadPath, WritePath, Commits, Maintenance):
         next commit, atomically with every change made before it, so a layer
         above can record its progress together with the data it wrote."""
         self.check_writable()
-        with self._lock:
+        with self._settled():
             self._check_open()
             with self.changing():
                 self.forest.meta_put(EXTRA_META_PREFIX + name.encode(), value)

@@ -103,7 +103,7 @@ class Maintenance:
         """
         while True:
             commit = False
-            with self._lock:
+            with self._settled():
                 self.check_cancelled()
                 start = time.monotonic()
                 with self.changing():

@@ -162,7 +162,7 @@ class ReadPath:
         the trees when that view is newer than the last one. Yields a
         function that tells whether the writer has committed since.
         """
-        with self._lock:
+        with self._settled():
             self._check_open()
             if not self.readonly:
                 yield _never
@@ -203,6 +203,10 @@ class ReadPath:
             if data is not None:
                 return data
         pieces = lba_map.pieces(b0, n)
+        if self._recent and self._recent_in(pieces):
+            # The general path reads the trees (vdisk/recent.py).
+            with self.changing():
+                self.settle()
         if len(pieces) == 1 and pieces[0][0] == b0 and pieces[0][2] == n:
             # One extent (the common large read): read straight into a new
             # bytes object, no zero-filled buffer and no copy afterwards.
@@ -242,6 +246,13 @@ class ReadPath:
         if k + (v & MAX_LEN) <= lba:
             return None
         vba = (v >> LEN_BITS) + lba - k
+        recent = self._recent.get(vba)
+        if recent is not None:
+            # Written since the last commit: the trees do not have it yet.
+            data = self._pread(self.block_size, recent[0] * self.block_size)
+            if len(data) != self.block_size or blake3.blake3(data).digest(CSUM_BYTES) != recent[1]:
+                return None
+            return data
         e = self._vba.tree.floor(vba)
         if e is None:
             return None

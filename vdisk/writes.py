@@ -16,7 +16,7 @@ import blake3
 
 from vdisk.errors import NoSpace, StorageError
 
-from .extents import MAX_TARGET
+from .extents import LEN_BITS, MAX_LEN, MAX_TARGET
 from .names import CSUM_BYTES
 
 # Writes at least this large start their write-back at once (see DataStore.start_writeback).
@@ -116,15 +116,22 @@ class WritePath:
 
     def _map_written(self, b0: int, n: int, data: memoryview, pieces: list[tuple[int, int]], line: "Line"):
         bs = self.block_size
+        if n == 1:
+            self._map_one(b0, pieces[0][0], blake3.blake3(data).digest(CSUM_BYTES), line)
+            return
         h = blake3.blake3
         sums = [h(data[i:i + bs]).digest(CSUM_BYTES) for i in range(0, n * bs, bs)]
         counters, lba = line.counters, line.lba
         wm = counters.vba_watermark
         csum_items = []
+        current = list(split_at_watermark(lba.pieces(b0, n), wm))
+        if self._recent and self._recent_in([p for p in current if p[1] >= wm]):
+            # The VBAs below are remapped in the trees: their recent writes go there first.
+            self.settle()
         # Split [b0, b0+n) into runs that keep their VBA and runs that need new ones.
         fresh_runs = []
         pos = b0
-        for s, vba, ln in split_at_watermark(lba.pieces(b0, n), wm):
+        for s, vba, ln in current:
             if s > pos:
                 fresh_runs.append((pos, s - pos))
             if vba >= wm:
@@ -152,6 +159,32 @@ class WritePath:
             self._csum.insert_sorted(csum_items)
         self._after_work(n)
 
+    def _map_one(self, lba: int, pba: int, csum: bytes, line: "Line"):
+        """The common NBD write, one block: the VBA -> PBA and checksum go
+        to the recent table (vdisk/recent.py); only a new VBA changes the
+        line's LBA tree now."""
+        counters, lba_map = line.counters, line.lba
+        vba = None
+        e = lba_map.tree.floor(lba)
+        if e is not None:
+            k, v = e
+            if lba < k + (v & MAX_LEN):
+                vba = (v >> LEN_BITS) + lba - k
+        recent = self._recent
+        if vba is not None and vba >= counters.vba_watermark:
+            # Born after the line's newest snapshot: it keeps its VBA.
+            prev = recent.get(vba)
+            if prev is not None:
+                # Written since the last commit and never referenced by one.
+                self.alloc.release(prev[0], 1)
+        else:
+            vba = counters.vba_next
+            counters.vba_next += 1
+            lba_map.punch(lba, 1)
+            lba_map.map(lba, vba, 1)
+        recent[vba] = (pba, csum)
+        self._after_work(1)
+
     def _map_vbas(self, vba: int, pbas: list[tuple[int, int]]):
         for pba, count in pbas:
             self._vba.map(vba, pba, count)
@@ -173,6 +206,8 @@ class WritePath:
 
         Returns the number of blocks released; VBAs already gone are skipped.
         """
+        if self._recent:
+            self.settle()
         released = 0
         for _v, pba, c in self._vba.punch(vba, count):
             self.alloc.release(pba, c)

@@ -29,6 +29,12 @@ def _runs_to_set(runs):
 
 
 def accounting(disk) -> list[str]:
+    # The disk's lock settles the recent writes into the trees (vdisk/recent.py).
+    with disk.lock:
+        return _accounting(disk)
+
+
+def _accounting(disk) -> list[str]:
     f = disk.forest
     probs = []
     referenced = set()

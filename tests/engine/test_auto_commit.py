@@ -12,6 +12,11 @@ from .util import pattern
 BS = 4096
 
 
+def _budget(d) -> int:
+    """What the memory budget counts: dirty nodes, and recent writes at RECENT_PER_NODE a node."""
+    return d.forest.dirty_nodes + len(d._recent) // engine.RECENT_PER_NODE
+
+
 def test_the_dirty_node_budget_commits_before_the_block_count(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "AUTO_COMMIT_BLOCKS", 1 << 30)
     monkeypatch.setattr(engine, "AUTO_COMMIT_DIRTY_NODES", 40)
@@ -19,15 +24,40 @@ def test_the_dirty_node_budget_commits_before_the_block_count(tmp_path, monkeypa
     rng = random.Random(5)
     with Disk.create(path, 64 << 20) as d:
         commits = []
-        real = d.forest.commit
-        monkeypatch.setattr(d.forest, "commit", lambda: commits.append(d.forest.dirty_nodes) or real())
+        real = d._commit
+        monkeypatch.setattr(d, "_commit", lambda: commits.append(_budget(d)) or real())
         most = 0
+        want = {}
         for i in range(4000):
-            d.write(rng.randrange(16384) * BS, pattern(i, BS))
-            most = max(most, d.forest.dirty_nodes)
+            lba = rng.randrange(16384)
+            d.write(lba * BS, pattern(i, BS))
+            want[lba] = i
+            most = max(most, _budget(d))
         assert commits, "the node budget never committed"
         assert most < 40
         assert all(n >= 40 for n in commits)
+    with Disk.open(path) as d:
+        for lba, i in want.items():
+            assert d.read(lba * BS, BS) == pattern(i, BS)
+
+
+def test_recent_writes_alone_reach_the_budget(tmp_path, monkeypatch):
+    """Overwrites of blocks with no snapshot change no node until they settle:
+    the recent table itself must bound the memory."""
+    path = str(tmp_path / "d")
+    with Disk.create(path, 64 << 20) as d:
+        for i in range(0, 64 << 20, 1 << 20):
+            d.write(i, pattern(i, 1 << 20))
+        d.flush()
+        monkeypatch.setattr(engine, "AUTO_COMMIT_BLOCKS", 1 << 30)
+        monkeypatch.setattr(engine, "AUTO_COMMIT_DIRTY_NODES", 8)
+        commits = []
+        real = d._commit
+        monkeypatch.setattr(d, "_commit", lambda: commits.append(len(d._recent)) or real())
+        rng = random.Random(3)
+        for i in range(1000):
+            d.write(rng.randrange(16384) * BS, pattern(i, BS))
+        assert commits and max(commits) <= 8 * engine.RECENT_PER_NODE
 
 
 def test_the_block_count_commits_when_few_nodes_change(tmp_path, monkeypatch):

@@ -1,0 +1,162 @@
+"""The recent table of one-block writes (vdisk/recent.py): every path that
+meets a block still in it answers as if the trees held it."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from vdisk import Disk
+from vdisk.errors import ChecksumMismatch
+
+from .accounting import assert_consistent
+from .util import pattern, read_in_child
+
+BS = 4096
+MiB = 1 << 20
+
+
+@pytest.fixture
+def filled(make_disk):
+    """A 4 MiB disk written whole and flushed: every block has a committed VBA."""
+    d = make_disk(4 * MiB)
+    d.write(0, pattern(0, 4 * MiB))
+    d.flush()
+    return d
+
+
+def _expect(base: bytes, writes: dict[int, bytes]) -> bytearray:
+    want = bytearray(base)
+    for b, data in writes.items():
+        want[b * BS:(b + 1) * BS] = data
+    return want
+
+
+def test_overwrites_wait_in_the_table_and_every_read_sees_them(filled):
+    d = filled
+    writes = {b: pattern(100 + b, BS) for b in (3, 4, 9, 700, 1023)}
+    for b, data in writes.items():
+        d.write(b * BS, data)
+    assert set(d._recent) and len(d._recent) == len(writes)
+    for b, data in writes.items():
+        assert d.read(b * BS, BS) == data                          # the one-block path
+        assert d.read(b * BS + 7, 100) == data[7:107]              # a sub-block read
+    assert d._recent, "one-block reads must not settle"
+    want = _expect(pattern(0, 4 * MiB), writes)
+    assert d.read(2 * BS, 8 * BS) == want[2 * BS:10 * BS]          # the general path settles
+    assert d.read(0, 4 * MiB) == want
+    assert_consistent(d)
+
+
+def test_rewrites_of_a_recent_block_free_the_pba_they_replace(filled):
+    d = filled
+    for i in range(50):
+        d.write(5 * BS, pattern(i, BS))
+    assert len(d._recent) == 1
+    assert d.read(5 * BS, BS) == pattern(49, BS)
+    d.flush()
+    assert not d._recent
+    assert d.read(5 * BS, BS) == pattern(49, BS)
+    assert d.info()["physical_bytes"] == 4 * MiB
+    assert_consistent(d)
+
+
+def test_a_sub_block_write_merges_with_a_recent_block(filled):
+    d = filled
+    d.write(6 * BS, pattern(1, BS))
+    d.write(6 * BS + 10, b"abc")
+    want = bytearray(pattern(1, BS))
+    want[10:13] = b"abc"
+    assert d.read(6 * BS, BS) == want
+    assert_consistent(d)
+
+
+def test_a_multi_block_write_over_recent_blocks(filled):
+    d = filled
+    d.write(8 * BS, pattern(1, BS))
+    d.write(9 * BS, pattern(2, BS))
+    d.write(7 * BS, pattern(3, 4 * BS))            # covers both
+    assert d.read(7 * BS, 4 * BS) == pattern(3, 4 * BS)
+    d.write(9 * BS, pattern(4, BS))
+    d.flush()
+    want = bytearray(pattern(3, 4 * BS))
+    want[2 * BS:3 * BS] = pattern(4, BS)
+    assert d.read(7 * BS, 4 * BS) == want
+    assert_consistent(d)
+
+
+def test_new_vbas_wait_too_on_a_fresh_disk_and_after_a_snapshot(make_disk):
+    d = make_disk(MiB)
+    d.write(3 * BS, pattern(1, BS))                 # unmapped before: a new VBA
+    assert d.read(3 * BS, BS) == pattern(1, BS)
+    assert [e.allocated for e in d.block_status(0, MiB)] == [False, True, False]
+    d.create_snapshot("s")
+    d.write(3 * BS, pattern(2, BS))                 # the snapshot's: another new VBA
+    d.write(3 * BS, pattern(3, BS))                 # ours now: rewritten in place
+    assert d.read(3 * BS, BS) == pattern(3, BS)
+    assert d.open_snapshot("s").read(3 * BS, BS) == pattern(1, BS)
+    assert_consistent(d)
+
+
+def test_trim_and_zero_of_recent_blocks(filled):
+    d = filled
+    d.write(10 * BS, pattern(1, BS))
+    d.write(11 * BS, pattern(2, BS))
+    d.trim(10 * BS, BS)
+    d.zero(11 * BS, BS)
+    assert d.read(10 * BS, 2 * BS) == bytes(2 * BS)
+    d.write(11 * BS, pattern(3, BS))
+    assert d.read(11 * BS, BS) == pattern(3, BS)
+    d.flush()
+    assert_consistent(d)
+
+
+def test_snapshot_delete_and_revert_with_recent_blocks(filled):
+    d = filled
+    d.create_snapshot("a")
+    d.write(1 * BS, pattern(1, BS))
+    d.create_snapshot("b")
+    d.write(1 * BS, pattern(2, BS))
+    d.write(2 * BS, pattern(3, BS))
+    d.delete_snapshot("a")
+    assert d.read(BS, 2 * BS) == pattern(2, BS) + pattern(3, BS)
+    d.write(2 * BS, pattern(4, BS))
+    d.revert("b")
+    assert d.read(BS, 2 * BS) == pattern(1, BS) + pattern(0, 4 * MiB)[2 * BS:3 * BS]
+    assert_consistent(d)
+
+
+def test_unflushed_recent_writes_are_not_visible_to_others_and_flush_makes_them_durable(filled):
+    d = filled
+    d.write(12 * BS, pattern(1, BS))
+    assert read_in_child(d.path, 12 * BS, BS) == pattern(0, 4 * MiB)[12 * BS:13 * BS]
+    d.flush()
+    assert read_in_child(d.path, 12 * BS, BS) == pattern(1, BS)
+
+
+def test_a_damaged_recent_block_is_refused(filled):
+    d = filled
+    d.write(13 * BS, pattern(1, BS))
+    (pba, _csum), = d._recent.values()
+    fd = os.open(os.path.join(d.path, "data"), os.O_RDWR)
+    try:
+        os.pwrite(fd, b"\xde\xad", pba * BS + 5)
+    finally:
+        os.close(fd)
+    for offset, length in ((13 * BS, BS), (13 * BS, 2 * BS)):
+        with pytest.raises(ChecksumMismatch) as ei:
+            d.read(offset, length)
+        assert ei.value.errno == errno.EIO and "LBA 13 " in str(ei.value)
+
+
+def test_close_commits_the_table(make_disk, disk_path):
+    d = make_disk(MiB)
+    d.write(0, pattern(0, MiB))
+    d.flush()
+    d.write(4 * BS, pattern(1, BS))
+    d.close()
+    with Disk.open(disk_path) as d2:
+        assert d2.read(4 * BS, BS) == pattern(1, BS)
+        assert_consistent(d2)
