@@ -64,6 +64,8 @@ import time
 
 from vdisk.btree import Forest, LmdbNodeStore
 from vdisk.errors import IntegrityError, NotFound
+from vdisk.location import is_rados, open_stores
+from vdisk.location import parse as parse_location
 
 from . import verify_cross, verify_data, verify_records, verify_walk
 from .verify_report import Problem, Report, tree_label
@@ -77,14 +79,24 @@ CACHE_NODES = 8192
 
 
 def verify(path, data: bool = False, progress=None) -> Report:
-    """Verify the disk at ``path`` against its newest committed state.
+    """Verify the disk at ``path`` (or ``rados:POOL/NAME``) against its newest committed state.
 
     Safe beside a writer in another process: it opens the metadata read-only
     and takes no lock. ``progress(phase, done, total)`` is called as work
     advances (phase ``"trees"``, then ``"data"``). Raises a :class:`VdiskError`
     when the disk cannot be opened at all; damage is reported, not raised.
     """
-    path = os.fspath(path)
+    location = parse_location(path)
+    if is_rados(location):
+        stores = open_stores(location, readonly=True)
+        try:
+            return _run(Verification(stores.path, stores.node_store, progress, stores.data_store,
+                                     label=str(location)), data)
+        finally:
+            stores.data_store.close()
+            stores.node_store.close()
+            stores.release()
+    path = location
     if not os.path.isdir(path):
         raise NotFound(f"no disk at {path}")
     meta = os.path.join(path, "meta")
@@ -105,7 +117,9 @@ def verify_open_disk(disk, data: bool = False, progress=None) -> Report:
     this variant reuses the disk's own store. It takes no lock: its view is
     its own read transaction, so other threads keep reading and writing.
     """
-    return _run(Verification(disk.path, disk.store, progress), data)
+    rados = disk.where.get("kind") == "rados"
+    return _run(Verification(disk.path, disk.store, progress, disk._data if rados else None,
+                             label=disk.location if rados else None), data)
 
 
 def _run(v: Verification, data: bool) -> Report:

@@ -61,7 +61,12 @@ def check_data_file(data_path: str, block_size: int | None, mapped) -> tuple[lis
         return [(KIND, where, f"cannot be opened ({e.strerror}): {lost_all}")], None
     if block_size is None:
         return [], None
-    have = st.st_size // block_size         # a block cut in the middle is lost too
+    return _held_against_size(where, st.st_size, block_size, mapped, total)
+
+
+def _held_against_size(where: str, size: int, block_size: int, mapped, total: int):
+    """Problems of blocks mapped past ``size`` bytes of the PBA space, and its whole blocks."""
+    have = size // block_size               # a block cut in the middle is lost too
     lost = first = None
     for v, e, p in mapped:
         if p + (e - v) > have:
@@ -73,14 +78,22 @@ def check_data_file(data_path: str, block_size: int | None, mapped) -> tuple[lis
     if lost is None:
         return [], have
     end = max(p + (e - v) for v, e, p in mapped)
-    return [(KIND, where, f"is {st.st_size} bytes, but the VBA -> PBA map places blocks up to byte "
+    return [(KIND, where, f"is {size} bytes, but the VBA -> PBA map places blocks up to byte "
              f"{end * block_size}: {lost} of the {total} mapped blocks lie past its end and are lost "
              f"(the first at PBA {first[1]}, VBA {first[0]})")], have
 
 
 def check_file(v):
     """The cheap look, held against the VBA -> PBA extents the walk gathered."""
-    found, v.data_file_blocks = check_data_file(os.path.join(v.path, "data"), v.block_size, v.mapped)
+    if v.data_store is not None:
+        # Not a file (RADOS objects): only its size can be held against the map.
+        found, v.data_file_blocks = [], None
+        if v.block_size is not None:
+            found, v.data_file_blocks = _held_against_size(
+                "data objects", v.data_store.size(), v.block_size, v.mapped,
+                sum(e - s for s, e, _p in v.mapped))
+    else:
+        found, v.data_file_blocks = check_data_file(os.path.join(v.path, "data"), v.block_size, v.mapped)
     for kind, where, what in found:
         v.problem(kind, where, what)
     if VBA_TREE in v.incomplete:
@@ -99,9 +112,8 @@ def data_pass(v):
     csum = v.forest.tree(CSUM_TREE)
     total = v.report.blocks
     done = 0
-    data_path = os.path.join(v.path, "data")
     try:
-        fd = os.open(data_path, os.O_RDONLY)
+        blocks = _blocks(v)
     except OSError as e:
         v.problem("data", "data file", f"cannot be opened: {e.strerror}")
         return
@@ -114,7 +126,7 @@ def data_pass(v):
             for vba in range(v0, ve, DATA_CHUNK_BLOCKS):
                 n = min(DATA_CHUNK_BLOCKS, ve - vba)
                 p = p0 + (vba - v0)
-                got = os.preadv(fd, [view[:n * bs]], p * bs)
+                got = blocks.readinto(view[:n * bs], p * bs)
                 sums = dict(csum.items(vba, vba + n))
                 for i in range(n):
                     want = sums.get(vba + i)
@@ -126,7 +138,43 @@ def data_pass(v):
                 v.report.data_blocks += n
                 v.advance("data", done, total)
     finally:
-        os.close(fd)
+        blocks.close()
+
+
+class _FileBlocks:
+    """The data file, read by offset."""
+
+    def __init__(self, path: str):
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def readinto(self, view, offset: int) -> int:
+        return os.preadv(self.fd, [view], offset)
+
+    def read(self, length: int, offset: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def close(self):
+        os.close(self.fd)
+
+
+class _StoreBlocks:
+    """A data store (RADOS) read through its interface; the store stays open."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def readinto(self, view, offset: int) -> int:
+        return self.store.readinto(view, offset)
+
+    def read(self, length: int, offset: int) -> bytes:
+        return self.store.read(length, offset)
+
+    def close(self):
+        pass
+
+
+def _blocks(v):
+    return _StoreBlocks(v.data_store) if v.data_store is not None else _FileBlocks(os.path.join(v.path, "data"))
 
 
 def _lookup(store, vba: int):
@@ -143,7 +191,7 @@ def _lookup(store, vba: int):
 def recheck_suspects(v):
     """Tell damaged blocks from ones a writer moved after the view was taken."""
     bs = v.block_size
-    fd = os.open(os.path.join(v.path, "data"), os.O_RDONLY)
+    blocks = _blocks(v)
     try:
         for vba, pba, want in v.suspects:
             for _attempt in range(RECHECK_ATTEMPTS):
@@ -154,7 +202,7 @@ def recheck_suspects(v):
                 if before is None:
                     v.report.data_moved += 1     # no longer live: trimmed or deleted meanwhile
                     break
-                block = os.pread(fd, bs, before[0] * bs)
+                block = blocks.read(bs, before[0] * bs)
                 if len(block) == bs and checksum(block) == before[1]:
                     v.report.data_moved += (before[0], before[1]) != (pba, want)
                     break
@@ -170,7 +218,7 @@ def recheck_suspects(v):
             else:
                 v.note(f"VBA {vba}: moved by a writer on every attempt, not verified")
     finally:
-        os.close(fd)
+        blocks.close()
 
 
 def _where_vba(v, vba: int, pba: int) -> str:

@@ -27,12 +27,13 @@ UNREADABLE = {"corrupt", "missing", "version", "record", "layout"}
 class Verification:
     """The inputs of one run, what it has found, and the runs it gathered."""
 
-    def __init__(self, path: str, store, progress):
+    def __init__(self, path: str, store, progress, data_store=None, label: str | None = None):
         self.path = path
         self.store = store
+        self.data_store = data_store                             # None: the data file at path/data
         self.progress = progress
         self.forest = None                                       # set by the driver, inside the view
-        self.report = Report(os.path.abspath(path))
+        self.report = Report(label or os.path.abspath(path))
         self.problems = self.report.problems
         self.block_size = None
         self.config = self.state = None

@@ -31,19 +31,22 @@ LOCK_NAME = "vdisk"
 _EXCLUSIVE = 1            # ClsLockType::EXCLUSIVE
 
 
-def connect(conf: str | None = None, client_id: str | None = None, timeout: float = 30):
+def connect(conf: str | None = None, client_id: str | None = None, timeout: float = 30,
+            osd_timeout: float | None = None):
     """A connected ``rados.Rados``; raises StorageError if the cluster cannot be reached.
 
     ``timeout`` bounds the connection and every later monitor and OSD
     operation, so a dead cluster turns into an error, not a hang. (OSD
     operations are otherwise allowed to wait for ever, which is what rides
-    out an OSD restart; pass ``timeout=0`` for that.)
+    out an OSD restart; pass ``timeout=0`` for that, or ``osd_timeout=0``
+    to bound only connecting and the monitors.)
     """
     import rados
     conf = conf or os.environ.get("CEPH_CONF") or None
     opts = {"client_mount_timeout": str(int(timeout or 300)), "rados_mon_op_timeout": str(int(timeout))}
-    if timeout:
-        opts["rados_osd_op_timeout"] = str(int(timeout))
+    osd_timeout = timeout if osd_timeout is None else osd_timeout
+    if osd_timeout:
+        opts["rados_osd_op_timeout"] = str(int(osd_timeout))
     try:
         r = rados.Rados(conffile=conf or rados.Rados.DEFAULT_CONF_FILES, rados_id=client_id, conf=opts)
     except rados.Error as e:

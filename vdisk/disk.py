@@ -69,7 +69,10 @@ from .container import LMDB_LOCK_FILE_RESERVE, create_container, require_contain
 from .datastore import DataStore
 from .datastore_file import FileDataStore, NotARegularFile, punch_hole, start_writeback  # noqa: F401
 from .extents import ExtentMap, unpack
-from .lockfile import release_lock, take_lock
+from .location import Stores, open_data_file, open_stores
+from .location import create as create_location
+from .location import parse as parse_location
+from .lockfile import release_lock, take_lock  # noqa: F401
 from .maintenance import BATCH_COMMIT, BATCH_IO_SHARE, BATCH_MIN_PAUSE, Maintenance  # noqa: F401
 from .names import (CSUM_BYTES, CSUM_TREE, DEFERRED_PREFIX, EXTRA_META_PREFIX, FREE_TREE, RUNNING_TREE,  # noqa: F401
                     SNAP_META_PREFIX, SNAP_TREE_PREFIX, SNAPSHOT_NAME_BYTES, SNAPSHOT_NAME_RULE, VBA_TREE,
@@ -120,13 +123,26 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenan
     data file as the PBA space: any :class:`vdisk.datastore.DataStore`.
     """
 
-    def __init__(self, path: str, readonly: bool, _lock_fd: int | None, data_store: DataStore | None = None):
-        self.path = path
+    def __init__(self, path: str, readonly: bool, _lock_fd: int | None = None,
+                 data_store: DataStore | None = None, *, stores: Stores | None = None):
+        if stores is None:
+            # The old way in (tests): a container whose lock the caller took.
+            fd = _lock_fd
+            try:
+                stores = open_stores(path, True, data_store=data_store) if readonly else None
+                if stores is None:
+                    stores = _writable_local(path, data_store)
+            except BaseException:
+                release_lock(fd)
+                raise
+            stores.release = lambda: release_lock(fd)
+        self.path = stores.path
+        self.where = stores.where
         self.readonly = readonly
         self.disk = self
         self._lock = threading.RLock()
         self._delete_lock = threading.Lock()     # one snapshot deletion at a time
-        self._lock_fd = _lock_fd
+        self._release = stores.release
         self._closed = False
         self._closing = False
         self._failed: str | None = None          # the cause, once the disk stopped (see _stop)
@@ -135,46 +151,49 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenan
         self._view_id = None
         self._blocks_since_commit = 0
         self._recent = {}
-        self.store = None
-        self._data: DataStore | None = None
+        self.store = stores.node_store
+        self._data: DataStore | None = stores.data_store
         try:
-            meta_dir = os.path.join(path, "meta")
-            if not os.path.isdir(meta_dir):
-                raise IntegrityError(f"{path} is not a vdisk disk: {meta_dir} is missing")
-            self.store = LmdbNodeStore(meta_dir, readonly=readonly, create=False)
-            self._data = data_store if data_store is not None else _open_data_file(path, readonly)
-            self._load()
-            if not readonly:
+            if readonly:
+                self._load_pinned()
+            else:
+                self._load()
                 self._check_counters()
         except BaseException:
             # LMDB allows one environment per file per process: a store left
             # open here would make every later open of this disk fail.
-            if self._data is not None:
-                self._data.close()
-            if self.store is not None:
-                self.store.close()
+            self._data.close()
+            self.store.close()
             self._release_lock()
             raise
 
     # ----------------------------------------------------------- lifecycle
 
     @classmethod
-    def create(cls, path: str | os.PathLike, size: int, block_size: int = 4096, *,
+    def create(cls, location, size: int, block_size: int = 4096, *,
                data_store: DataStore | None = None) -> "Disk":
-        """Create a new disk container (a directory) and open it for writing."""
-        path = os.fspath(path)
+        """Create a new disk and open it for writing.
+
+        ``location``: a path (a new container directory) or ``rados:POOL/NAME``
+        (or a :class:`vdisk.location.RadosLocation`, which names the cluster).
+        """
+        location = parse_location(location)
         check_block_size(block_size)
         check_disk_size(size, block_size, MAX_DISK_SIZE)
-        create_container(path, size, block_size)
-        return cls.open(path, data_store=data_store)
+        create_location(location, size, block_size)
+        return cls.open(location, data_store=data_store)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, readonly: bool = False, *,
-             data_store: DataStore | None = None) -> "Disk":
-        path = os.fspath(path)
-        require_container(path)         # before the lock file is created in it
-        lock_fd = None if readonly else take_lock(path)
-        return cls(path, readonly, lock_fd, data_store)
+    def open(cls, location, readonly: bool = False, *, data_store: DataStore | None = None,
+             break_lock: bool = False) -> "Disk":
+        """Open the disk at ``location`` (see :meth:`create`).
+
+        Writable: takes the writer's lock (Busy names the holder). On RADOS,
+        ``break_lock`` first fences the holder (blocklists it in the cluster)
+        and then takes its lock over: for a holder that died or hangs.
+        """
+        stores = open_stores(location, readonly, break_lock=break_lock, data_store=data_store)
+        return cls(stores.path, readonly, stores=stores)
 
     def _load(self):
         self.forest = Forest(self.store)
@@ -248,8 +267,14 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenan
                 self._release_lock()
 
     def _release_lock(self):
-        release_lock(self._lock_fd)
-        self._lock_fd = None
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    @property
+    def location(self) -> str:
+        """Where the disk lives: its directory, or ``rados:POOL/NAME``."""
+        return self.where.get("location") or self.where["path"]
 
     def __enter__(self):
         return self
@@ -506,7 +531,8 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenan
             deferred = sum(self.exclusive_blocks(r.name) for r in self.snapshot_records()
                            if r.name.startswith(DEFERRED_PREFIX))
             return {
-                "path": os.path.abspath(self.path),
+                "path": self.location,
+                "where": dict(self.where),
                 "size": self.size,
                 "block_size": bs,
                 "format_version": self.config.version,
@@ -518,13 +544,18 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenan
             }
 
 
-def _open_data_file(path: str, readonly: bool) -> FileDataStore:
-    data_path = os.path.join(path, "data")
+def _writable_local(path: str, data_store) -> Stores:
+    """A container's stores for a caller that holds its lock (the old constructor)."""
+    meta_dir = os.path.join(path, "meta")
+    if not os.path.isdir(meta_dir):
+        raise IntegrityError(f"{path} is not a vdisk disk: {meta_dir} is missing")
+    store = LmdbNodeStore(meta_dir, readonly=False, create=False)
     try:
-        return FileDataStore(data_path, readonly)
-    except FileNotFoundError:
-        raise IntegrityError(f"data file {data_path} is missing; the disk cannot be read") from None
-    except NotARegularFile:
-        raise IntegrityError(f"data file {data_path} is not a regular file") from None
-    except OSError as e:
-        raise IntegrityError(f"cannot open the data file {data_path}: {e.strerror}") from None
+        data = data_store if data_store is not None else open_data_file(path, False)
+    except BaseException:
+        store.close()
+        raise
+    return Stores(path, store, data, {"kind": "local", "path": os.path.abspath(path)}, lambda: None)
+
+
+_open_data_file = open_data_file

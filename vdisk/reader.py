@@ -167,11 +167,36 @@ class ReadPath:
             if not self.readonly:
                 yield _never
                 return
+            with self._pinned() as view:
+                yield lambda: self.store.current_view() != view
+
+    @contextlib.contextmanager
+    def _pinned(self):
+        """A pinned view whose tree records are loaded: yields its id.
+
+        Reloading reads the records and the trees' roots inside the view;
+        a commit landing meanwhile can make that fail (a RADOS node store
+        refuses a node rewritten after the view), which is retried in the
+        newer view like a request (:meth:`_in_view`).
+        """
+        for attempt in range(VIEW_RETRIES):
             with self.store.read_view() as view:
                 if view != self._view_id:
+                    self._view_id = None
+                    try:
+                        self._load()
+                    except IntegrityError:
+                        if attempt + 1 == VIEW_RETRIES or self.store.current_view() == view:
+                            raise
+                        continue
                     self._view_id = view
-                    self._load()
-                yield lambda: self.store.current_view() != view
+                yield view
+                return
+
+    def _load_pinned(self):
+        """The first load of a read-only opener, in a view (see :meth:`_pinned`)."""
+        with self._pinned():
+            pass
 
     def _in_view(self, fn):
         """``fn()`` in one view; a read-only opener retries when the view moved.

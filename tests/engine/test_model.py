@@ -58,7 +58,7 @@ class DiskMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.dir = scratch_dir("vdisk-model-")
-        self.path = os.path.join(self.dir, "disk")
+        self.path = self.location()
         bs = self.bs = self.BLOCK_SIZE
         self.disk = Disk.create(self.path, self.BLOCKS * bs, bs)
         self.size = self.BLOCKS * bs
@@ -68,6 +68,10 @@ class DiskMachine(RuleBasedStateMachine):
         self.counter = 0
         self.steps = 0
         self.last_start = self.last_end = 0
+
+    def location(self):
+        """Where the disk is made: a container here; tests/rados makes it rados:POOL/NAME."""
+        return os.path.join(self.dir, "disk")
 
     def teardown(self):
         try:
