@@ -17,13 +17,18 @@ Image history, the same for every peer (issue 13): the region is written
 whole with 1 MiB writes, then 20% of its 4 KiB blocks are rewritten at
 random by one seeded fio job (``--randseed``, fio's random map: each chosen
 block written once, the same blocks in the same order for every server),
-ending with a flush. Then, in this order:
+ending with a flush. The image is then saved (a copy beside it), and every
+write row below starts on a new server from that copy, so each row sees
+exactly this history however many writes the peer's earlier rows managed
+(``--no-restore``: the rows run one after another instead). Then, in this
+order:
 
 1. cold cache: ``sync``, ``echo 3 > /proc/sys/vm/drop_caches`` (root only),
    one 1 MiB sequential read of the whole region at qd 4;
 2. warm reads, each after the peer's files are read whole into the page
    cache (see ``_warm``): 1 MiB sequential qd 4, 4 KiB random qd 1 and 16;
-   reads come before any timed write, so they all see the history above;
+   reads come before any timed write, so they see the history without a
+   restore;
 3. 4 KiB random writes qd 1 and 16;
 4. 4 KiB random writes at qd 16 with a flush after every 16th write: fio
    3.33's nbd engine sends a flush for nearly every write with ``fsync=16``
@@ -49,8 +54,9 @@ and its embedded Python; for qcow2 qemu-nbd) is read from each process's
 ``VmHWM`` in /proc before the server stops (the maximum over the server's
 restarts). The memory target is for a 4 GiB disk: a separate phase
 (``--rss-size``, one run of vdisk, qcow2 and pypass) repeats the same
-history and rows on a 4 GiB region; there the vdisk server is never
-restarted (flushes counted by fio), so its peak is after all the rows.
+history and rows on a 4 GiB region, one after another without restores;
+there the vdisk server is never restarted (flushes counted by fio), so its
+peak is after all the rows.
 
 Timed rows run ``--runtime`` seconds (the cold read and the fills are
 size-based); the table shows medians of ``--runs`` runs and vdisk / peer
@@ -249,6 +255,29 @@ class Server:
             self.stats = None
         return counts
 
+    def _copy(self, src: str, dst: str):
+        if os.path.isdir(src):
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.sock", "*.pid"))
+        else:
+            shutil.copyfile(src, dst)
+        os.sync()   # no write-back of the copy left running into the next row
+
+    def save(self):
+        """Keep a copy of the image as it is now (the server stopped meanwhile)."""
+        self.stop()
+        self._copy(self.image, self.image + ".saved")
+        self.start()
+
+    def restore(self, stats: str | None = None):
+        """Serve the saved copy again, from a new server (``stats`` as for ``start``)."""
+        self.stop()
+        if os.path.isdir(self.image):
+            shutil.rmtree(self.image)
+        else:
+            os.unlink(self.image)
+        self._copy(self.image + ".saved", self.image)
+        self.start(stats)
+
     def snapshot(self):
         """A snapshot of everything written so far (see the module doc for qcow2)."""
         self.snaps += 1
@@ -329,16 +358,21 @@ def make_iolog(path: str, size: int, writes: int):
         f.write("nbd close\n")
 
 
-def flush_row(srv: Server, iolog: str, writes_in_log: int, runtime: float, count: bool) -> tuple[float, dict]:
+def flush_row(srv: Server, iolog: str, writes_in_log: int, runtime: float, count: bool,
+              restore: bool) -> tuple[float, dict]:
     """Replay the flush-every-16th iolog; (write IOPS, flush accounting).
 
     With ``count``, the server is restarted under nbdkit's stats filter for
     the row (qemu-nbd restarted plainly, so every peer is treated the same),
-    and the counts it received are returned beside fio's.
+    and the counts it received are returned beside fio's. With ``restore``
+    the row starts from the saved history image.
     """
-    if count:
+    stats = os.path.join(srv.tmp, f"{srv.peer}-stats.txt") if count else None
+    if restore:
+        srv.restore(stats)
+    elif count:
         srv.stop()
-        srv.start(stats=os.path.join(srv.tmp, f"{srv.peer}-stats.txt"))
+        srv.start(stats)
     job = fio(srv.uri, [f"--read_iolog={iolog}", "--iodepth=16", "--replay_no_stall=1",
                         f"--runtime={runtime}"], timeout=runtime * 10 + 600)
     acct = {"fio_writes": job["write"]["total_ios"], "fio_syncs": job["sync"]["total_ios"],
@@ -376,13 +410,27 @@ def _warm(path: str):
 
 
 def run_peer(peer: str, tmp: str, size: int, runtime: float, long_runtime: float, iolog: tuple[str, int],
-             count_flushes: bool, cold: bool) -> tuple[dict, dict]:
-    """Every row on one peer: (row -> figure, flush accounting)."""
+             count_flushes: bool, cold: bool, restore: bool) -> tuple[dict, dict]:
+    """Every row on one peer: (row -> figure, flush accounting).
+
+    With ``restore``, each write row starts from a copy of the image saved
+    right after the history, on a new server: every row then sees exactly
+    the prescribed history, however many writes the peer's earlier rows
+    managed. Without, the rows run one after another on one server (the
+    vdisk server is then never restarted: the memory phase).
+    """
     out = {}
     srv = Server(peer, tmp, size)
     srv.start()
+
+    def fresh():
+        if restore:
+            srv.restore()
+
     try:
         history(srv.uri, size)
+        if restore:
+            srv.save()
         if cold:
             drop_caches()
             out[COLD] = fio_row(srv.uri, "read", "1M", 4, size, None)["MB/s"]
@@ -390,15 +438,20 @@ def run_peer(peer: str, tmp: str, size: int, runtime: float, long_runtime: float
             _warm(srv.image)
             out[name] = fio_row(srv.uri, rw, bs, depth, size, runtime)[unit(name)]
         for name, rw, bs, depth in WRITES:
+            fresh()
             out[name] = fio_row(srv.uri, rw, bs, depth, size, runtime)[unit(name)]
-        out[FLUSH16], acct = flush_row(srv, iolog[0], iolog[1], runtime, count_flushes)
+        out[FLUSH16], acct = flush_row(srv, iolog[0], iolog[1], runtime, count_flushes, restore)
+        fresh()
         out[SEQ_WRITE] = fio_row(srv.uri, "write", "1M", 4, size, runtime)["MB/s"]
         if peer in ("vdisk", "qcow2"):
             for name, rw, bs, depth in SNAP_ROWS:
+                fresh()
                 srv.snapshot()
                 out[name] = fio_row(srv.uri, rw, bs, depth, size, runtime)[unit(name)]
         if peer == "vdisk":
+            fresh()
             out[LONG_WRITE] = fio_row(srv.uri, "randwrite", "4k", 16, size, long_runtime)["IOPS"]
+            fresh()
             out[TEN_SNAPS] = _write_with_snapshots(srv, size, long_runtime)
     finally:
         srv.stop()
@@ -445,7 +498,7 @@ def _write_with_snapshots(srv: Server, size: int, runtime: float) -> float:
 # ------------------------------------------------------------------ main
 
 def phase(label: str, peers: list[str], runs: int, size: int, runtime: float, long_runtime: float,
-          tmpdir: str | None, count_flushes: bool, cold: bool, log_dir: str) -> tuple[dict, dict]:
+          tmpdir: str | None, count_flushes: bool, cold: bool, log_dir: str, restore: bool) -> tuple[dict, dict]:
     """All runs of one phase: (peer -> list of row dicts, peer -> list of accounting dicts)."""
     writes = FLUSH_EVERY * int(max(50_000, 60_000 * runtime) // FLUSH_EVERY)
     iolog = os.path.join(log_dir, f"flush16-{size}.iolog")
@@ -461,7 +514,8 @@ def phase(label: str, peers: list[str], runs: int, size: int, runtime: float, lo
                 t = time.monotonic()
                 print(f"{label} run {i + 1}/{runs}: {p} ... (load {os.getloadavg()[0]:.1f})", file=sys.stderr,
                       end="", flush=True)
-                res, acct = run_peer(p, tmp, size, runtime, long_runtime, (iolog, writes), count_flushes, cold)
+                res, acct = run_peer(p, tmp, size, runtime, long_runtime, (iolog, writes), count_flushes, cold,
+                                      restore)
                 results[p].append(res)
                 accts[p].append(acct)
                 print(f" {time.monotonic() - t:.0f} s", file=sys.stderr, flush=True)
@@ -539,7 +593,8 @@ def targets(med: dict, rss_med: dict | None, rss_size: int, size: int) -> list[s
             out.append(f"- {label}: not measured (target >= {goal:g}x){note}")
             return
         value = num / den
-        out.append(f"- {label}: {value:.2f}x (target >= {goal:g}x): {'met' if value >= goal else 'MISSED'}{note}")
+        shown = f"{value:.2f}" if round(value, 2) != goal else f"{value:.3f}"   # no "0.80x: MISSED" at 0.797
+        out.append(f"- {label}: {shown}x (target >= {goal:g}x): {'met' if value >= goal else 'MISSED'}{note}")
 
     def peer(p, row):
         return med.get(p, {}).get(row)
@@ -604,6 +659,8 @@ def main(argv=None) -> int:
                     help="region of the memory phase (default 4G; 0 skips it; --quick: 0)")
     ap.add_argument("--peers", default=",".join(PEERS))
     ap.add_argument("--dir", default=None, help="where images go (default: a temp dir)")
+    ap.add_argument("--no-restore", action="store_true",
+                    help="main phase: run the write rows one after another instead of each from the saved history")
     ap.add_argument("--json", default=None, help="also write every run's figures to this file")
     args = ap.parse_args(argv)
     runs, runtime = (1, 2.0) if args.quick else (args.runs, args.runtime)
@@ -620,14 +677,16 @@ def main(argv=None) -> int:
         print("nbd_bench: not root, so the page cache cannot be dropped: no cold-cache row", file=sys.stderr)
     started = datetime.datetime.now()
     load0 = os.getloadavg()
+    code0 = code_version()   # servers import the engine as the tree is when each starts
     log_dir = tempfile.mkdtemp(prefix="vdisk-nbd-iolog-", dir=args.dir)
     try:
-        results, accts = phase("main", peers, runs, size, runtime, long_runtime, args.dir, True, cold, log_dir)
+        results, accts = phase("main", peers, runs, size, runtime, long_runtime, args.dir, True, cold, log_dir,
+                                not args.no_restore)
         rss_results = rss_accts = None
         rss_peers = [p for p in ("vdisk", "qcow2", "pypass") if p in peers]
         if rss_size and rss_peers:
             rss_results, rss_accts = phase(f"memory ({rss_size // MIB} MiB)", rss_peers, 1, rss_size, runtime,
-                                           long_runtime, args.dir, False, cold, log_dir)
+                                           long_runtime, args.dir, False, cold, log_dir, False)
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
     load1 = os.getloadavg()
@@ -636,10 +695,14 @@ def main(argv=None) -> int:
           f"{' --quick' if args.quick else ''})\n")
     print(f"Machine: {machine()}; nbdkit {_version(['nbdkit', '--version'])}, "
           f"{_version(['qemu-nbd', '--version'])}, fio {_version(['fio', '--version'])}.")
-    print(f"Code: {code_version()}. Load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end "
+    code1 = code_version()
+    code = f"at the start {code0}; at the end {code1}" if code1 != code0 else code0
+    print(f"Code: {code}. Load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end "
           f"({(datetime.datetime.now() - started).total_seconds() / 60:.0f} min).")
     print(f"Region {size // MIB} MiB per image, filled, then {REWRITE_FRACTION:.0%} of its 4 KiB blocks rewritten "
-          f"at random (fio randseed {HISTORY_SEED}, the same for every peer) before the timed rows; "
+          f"at random (fio randseed {HISTORY_SEED}, the same for every peer) before the timed rows"
+          + ("" if args.no_restore else "; each write row starts on a new server from a copy of the image "
+             "saved right after that history (reads need none: no write precedes them)") + "; "
           f"{runtime:g} s per timed row, median of {runs} interleaved run(s); ratio = vdisk / peer.\n")
     print_table(med, peers, results, runs)
     print_flushes(accts, peers)
@@ -659,7 +722,7 @@ def main(argv=None) -> int:
             print(line)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"started": started.isoformat(), "machine": machine(), "code": code_version(), "size": size,
+            json.dump({"started": started.isoformat(), "machine": machine(), "code": code, "size": size,
                        "runtime": runtime, "runs": runs, "results": results, "flushes": accts,
                        "rss_size": rss_size, "rss_results": rss_results, "rss_flushes": rss_accts}, f, indent=1)
     return 0
