@@ -102,20 +102,52 @@ quiet_option = click.option("--quiet", "-q", is_flag=True,
                             help="No progress bar (there is one on stderr when it is a terminal).")
 
 
+class CephOptions:
+    """``vdisk --ceph-conf FILE --ceph-id NAME --ceph-timeout S``: how rados: disks are reached."""
+
+    conf: str | None = None
+    client_id: str | None = None
+    timeout: float = 30
+
+
+CEPH = CephOptions()
+
+
+def resolve(disk):
+    """DISK as the engine takes it: a path, or a RadosLocation with the --ceph-* options."""
+    from vdisk.location import parse
+    return parse(disk, conf=CEPH.conf, client_id=CEPH.client_id, timeout=CEPH.timeout)
+
+
+def is_rados(disk) -> bool:
+    from vdisk.location import is_rados as rados
+    return rados(disk)
+
+
+def local_dir(disk) -> str:
+    """Where a disk's sockets live on this host: the container, or a rados disk's state directory."""
+    from vdisk.location import local_dir as find
+    return find(resolve(disk))
+
+
 def require_disk(path: str):
     """Refuse what is not a disk, as :meth:`vdisk.Disk.open` would, without opening it.
 
     For front ends whose disk is opened by another process (nbdkit, the
-    mount process), so the refusal comes first and as one line.
+    mount process), so the refusal comes first and as one line. A rados:
+    location is only parsed here: opening it is the test.
     """
+    if is_rados(path):
+        resolve(path)
+        return
     from vdisk.container import require_container
     require_container(path)
 
 
-def open_disk(path: str, readonly: bool = False):
+def open_disk(path: str, readonly: bool = False, break_lock: bool = False):
     # Through convert's opener: a disk converted online reads through its source.
     from vdisk.convert.online import open_disk as open_converting
-    d = open_converting(path, readonly=readonly, background=False)
+    d = open_converting(resolve(path), readonly=readonly, background=False, break_lock=break_lock)
     if not readonly:
         try:
             refuse_unfinished(d)
@@ -148,7 +180,7 @@ def open_live(path: str, readonly: bool = False):
     """The disk, or - when a server (vdisk serve, vdisk mount) holds it - a
     proxy to that server with the same methods (see vdisk.control.client)."""
     from vdisk.control.client import find_server
-    server = find_server(path)
+    server = find_server(local_dir(path))
     return server if server is not None else open_disk(path, readonly)
 
 

@@ -12,7 +12,7 @@ from vdisk.units import (GROW_CONFIRM_FACTOR, check_block_size, check_disk_size,
                          needs_confirmation)
 
 from .common import (SizeType, disk_argument, emit_json, is_local, json_option, local_time, open_live,
-                     quiet_option, snapshot_json)
+                     quiet_option, resolve, snapshot_json)
 from .progress import Progress
 
 
@@ -38,7 +38,7 @@ def create(disk, size, block_size, as_json):
     from vdisk import Disk
     check_block_size(block_size)
     check_disk_size(size, block_size, _max_size())
-    with Disk.create(disk, size, block_size=block_size) as d:
+    with Disk.create(resolve(disk), size, block_size=block_size) as d:
         data = d.info()
     data["conversion"] = None
     if as_json:
@@ -85,12 +85,20 @@ def info(disk, as_json):
     if as_json:
         emit_json(_info_json(data, snaps))
         return
-    rows = [("disk", data["path"]),
+    rows = [("disk", data["path"])]
+    where = data.get("where") or {}
+    if where.get("kind") == "rados":
+        rows.append(("lives in", f"rados pool {where['pool']}, image {where['image']}, cluster {where['fsid']} "
+                                 f"(conf {where['conf'] or 'from Ceph defaults'})"))
+    rows += [
             ("virtual size", describe_size(data["size"])),
             ("block size", describe_size(data["block_size"])),
             ("allocated", f"{describe_size(data['allocated_bytes'])}, the running point's blocks"),
             ("physical", f"{describe_size(data['physical_bytes'])}, with every snapshot")]
-    if "file_bytes" in data:
+    if where.get("kind") == "rados":
+        rows.append(("data objects", f"{describe_size(data['file_bytes'])} in pool {where['pool']} "
+                                     f"(the objects that may exist, at full size)"))
+    elif "file_bytes" in data:
         rows.append(("data file", f"{describe_size(data['file_bytes'])} on the file system "
                                   f"(free blocks are reused before it grows)"))
     if data.get("deferred_bytes"):

@@ -17,7 +17,7 @@ import click
 from vdisk import __version__
 
 from . import failures
-from .common import VdiskGroup, help_when_bare
+from .common import CEPH, VdiskGroup, help_when_bare
 
 
 def _set_debug(ctx, param, value):
@@ -32,8 +32,14 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.version_option(__version__, "-V", "--version", prog_name="vdisk", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
               help="Show the traceback of an error (for bug reports).")
+@click.option("--ceph-conf", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="Ceph configuration for rados:POOL/NAME disks (default: $CEPH_CONF, else Ceph's "
+                   "search path: /etc/ceph/ceph.conf, ~/.ceph/config, ./ceph.conf).")
+@click.option("--ceph-id", metavar="NAME", help="Ceph client name for rados: disks (client.NAME; default admin).")
+@click.option("--ceph-timeout", type=click.FloatRange(1, 3600), default=30, show_default=True, metavar="SECONDS",
+              help="Give up reaching the Ceph cluster after this long.")
 @click.pass_context
-def main(ctx):
+def main(ctx, ceph_conf, ceph_id, ceph_timeout):
     """Virtual disks with instant, cheap snapshots.
 
     A disk is a directory holding copy-on-write B+tree metadata (LMDB) and a
@@ -43,8 +49,12 @@ def main(ctx):
     Errors are one line on stderr; exit codes and the --json schemas are in
     docs/CLI.md, a walk-through in docs/GUIDE.md.
 
+    A disk can also live in a Ceph pool: rados:POOL/NAME wherever a
+    command takes DISK (docs/RADOS.md).
+
     Example: vdisk create vm1.vdisk --size 10G
     """
+    CEPH.conf, CEPH.client_id, CEPH.timeout = ceph_conf, ceph_id, ceph_timeout
     help_when_bare(ctx)
 
 

@@ -28,7 +28,7 @@ import click
 
 from vdisk.errors import Busy, InvalidArgument, NotFound, VdiskError
 
-from .common import disk_argument, json_option, require_disk, require_finished
+from .common import disk_argument, is_rados, json_option, local_dir, require_disk, require_finished, resolve
 
 READY_TIMEOUT = 60.0
 # nbdkit exits on SIGTERM only once its clients disconnect; after this long
@@ -59,8 +59,11 @@ X509_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem")
               help="Pre-shared keys: file of USERNAME:HEXKEY lines, e.g. from psktool (implies --tls).")
 @click.option("--insecure", is_flag=True,
               help="Allow plaintext NBD on a --bind address other than loopback.")
+@click.option("--break-lock", is_flag=True,
+              help="rados: disks: take over from a writer that died or hangs on another host (or "
+                   "process); it is blocklisted in the cluster first, so it can write nothing after.")
 @json_option
-def serve(disk, socket_path, port, bind, readonly, tls, tls_certificates, tls_psk, insecure, as_json):
+def serve(disk, socket_path, port, bind, readonly, tls, tls_certificates, tls_psk, insecure, break_lock, as_json):
     """Serve DISK over NBD until Ctrl-C or SIGTERM.
 
     The running point is the default export, each snapshot a read-only
@@ -72,11 +75,13 @@ def serve(disk, socket_path, port, bind, readonly, tls, tls_certificates, tls_ps
 
     Listens on DISK/nbd.sock, or with --port on 127.0.0.1. A --bind
     address other than loopback needs TLS (or --insecure for plaintext).
+    A rados:POOL/NAME disk listens in its local state directory (printed),
+    and --break-lock takes it over from a dead or hung writer.
 
     Example: vdisk serve vm1.vdisk    (then: nbdinfo --list 'nbd+unix:///?socket=vm1.vdisk/nbd.sock')
     """
     run(disk, socket_path, port, bind, readonly,
-        tls=TLS.of(tls, tls_certificates, tls_psk), insecure=insecure, as_json=as_json)
+        tls=TLS.of(tls, tls_certificates, tls_psk), insecure=insecure, as_json=as_json, break_lock=break_lock)
 
 class TLS:
     """How connections are secured: ``kind`` "x509" (``path`` a certificate
@@ -153,7 +158,7 @@ def check_exposure(port, bind, tls: "TLS | None", insecure: bool):
 
 
 def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS | None = None,
-        insecure: bool = False, as_json: bool = False):
+        insecure: bool = False, as_json: bool = False, break_lock: bool = False):
     """Serve until a signal; engine errors propagate (the command maps them)."""
     if bind is not None and port is None:
         raise click.UsageError("--bind needs --port")
@@ -162,9 +167,19 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS |
     check_exposure(port, bind, tls, insecure)
     if tls is not None:
         tls.check()
+    rados = is_rados(disk)
+    if break_lock and (not rados or readonly):
+        raise InvalidArgument("--break-lock is for serving a rados:POOL/NAME disk for writing (a local "
+                              "disk's lock goes when its holder dies)")
     require_disk(disk)
-    require_finished(disk)
-    path = os.path.abspath(disk)
+    if not break_lock:
+        require_finished(disk)        # (a held rados lock is broken by the plugin, not before)
+    if rados:
+        location = resolve(disk)
+        path = local_dir(location)    # this host's directory for its sockets
+        shown = str(location)
+    else:
+        location = path = shown = os.path.abspath(disk)
     from vdisk.nbdplugin import NBDKIT, nbdkit_command, nbdkit_env
     env = nbdkit_env()
     if shutil.which(NBDKIT, path=env["PATH"]) is None:
@@ -188,10 +203,12 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS |
         pidfile = os.path.join(path, PIDFILE_NAME)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pidfile)
-    argv = nbdkit_command(path, socket=sock, port=port, bind=(bind or DEFAULT_BIND) if port else None,
+    argv = nbdkit_command(str(location), socket=sock, port=port, bind=(bind or DEFAULT_BIND) if port else None,
                           readonly=readonly, pidfile=pidfile,
                           tls_certificates=tls.path if tls is not None and tls.kind == "x509" else None,
-                          tls_psk=tls.path if tls is not None and tls.kind == "psk" else None)
+                          tls_psk=tls.path if tls is not None and tls.kind == "psk" else None,
+                          ceph_conf=location.conf if rados else None,
+                          ceph_id=location.client_id if rados else None, break_lock=break_lock)
     stopping = []
     proc = None
 
@@ -214,7 +231,8 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS |
     try:
         _wait_ready(proc, pidfile, path, readonly, stopping)
         if proc.poll() is None and not stopping:
-            _announce(path, sock, port, bind or DEFAULT_BIND, readonly, proc.pid, tls, as_json)
+            _announce(path, sock, port, bind or DEFAULT_BIND, readonly, proc.pid, tls, as_json, shown=shown,
+                      disk=disk)
         code = _wait(proc, stopping, path, readonly)
     finally:
         if proc.poll() is None:
@@ -233,9 +251,9 @@ def run(disk, socket_path=None, port=None, bind=None, readonly=False, tls: TLS |
     if code:
         sys.exit(code)   # nbdkit or the plugin already said why on stderr
     if as_json:
-        click.echo(json.dumps({"event": "stopped", "disk": path}))
+        click.echo(json.dumps({"event": "stopped", "disk": shown}))
     else:
-        click.echo(f"stopped serving {path}")
+        click.echo(f"stopped serving {shown}")
 
 
 def _remove_pidfile(tmp, pidfile: str):
@@ -363,8 +381,9 @@ def _remove_stale_control(path: str):
         _remove_socket(control)
 
 
-def _announce(path, sock, port, bind, readonly, pid, tls, as_json=False):
-    names = _snapshot_names(path, readonly)
+def _announce(path, sock, port, bind, readonly, pid, tls, as_json=False, shown=None, disk=None):
+    names = _snapshot_names(path, readonly, disk)
+    shown = shown or path
     mode = "read-only" if readonly else "read-write"
     secure = tls is not None
     if as_json:
@@ -374,13 +393,13 @@ def _announce(path, sock, port, bind, readonly, pid, tls, as_json=False):
                     "uri": export_uri(sock, port, bind, "", secure)}]
         exports += [{"name": n, "snapshot": n, "readonly": True, "uri": export_uri(sock, port, bind, n, secure)}
                     for n in names]
-        click.echo(json.dumps({"event": "serving", "disk": path, "pid": pid, "readonly": readonly,
+        click.echo(json.dumps({"event": "serving", "disk": shown, "pid": pid, "readonly": readonly,
                                "socket": sock, "port": port, "bind": bind if port else None,
                                "tls": None if tls is None else tls.kind, "exports": exports},
                               ensure_ascii=False))
         sys.stdout.flush()
         return
-    click.echo(f"serving {path} over NBD (nbdkit PID {pid}); stop with Ctrl-C")
+    click.echo(f"serving {shown} over NBD (nbdkit PID {pid}); stop with Ctrl-C")
     rows = [(export_uri(sock, port, bind, "", secure), f"running point ({mode})")]
     rows += [(export_uri(sock, port, bind, n, secure), f"snapshot {n} (read-only)") for n in names]
     width = max(len(u) for u, _ in rows)
@@ -392,7 +411,7 @@ def _announce(path, sock, port, bind, readonly, pid, tls, as_json=False):
     sys.stdout.flush()
 
 
-def _snapshot_names(path, readonly) -> list[str]:
+def _snapshot_names(path, readonly, disk=None) -> list[str]:
     from vdisk.control.client import find_server
     try:
         live = None if readonly else find_server(path)
@@ -400,7 +419,7 @@ def _snapshot_names(path, readonly) -> list[str]:
             with live:
                 return [s.name for s in live.snapshots(exclusive=False)]
         from vdisk import Disk
-        with Disk.open(path, readonly=True) as d:
+        with Disk.open(resolve(disk) if disk is not None else path, readonly=True) as d:
             return [s.name for s in d.snapshots(exclusive=False)]
     except VdiskError as e:
         click.echo(f"vdisk: warning: cannot list snapshots: {e}", err=True)

@@ -17,7 +17,7 @@ import click
 
 from vdisk.errors import EXIT_OK, EXIT_PROBLEMS, VdiskError, from_os_error
 
-from .common import disk_argument, json_option, quiet_option, require_disk
+from .common import disk_argument, json_option, quiet_option, require_disk, resolve
 from .failures import CommandFailed
 from .progress import Progress
 
@@ -57,7 +57,7 @@ def verify(disk, data, quiet, as_json):
     try:
         require_disk(disk)      # the same refusal as every command, before the verifier's own
         with Progress(quiet) as progress:
-            report = run_verify(disk, data=data, progress=progress)
+            report = run_verify(resolve(disk), data=data, progress=progress)
     except (VdiskError, OSError) as e:
         err = e if isinstance(e, VdiskError) else from_os_error(e)
         raise CommandFailed(f"cannot verify {disk}: {err}", err) from e

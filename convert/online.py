@@ -23,9 +23,10 @@ from . import converter
 log = logging.getLogger("vdisk")
 
 
-def open_disk(path: str, readonly: bool = False, background: bool = True):
-    """:meth:`vdisk.Disk.open`, plus what an online conversion in progress needs."""
-    disk = vdisk.Disk.open(path, readonly=readonly)
+def open_disk(path, readonly: bool = False, background: bool = True, break_lock: bool = False):
+    """:meth:`vdisk.Disk.open` (a path or a rados: location), plus what an
+    online conversion in progress needs."""
+    disk = vdisk.Disk.open(path, readonly=readonly, break_lock=break_lock)
     try:
         rec = converter.progress_of(disk)
         if rec is not None and rec.online and disk.converting:

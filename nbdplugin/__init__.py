@@ -52,12 +52,15 @@ def nbdkit_env(base: dict | None = None) -> dict:
 def nbdkit_command(disk: str, *, socket: str | None = None, port: int | None = None,
                    bind: str | None = None, readonly: bool = False, pidfile: str | None = None,
                    control: bool | None = None, tls_certificates: str | None = None,
-                   tls_psk: str | None = None, nbdkit_args: tuple = ()) -> list[str]:
+                   tls_psk: str | None = None, nbdkit_args: tuple = (), ceph_conf: str | None = None,
+                   ceph_id: str | None = None, break_lock: bool = False) -> list[str]:
     """argv for a foreground nbdkit serving ``disk`` with this plugin.
 
     TCP listens on ``bind``, by default 127.0.0.1: nbdkit's own default is
     every interface. Either TLS credential makes TLS required (``--tls=require``:
-    with ``on`` a client could choose plaintext).
+    with ``on`` a client could choose plaintext). A ``rados:POOL/NAME`` disk
+    is opened by the plugin with ``ceph_conf`` and ``ceph_id`` (``break_lock``:
+    fencing the holder first).
     """
     argv = [NBDKIT, "-f", "--exit-with-parent"]
     if socket is not None:
@@ -75,7 +78,14 @@ def nbdkit_command(disk: str, *, socket: str | None = None, port: int | None = N
     if pidfile:
         argv += ["-P", pidfile]
     argv += list(nbdkit_args)
-    argv += ["python", PLUGIN, f"disk={os.path.abspath(disk)}", f"sitedir={sitedir()}"]
+    rados = disk.startswith("rados:")
+    argv += ["python", PLUGIN, f"disk={disk if rados else os.path.abspath(disk)}", f"sitedir={sitedir()}"]
+    if ceph_conf:
+        argv.append(f"ceph_conf={os.path.abspath(ceph_conf)}")
+    if ceph_id:
+        argv.append(f"ceph_id={ceph_id}")
+    if break_lock:
+        argv.append("break_lock=on")
     if readonly:
         argv.append("readonly=on")
     if control is not None:

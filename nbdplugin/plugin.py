@@ -58,6 +58,9 @@ class _Config:
     readonly = False        # open the disk read-only (no writer lock); use with nbdkit -r
     control = None          # None: on for a writable server
     owner = "vdisk serve (nbdkit)"
+    ceph_conf = None        # rados:POOL/NAME disks: the cluster's configuration,
+    ceph_id = None          # the Ceph client name,
+    break_lock = False      # and whether to fence the holder and take its lock
 
 
 _cfg = _Config()
@@ -133,7 +136,13 @@ def _import_vdisk():
 
 def config(key, value):
     if key == "disk":
-        _cfg.disk_path = os.path.abspath(value)
+        _cfg.disk_path = value if value.startswith("rados:") else os.path.abspath(value)
+    elif key == "ceph_conf":
+        _cfg.ceph_conf = os.path.abspath(value)
+    elif key == "ceph_id":
+        _cfg.ceph_id = value
+    elif key == "break_lock":
+        _cfg.break_lock = _on_off(key, value)
     elif key == "sitedir":
         _cfg.sitedir = os.path.abspath(value)
     elif key == "control":
@@ -143,7 +152,7 @@ def config(key, value):
     elif key == "owner":
         _cfg.owner = value
     else:
-        raise RuntimeError("unknown parameter %r (known: disk, sitedir, readonly, control, owner)" % key)
+        raise RuntimeError("unknown parameter %r (known: disk, sitedir, readonly, control, owner, ceph_conf, ceph_id, break_lock)" % key)
 
 
 def _on_off(key, value):
@@ -160,7 +169,11 @@ def config_complete():
     # is its owner's alone whatever the umask vdisk serve was started with.
     os.umask(0o077)
     _import_vdisk()
-    if not os.path.isdir(os.path.join(_cfg.disk_path, "meta")):
+    if _cfg.disk_path.startswith("rados:"):
+        from vdisk.location import parse
+        # Serving: OSD operations wait through an OSD restart instead of failing.
+        _cfg.disk_path = parse(_cfg.disk_path, conf=_cfg.ceph_conf, client_id=_cfg.ceph_id, osd_wait=True)
+    elif not os.path.isdir(os.path.join(_cfg.disk_path, "meta")):
         raise RuntimeError("%s is not a vdisk disk" % _cfg.disk_path)
 
 
@@ -174,7 +187,8 @@ def after_fork():
     from vdisk.nbdplugin.state import ServerState
     want_control = _cfg.control if _cfg.control is not None else not _cfg.readonly
     try:
-        _state = ServerState(_cfg.disk_path, _cfg.readonly, control=want_control, owner=_cfg.owner)
+        _state = ServerState(_cfg.disk_path, _cfg.readonly, control=want_control, owner=_cfg.owner,
+                             break_lock=_cfg.break_lock)
     except VdiskError as e:
         # A traceback would bury the one line that matters (usually "in use by
         # PID N"); nothing is served yet, so stop here with the error's code.
@@ -224,12 +238,12 @@ def _description(name):
     d = _state.disk
     if name == "":
         mode = "read-only" if d.readonly else "read-write"
-        return "vdisk %s: running point (%s)" % (d.path, mode)
+        return "vdisk %s: running point (%s)" % (d.location, mode)
     for s in d.snapshots(exclusive=False):
         if s.name == name:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created))
-            return "vdisk %s: snapshot %s taken %s (read-only)" % (d.path, name, when)
-    return "vdisk %s: snapshot %s (read-only)" % (d.path, name)
+            return "vdisk %s: snapshot %s taken %s (read-only)" % (d.location, name, when)
+    return "vdisk %s: snapshot %s (read-only)" % (d.location, name)
 
 
 @_request

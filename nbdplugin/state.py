@@ -26,9 +26,9 @@ class ServerState:
     writer take 15-37 ms instead of 2-5 ms.
     """
 
-    def __init__(self, path: str, readonly: bool, control: bool, owner: str):
+    def __init__(self, path, readonly: bool, control: bool, owner: str, break_lock: bool = False):
         # An online conversion in progress gets its origin and carries on here.
-        self.disk = open_disk(path, readonly=readonly)
+        self.disk = open_disk(path, readonly=readonly, break_lock=break_lock)
         self.io = threading.Lock()
         self.closed = False
         self.users = {}                 # export name -> open connections

@@ -49,6 +49,10 @@ def connect(conf: str | None = None, client_id: str | None = None, timeout: floa
         opts["rados_osd_op_timeout"] = str(int(osd_timeout))
     try:
         r = rados.Rados(conffile=conf or rados.Rados.DEFAULT_CONF_FILES, rados_id=client_id, conf=opts)
+    except rados.ObjectNotFound:
+        raise NotFound(f"no Ceph configuration {conf}" if conf else
+                       "no Ceph configuration found (give --ceph-conf FILE or CEPH_CONF, or make "
+                       "/etc/ceph/ceph.conf)") from None
     except rados.Error as e:
         raise StorageError(f"cannot read the Ceph configuration {conf or '(default search path)'}: {e}") from None
     try:

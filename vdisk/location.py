@@ -37,7 +37,7 @@ import uuid
 from typing import Callable
 
 from vdisk.btree import Forest, Layout, LmdbNodeStore
-from vdisk.errors import AlreadyExists, IntegrityError, InvalidArgument, NotFound, StorageError
+from vdisk.errors import AlreadyExists, Busy, IntegrityError, InvalidArgument, NotFound, StorageError
 
 from . import ceph
 from . import format as fmt
@@ -163,6 +163,19 @@ def state_dir(loc: RadosLocation, fsid: str) -> str:
     return path
 
 
+def local_dir(location) -> str:
+    """The local directory of a disk: the container itself, or a rados disk's
+    :func:`state_dir` (which asks the cluster its fsid)."""
+    loc = parse(location)
+    if not isinstance(loc, RadosLocation):
+        return loc
+    cluster = _connect(loc)
+    try:
+        return state_dir(loc, cluster.get_fsid())
+    finally:
+        _disconnect(cluster)
+
+
 # ---------------------------------------------------------------- opened stores
 
 @dataclasses.dataclass
@@ -240,7 +253,11 @@ def _open_rados(loc: RadosLocation, readonly: bool, break_lock: bool, data_store
             cookie, desc = _cookie()
             if break_lock:
                 take_over(cluster, ioctx, header)
-            ceph.lock_exclusive(ioctx, header, cookie, desc)
+            try:
+                ceph.lock_exclusive(ioctx, header, cookie, desc)
+            except Busy as e:
+                raise Busy(f"disk {loc} is in use: {e}; if that writer is dead or hung, take over with "
+                           f"break_lock (vdisk serve --break-lock), which fences it first") from None
             locked = cookie
         store = RadosNodeStore(ioctx, loc.name, readonly=readonly, create=False,
                                guard=ceph.lock_guard(locked) if locked else None)

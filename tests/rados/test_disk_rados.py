@@ -67,7 +67,7 @@ def rados_machine(ceph):
 
 def test_the_engine_model_holds_on_a_rados_disk(rados_machine):
     from hypothesis.stateful import run_state_machine_as_test
-    run_state_machine_as_test(rados_machine, settings=settings(max_examples=3, stateful_step_count=25,
+    run_state_machine_as_test(rados_machine, settings=settings(max_examples=5, stateful_step_count=30,
                                                                 deadline=None))
 
 
