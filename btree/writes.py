@@ -226,6 +226,75 @@ class TreeWrites:
         self._rebalance(path, leaf, seq)
         return True
 
+    def delete_sorted(self, keys: Iterable) -> int:
+        """Remove many keys given in strictly ascending order; returns how many were there.
+
+        Absent keys are skipped. One operation (one seq, taken at the first
+        key present) for the whole run; each leaf it touches is descended to,
+        changed and rebalanced once rather than once per key.
+        """
+        self._check_writable()
+        keys = list(keys)
+        if not keys:
+            return 0
+        try:
+            ascending = all(map(lt, keys, keys[1:]))
+        except TypeError:
+            raise InvalidArgument(f"bad B+tree key: {self.layout.key} keys expected") from None
+        if not ascending:
+            raise InvalidArgument("delete_sorted needs strictly ascending keys")
+        seq = None
+        removed = 0
+        pos = 0
+        n = len(keys)
+        while pos < n:
+            path, leaf = self._descend(keys[pos])
+            hi = None
+            for node, i in path:
+                if i + 1 < len(node.keys):
+                    bound = node.keys[i + 1]
+                    if hi is None or bound < hi:
+                        hi = bound
+            try:
+                end = n if hi is None else bisect_left(keys, hi, pos)
+                # Positions of the run's keys in the leaf, as [start, stop) slices.
+                lk = leaf.keys
+                nk = len(lk)
+                spans = []
+                j = 0
+                for x in range(pos, end):
+                    j = bisect_left(lk, keys[x], j)
+                    if j >= nk:
+                        break
+                    if lk[j] == keys[x]:
+                        if spans and spans[-1][1] == j:
+                            spans[-1][1] = j + 1
+                        else:
+                            spans.append([j, j + 1])
+                        j += 1
+            except TypeError:
+                raise InvalidArgument(f"bad B+tree key: {self.layout.key} keys expected") from None
+            pos = end
+            if not spans:
+                continue
+            if seq is None:
+                seq = self.forest.next_seq()
+                self._touch()
+            leaf = self._make_path_writable(path, leaf, seq)
+            packed = leaf.packed_vals
+            w = self._val_bytes
+            gone = 0
+            for a, b in reversed(spans):
+                del leaf.keys[a:b]
+                del leaf.vals[a:b]
+                if packed is not None:
+                    del packed[a * w:b * w]
+                gone += b - a
+            removed += gone
+            self.rec.count -= gone
+            self._rebalance(path, leaf, seq)
+        return removed
+
     def _rebalance(self, path: list, node: Node, seq: int):
         f = self.forest
         while path:

@@ -152,6 +152,21 @@ class ForestMachine(RuleBasedStateMachine):
             assert tree.delete(k) is True
             del model[k]
 
+    @rule(data=st.data(), start=keys, count=st.integers(1, MAX_RUN), step=st.integers(1, 3),
+          present_only=st.booleans())
+    def delete_sorted(self, data, start, count, step, present_only):
+        """One delete_sorted of up to ``count`` keys from ``start``: empties leaves, absent keys mixed in."""
+        name = data.draw(st.sampled_from(sorted(self.models)), label="tree")
+        model = self.models[name]
+        run = [self.k(n) for n in range(start, start + count * step, step)]
+        if present_only:
+            run = [k for k in run if k in model]
+        note(f"{name}.delete_sorted({len(run)} keys from {start} step {step})")
+        expected = sum(k in model for k in run)
+        assert self._tree(name).delete_sorted(run) == expected
+        for k in run:
+            model.pop(k, None)
+
     @rule(data=st.data(), start=keys, count=st.integers(1, MAX_RUN), step=st.integers(1, 3), value=values)
     def insert_sorted(self, data, start, count, step, value):
         name = data.draw(st.sampled_from(sorted(self.models)), label="tree")
@@ -198,6 +213,8 @@ class ForestMachine(RuleBasedStateMachine):
             tree.delete(self.k(key))
         with pytest.raises(ReadOnly):
             tree.insert_sorted([(self.k(key), self.v(0))])
+        with pytest.raises(ReadOnly):
+            tree.delete_sorted([self.k(key)])
 
     # ------------------------------------------------------------ trees
 
