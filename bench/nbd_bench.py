@@ -208,6 +208,7 @@ class Server:
             ready += [pidfile, os.path.join(self.image, "control.sock")]
         elif self.peer == "vdisk":
             argv, env = VDISK + ["serve", self.image, "--socket", self.sock], None
+            ready.append(os.path.join(self.image, "control.sock"))   # the snapshot rows need it at once
         elif self.peer == "qcow2":
             argv, env = ["qemu-nbd", "-k", self.sock, "-f", "qcow2", "-t", "--cache=writeback",
                          "--discard=unmap", self.image], None
