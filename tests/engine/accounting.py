@@ -7,8 +7,9 @@
   mapped but referenced by nothing is a leak; one referenced but unmapped
   makes a read fail.
 * PBAs: the mapped PBAs, the free tree, the frees waiting for the next commit
-  (``alloc.pending``) and the rest of the allocator's current extent partition
-  ``[0, alloc.end)``: nothing is mapped twice, nothing mapped is free, nothing
+  (``alloc.pending``) and the free extents the allocator holds outside the
+  free tree (``alloc.held()``: its spare and the rest of its current extent)
+  partition ``[0, alloc.end)``: nothing is mapped twice, nothing mapped is free, nothing
   is lost. It holds between commits too, so it needs no flush.
 
 ``consistency(disk)`` adds the B+tree checker (``check_forest``), and
@@ -57,10 +58,7 @@ def _accounting(disk) -> list[str]:
         probs.append(f"checksum keys differ from mapped VBAs: {len(csums - mapped)} extra, {len(mapped - csums)} missing")
     if disk.state.vba_next <= max(mapped, default=0):
         probs.append(f"vba_next {disk.state.vba_next} is not above the largest mapped VBA {max(mapped)}")
-    free_runs = list(disk.alloc.free.items()) + list(disk.alloc.pending)
-    cur, stop = disk.alloc._cur
-    if cur < stop:
-        free_runs.append((cur, stop - cur))
+    free_runs = list(disk.alloc.free.items()) + list(disk.alloc.pending) + disk.alloc.held()
     free = []
     for p, n in free_runs:
         free.extend(range(p, p + n))
@@ -77,6 +75,9 @@ def _accounting(disk) -> list[str]:
     if everything - (pset | fset):
         probs.append(f"{len(everything - (pset | fset))} PBAs are neither mapped nor free (leak), "
                      f"e.g. {sorted(everything - (pset | fset))[:5]}")
+    if disk.alloc.free_blocks() != len(free) - sum(n for _, n in disk.alloc.pending):
+        probs.append(f"free_blocks() is {disk.alloc.free_blocks()}, the free tree and the allocator "
+                     f"hold {len(free) - sum(n for _, n in disk.alloc.pending)}")
     return probs
 
 
