@@ -52,6 +52,9 @@ SPARE_MAX = 256
 # wins when the tree is small, as after a stream of random overwrites, which
 # take nearly every extent it has: the pieces are those frees and the spare).
 MERGE_RATIO = 2
+# Writes of at least this many blocks get them in one piece (see _take_contiguous).
+CONTIGUOUS_BLOCKS = 16
+CONTIGUOUS_LOOK = 256            # free extents it looks at beyond the spare
 
 # Where a piece of a commit's free space comes from: the free tree, the rest of
 # the current extent, a free by this commit, the spare.
@@ -65,6 +68,7 @@ class Allocator:
         self.free = free
         self.end = pba_end
         self._cur = [0, 0]       # [next, stop) being consumed
+        self._big = [0, 0]       # ... by large writes (see _take_contiguous)
         self._cursor = 0
         self._spare: list[tuple[int, int]] = []   # taken from the free tree, last one next
         self._spare_blocks = 0
@@ -76,6 +80,13 @@ class Allocator:
     def allocate(self, count: int) -> list[tuple[int, int]]:
         """``count`` blocks as a list of ``(pba, length)`` pieces, in order."""
         out = []
+        if count >= CONTIGUOUS_BLOCKS:
+            big = self._big
+            if big[1] - big[0] < count:
+                self._take_contiguous(count)
+            if big[1] - big[0] >= count:
+                big[0] += count
+                return [(big[0] - count, count)]
         cur = self._cur
         while count > 0:
             if cur[0] >= cur[1]:
@@ -114,6 +125,47 @@ class Allocator:
         self._cur[:] = [start, start + length]
         self._cursor = start
 
+    def _take_contiguous(self, count: int):
+        """Make the large writes' extent one that holds ``count`` blocks in one piece.
+
+        Issue 13: after random rewrites the free space is mostly one-block
+        holes, and next-fit gave a 1 MiB write ~120 pieces: as many pwrites
+        and VBA extents, and a later sequential read as scattered. Large
+        writes therefore consume an extent of their own: a free one long
+        enough (the spare, then a bounded look on in the free tree), else
+        new space at the end of the data file, while small writes keep
+        consuming the holes (the small writes' extent is not touched). The
+        file may outgrow the data by the holes' size meanwhile, no more:
+        small writes use them up, and what a large write frees is long
+        extents again. The rest of the previous large extent goes to the
+        spare.
+        """
+        spare = self._spare
+        for i in range(len(spare) - 1, -1, -1):
+            if spare[i][1] >= count:
+                start, length = spare.pop(i)
+                self._spare_blocks -= length
+                self._taken += 1
+                break
+        else:
+            # A bounded look further on in the free tree (a write this large
+            # costs far more than the walk); then new space.
+            for start, length in islice(self.free.items(self._cursor), CONTIGUOUS_LOOK):
+                if length >= count:
+                    self.free.delete(start)
+                    self._taken += 1
+                    break
+            else:
+                start, length = self.end, max(count, GROW_BLOCKS)
+                if start + length > MAX_TARGET:
+                    return              # no room at the end: pieces it is
+                self.end += length
+        nxt, stop = self._big
+        if nxt < stop:
+            spare.append((nxt, stop - nxt))
+            self._spare_blocks += stop - nxt
+        self._big[:] = [start, start + length]
+
     def _refill(self):
         """Take the next batch of free extents from the cursor on (wrapping to the start)."""
         free = self.free
@@ -128,15 +180,15 @@ class Allocator:
         self._grow = min(self._grow * 2, SPARE_MAX)
 
     def held(self) -> list[tuple[int, int]]:
-        """The free extents the allocator holds outside the free tree (spare, rest of the current one).
+        """The free extents the allocator holds outside the free tree (spare, rests of the current ones).
 
         Free in the committed state and counted free; they go back to the
         free tree at the next commit.
         """
         out = self._spare[::-1]
-        nxt, stop = self._cur
-        if nxt < stop:
-            out.append((nxt, stop - nxt))
+        for nxt, stop in (self._big, self._cur):
+            if nxt < stop:
+                out.append((nxt, stop - nxt))
         return out
 
     def release(self, pba: int, count: int):
@@ -157,6 +209,10 @@ class Allocator:
         pieces = [p << _P | n << 3 | _FREED for p, n in self.pending]
         pieces.extend(p << _P | n << 3 | _SPARE for p, n in self._spare)
         self.pending = []
+        nxt, stop = self._big
+        if nxt < stop:
+            pieces.append(nxt << _P | (stop - nxt) << 3 | _HELD)
+        self._big[:] = [0, 0]
         nxt, stop = self._cur
         if nxt < stop:
             pieces.append(nxt << _P | (stop - nxt) << 3 | _HELD)
@@ -234,7 +290,7 @@ class Allocator:
 
     def free_blocks(self) -> int:
         return (sum(n for _, n in self.free.items()) + self._spare_blocks
-                + (self._cur[1] - self._cur[0]))
+                + (self._cur[1] - self._cur[0]) + (self._big[1] - self._big[0]))
 
 
 def _join(pieces: list[int]) -> tuple[list[int], list[int], list[int]]:

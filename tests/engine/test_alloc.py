@@ -63,7 +63,8 @@ def scattered(n, seed=1, span=4):
     return [(p, rnd.randrange(1, span)) for p in range(10, 10 + n * 2 * span, 2 * span)]
 
 
-def test_allocation_is_next_fit_in_tree_order_and_wraps():
+def test_allocation_is_next_fit_in_tree_order_and_wraps(monkeypatch):
+    monkeypatch.setattr(alloc_mod, "CONTIGUOUS_BLOCKS", 1 << 40)    # the small writes' path
     free = scattered(600)
     a = allocator(free)
     a._cursor = free[300][0]
@@ -181,3 +182,18 @@ def test_any_history_keeps_every_block_once_and_joined(seed, n_free, n_alloc, n_
             assert out == [(p, n) for p, n in ext if freed & set(range(p, p + n))]
     finally:
         alloc_mod.MERGE_RATIO = saved
+
+
+def test_a_large_write_gets_one_piece_and_leaves_the_holes_to_small_ones():
+    holes = scattered(200)                               # extents of 1-3 blocks
+    big = (10 + 200 * 8 + 100, 64)
+    a = allocator(holes + [big])
+    n = alloc_mod.CONTIGUOUS_BLOCKS
+    assert a.allocate(n) == [(big[0], n)]                # the long extent, not the holes
+    assert a.allocate(64 - n) == [(big[0] + n, 64 - n)]  # the rest of it next
+    assert a.allocate(48) == [(END, 48)]                 # none left that long: new space
+    got = []
+    for _ in range(sum(n for _, n in holes)):            # small writes take the holes, all of them
+        got.extend(a.allocate(1))
+    assert all(p < END for p, _ in got)
+    assert sorted(p for p, _ in got) == sorted(p + i for p, n in holes for i in range(n))
