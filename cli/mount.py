@@ -33,7 +33,7 @@ import click
 
 from vdisk.errors import Busy, Interrupted, InvalidArgument, NotFound, VdiskError
 
-from .common import emit_json, json_option, require_disk, require_finished
+from .common import CEPH, emit_json, is_rados, json_option, local_dir, require_disk, require_finished, resolve
 
 LOG_NAME = "mount.log"
 READY_TIMEOUT = 60.0
@@ -77,13 +77,17 @@ def mount(disk, mountpoint, foreground, allow_other, mkdir, debug_fuse, ready_fd
 
     Example: vdisk mount vm1.vdisk /mnt/vm1 --mkdir && qemu-img info /mnt/vm1/disk.img
     """
-    path = os.path.abspath(disk)
+    if is_rados(disk):
+        location = resolve(disk)
+        path = local_dir(location)      # its sockets, log and mount source on this host
+    else:
+        location = path = os.path.abspath(disk)
     mp = os.path.abspath(mountpoint)
     _check(path, disk, mp, mkdir)
     if foreground or ready_fd is not None:
-        _serve(path, mp, allow_other, debug_fuse, ready_fd, as_json)
+        _serve(path, mp, allow_other, debug_fuse, ready_fd, as_json, location=location)
     else:
-        _start_child(path, disk, mp, allow_other, debug_fuse, as_json)
+        _start_child(path, disk, mp, allow_other, debug_fuse, as_json, location=location)
 
 
 def _check(path: str, disk: str, mp: str, mkdir: bool = False):
@@ -157,19 +161,21 @@ def _setup_logging(debug: bool):
     logging.getLogger("pyfuse3").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
-def _serve(path: str, mp: str, allow_other: bool, debug: bool, ready_fd: int | None, as_json: bool = False):
+def _serve(path: str, mp: str, allow_other: bool, debug: bool, ready_fd: int | None, as_json: bool = False,
+           location=None):
     """The mount process: serve until unmounted or signalled."""
     import faulthandler
     from vdisk.fusefs import daemon
     faulthandler.enable()
     _setup_logging(debug)
+    shown = path if location is None or isinstance(location, str) else str(location)
 
     def ready():
         if ready_fd is None:
             if as_json:
                 click.echo(json.dumps({"event": "mounted", **_mounted_json(path, mp, os.getpid())}))
             else:
-                click.echo(f"mounted {path} at {mp}: {mp}/disk.img, {mp}/snapshots/; "
+                click.echo(f"mounted {shown} at {mp}: {mp}/disk.img, {mp}/snapshots/; "
                            f"stop with Ctrl-C or vdisk umount {mp}")
             sys.stdout.flush()
             return
@@ -183,13 +189,14 @@ def _serve(path: str, mp: str, allow_other: bool, debug: bool, ready_fd: int | N
         sys.stderr.flush()
         os.dup2(log_fd, 2)
         os.close(log_fd)
-        logging.getLogger("vdisk.fusefs").info("mounted %s at %s", path, mp)
+        logging.getLogger("vdisk.fusefs").info("mounted %s at %s", shown, mp)
 
-    daemon.run(path, mp, allow_other=allow_other, on_ready=ready, debug=debug)
+    daemon.run(location if location is not None else path, mp, allow_other=allow_other, on_ready=ready,
+               debug=debug)
     if ready_fd is None and as_json:
         click.echo(json.dumps({"event": "unmounted", "disk": path, "mountpoint": mp}))
     elif ready_fd is None:
-        click.echo(f"unmounted {mp}; {path} flushed and closed")
+        click.echo(f"unmounted {mp}; {shown} flushed and closed")
     else:
         logging.getLogger("vdisk.fusefs").info("unmounted %s; disk flushed and closed", mp)
 
@@ -199,9 +206,16 @@ def _mounted_json(path: str, mp: str, pid: int) -> dict:
             "snapshots": os.path.join(mp, "snapshots"), "log": os.path.join(path, LOG_NAME)}
 
 
-def _start_child(path: str, disk: str, mp: str, allow_other: bool, debug: bool, as_json: bool = False):
+def _start_child(path: str, disk: str, mp: str, allow_other: bool, debug: bool, as_json: bool = False,
+                 location=None):
     r, w = os.pipe()
-    argv = [sys.executable, "-m", "vdisk.cli.main", "mount", "--ready-fd", str(w), path, mp]
+    ceph = []
+    if is_rados(disk):
+        ceph = ["--ceph-timeout", str(CEPH.timeout)]
+        ceph += ["--ceph-conf", location.conf] if location.conf else []
+        ceph += ["--ceph-id", location.client_id] if location.client_id else []
+    argv = [sys.executable, "-m", "vdisk.cli.main", *ceph, "mount", "--ready-fd", str(w),
+            str(location) if ceph else path, mp]
     if allow_other:
         argv.append("--allow-other")
     if debug:

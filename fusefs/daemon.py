@@ -50,9 +50,9 @@ def mount_options(disk_path: str, allow_other: bool) -> set[str]:
     return opts
 
 
-def run(disk_path: str, mountpoint: str, *, allow_other: bool = False, on_ready=None,
+def run(disk_path, mountpoint: str, *, allow_other: bool = False, on_ready=None,
         debug: bool = False) -> None:
-    """Mount ``disk_path`` at ``mountpoint`` and serve until unmounted or signalled.
+    """Mount ``disk_path`` (or a rados: location) at ``mountpoint`` and serve until unmounted or signalled.
 
     Engine errors before the mount (busy, not found) propagate unchanged;
     nothing is mounted then.
@@ -85,7 +85,7 @@ def _run(disk_path, mountpoint, allow_other, on_ready, debug):
     mounted = False
     try:
         fs = VdiskFS(disk, mountpoint)
-        opts = mount_options(disk_path, allow_other)
+        opts = mount_options(disk.path, allow_other)     # a rados disk's: its local state directory
         if debug:
             opts.add("debug")
         try:

@@ -131,7 +131,10 @@ class VdiskFS(LiveChanges, pyfuse3.Operations):
         super().__init__()
         self.disk = disk
         self.mountpoint = mountpoint
-        st = os.stat(os.path.join(disk.path, "data"))
+        # The image files take the data file's owner and mode; a rados disk
+        # has none here: its local state directory's (owner-only) then.
+        data = os.path.join(disk.path, "data")
+        st = os.stat(data if disk.where.get("kind") != "rados" else disk.path)
         self.uid, self.gid = st.st_uid, st.st_gid
         self.file_mode = stat.S_IMODE(st.st_mode) & 0o666
         self.mounted_ns = time.time_ns()

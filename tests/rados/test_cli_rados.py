@@ -146,3 +146,27 @@ def test_nbd_serve_snapshot_live_kill_and_take_over_with_break_lock(ceph, rdisk)
     finally:
         b.stop()
     assert "no problems found" in ok(vd(ceph, "verify", rdisk, "--data"))
+
+
+def test_mount_a_rados_disk_write_snapshot_live_and_umount(ceph, rdisk, tmp_path):
+    if not os.path.exists("/dev/fuse") and not os.environ.get("CI"):
+        pytest.skip("/dev/fuse is missing")
+    ok(vd(ceph, "create", rdisk, "--size", "16M"))
+    mp = str(tmp_path / "mnt")
+    ok(vd(ceph, "mount", rdisk, mp, "--mkdir"))
+    try:
+        with open(os.path.join(mp, "disk.img"), "r+b") as f:
+            f.write(pattern(7, 64 * KiB))
+            f.flush()
+            os.fsync(f.fileno())
+        ok(vd(ceph, "snapshot", "create", rdisk, "m1"))       # through the mount's control socket
+        with open(os.path.join(mp, "snapshots", "m1.img"), "rb") as f:
+            assert f.read(64 * KiB) == pattern(7, 64 * KiB)
+    finally:
+        r = run("umount", mp)
+    assert r.exit_code == 0, r.stderr
+    assert "no problems found" in ok(vd(ceph, "verify", rdisk, "--data"))
+    from vdisk import Disk
+    from vdisk.location import parse
+    with Disk.open(parse(rdisk, conf=ceph.conf), readonly=True) as d:
+        assert d.read(0, 64 * KiB) == pattern(7, 64 * KiB)
