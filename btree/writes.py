@@ -19,6 +19,10 @@ from .format import Layout
 from .node import Node, leaf_fields
 
 
+# insert_sorted places runs of at most this many entries in a leaf one by one.
+SHORT_RUN = 8
+
+
 class TreeWrites:
     """The write half of :class:`~vdisk.btree.tree.BTree` (a mixin: ``forest``, ``rec``
     and the capacities are the tree's)."""
@@ -161,6 +165,18 @@ class TreeWrites:
                 leaf.keys.extend(run_k)
                 leaf.vals.extend(run_v)
                 self.rec.count += len(run_k)
+            elif len(run_k) <= SHORT_RUN:
+                # A few entries into a full leaf (a small commit's checksums):
+                # placed one by one, not a rebuild of the whole leaf.
+                lk, lv = leaf.keys, leaf.vals
+                for k, v in zip(run_k, run_v):
+                    j = bisect_left(lk, k)
+                    if j < len(lk) and lk[j] == k:
+                        lv[j] = v
+                    else:
+                        lk.insert(j, k)
+                        lv.insert(j, v)
+                        self.rec.count += 1
             else:
                 merged = dict(zip(leaf.keys, leaf.vals))
                 before = len(merged)
