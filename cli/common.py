@@ -130,6 +130,15 @@ def local_dir(disk) -> str:
     return find(resolve(disk))
 
 
+def refuse_rados(disk, command: str):
+    """``command`` does not handle rados: disks yet: say so, instead of
+    failing later on a path that does not exist (docs/RADOS.md, status)."""
+    if is_rados(disk):
+        from vdisk.errors import InvalidArgument
+        raise InvalidArgument(f"vdisk {command} does not take a rados: disk yet (docs/RADOS.md); "
+                              f"use a local disk")
+
+
 def require_disk(path: str):
     """Refuse what is not a disk, as :meth:`vdisk.Disk.open` would, without opening it.
 

@@ -11,7 +11,7 @@ import click
 from vdisk.errors import Interrupted, InvalidArgument, VdiskError
 from vdisk.units import format_size as describe_size
 
-from .common import SizeType, emit_json, json_option, quiet_option
+from .common import SizeType, emit_json, json_option, quiet_option, refuse_rados
 from .progress import Progress
 
 SOURCE_FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi", "qed", "parallels")
@@ -129,6 +129,7 @@ def convert(paths, names, fmt, verify, resume, online, rate, quiet, as_json):
 
 def _convert(paths, names, fmt, verify, resume, online, rate, quiet, as_json):
     from vdisk.convert import converter
+    refuse_rados(paths[-1] if paths else "", "convert")
     if resume:
         if len(paths) != 1:
             raise InvalidArgument("convert --resume takes DISK only")
@@ -203,6 +204,7 @@ def import_(source, disk, fmt, verify, quiet, as_json):
 
 
 def _import(source, disk, fmt, verify, quiet, as_json):
+    refuse_rados(disk, "import")
     _start_and_run(disk, verify, quiet, as_json, "imported", source=source, fmt=fmt, flat=True)
 
 
@@ -233,6 +235,7 @@ def export(disk, out, snapshot, fmt, chain, verify, quiet, as_json):
 def _export(disk, out, snapshot, fmt, chain, verify, quiet, as_json):
     from vdisk.convert import export as ex
     from vdisk.container import require_container
+    refuse_rados(disk, "export")
     require_container(disk)
     with _Bar(quiet) as bar:
         if chain:

@@ -17,7 +17,8 @@ import click
 from vdisk.errors import InvalidArgument
 from vdisk.units import format_size
 
-from .common import disk_argument, emit_json, json_option, open_disk, quiet_option, snapshot_argument, table
+from .common import (disk_argument, emit_json, json_option, open_disk, quiet_option, refuse_rados, snapshot_argument,
+                     table)
 from .progress import Progress
 
 PHASES = {
@@ -160,6 +161,7 @@ def receive(disk, input_path, resume, show_token, abort, quiet, as_json):
     Example: vdisk send vm1.vdisk nightly-1 | vdisk receive backup.vdisk
     """
     from vdisk.replicate import receive as rx
+    refuse_rados(disk, "receive")
     picked = [o for o, on in (("--resume", resume), ("--resume-token", show_token), ("--abort", abort),
                               ("-i", input_path is not None)) if on]
     if (show_token or abort) and len(picked) > 1:

@@ -7,24 +7,22 @@ Opens ``rados:POOL/NAME`` for writing as Ceph client ``client_id`` (with
 ``write OFFSET LENGTH SEED``  Disk.write of tests' pattern(SEED, LENGTH)
 ``flush``                     Disk.flush
 ``close``                     Disk.close, then exit
+``run SEED COUNT``            COUNT writes of run_write(SEED, k), a flush after every
+                              4th, printing ``flushed K`` after each (to be SIGKILLed)
 
 and answers ``ok`` or ``error NAME: message``, so a test can stop it (SIGKILL,
 SIGSTOP) between two lines and see what each call did.
 """
 
 import os
-import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from rados_disk_writes import pattern, run_write  # noqa: E402
+
 from vdisk import Disk  # noqa: E402
 from vdisk.location import RadosLocation  # noqa: E402
-
-
-def pattern(seed: int, length: int) -> bytes:
-    return random.Random(seed).randbytes(length).replace(b"\0", b"\1")
-
 
 conf, pool, name, client = sys.argv[1:5]
 loc = RadosLocation(pool, name, conf, client, timeout=20)
@@ -36,6 +34,14 @@ for line in sys.stdin:
         if cmd == "write":
             off, n, seed = map(int, args)
             d.write(off, pattern(seed, n))
+        elif cmd == "run":
+            seed, count = map(int, args)
+            for k in range(count):
+                off, data = run_write(seed, k)
+                d.write(off, data)
+                if k % 4 == 3:
+                    d.flush()
+                    print(f"flushed {k}", flush=True)
         elif cmd == "flush":
             d.flush()
         elif cmd == "close":
