@@ -11,7 +11,7 @@ import click
 from vdisk.errors import Interrupted, InvalidArgument, VdiskError
 from vdisk.units import format_size as describe_size
 
-from .common import SizeType, emit_json, json_option, quiet_option, refuse_rados
+from .common import SizeType, emit_json, is_rados, json_option, quiet_option, refuse_rados, resolve
 from .progress import Progress
 
 SOURCE_FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi", "qed", "parallels")
@@ -235,8 +235,10 @@ def export(disk, out, snapshot, fmt, chain, verify, quiet, as_json):
 def _export(disk, out, snapshot, fmt, chain, verify, quiet, as_json):
     from vdisk.convert import export as ex
     from vdisk.container import require_container
-    refuse_rados(disk, "export")
-    require_container(disk)
+    if is_rados(disk):
+        disk = resolve(disk)
+    else:
+        require_container(disk)
     with _Bar(quiet) as bar:
         if chain:
             if snapshot is not None:

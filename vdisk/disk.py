@@ -58,7 +58,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from vdisk.btree import Forest, LmdbNodeStore
+from vdisk.btree import Forest
 from vdisk.errors import AlreadyExists, IntegrityError, NotFound, ReadOnly, quote
 
 from . import format as fmt
@@ -69,10 +69,9 @@ from .container import LMDB_LOCK_FILE_RESERVE, create_container, require_contain
 from .datastore import DataStore
 from .datastore_file import FileDataStore, NotARegularFile, punch_hole, start_writeback  # noqa: F401
 from .extents import ExtentMap, unpack
-from .location import Stores, open_data_file, open_stores
+from .location import Stores, open_stores
 from .location import create as create_location
 from .location import parse as parse_location
-from .lockfile import release_lock, take_lock  # noqa: F401
 from .maintenance import BATCH_COMMIT, BATCH_IO_SHARE, BATCH_MIN_PAUSE, Maintenance  # noqa: F401
 from .names import (CSUM_BYTES, CSUM_TREE, DEFERRED_PREFIX, EXTRA_META_PREFIX, FREE_TREE, RUNNING_TREE,  # noqa: F401
                     SNAP_META_PREFIX, SNAP_TREE_PREFIX, SNAPSHOT_NAME_BYTES, SNAPSHOT_NAME_RULE, VBA_TREE,
@@ -117,25 +116,17 @@ class SnapshotInfo:
 
 
 class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenance):
-    """A virtual disk container. Use :meth:`create` or :meth:`open`.
+    """A virtual disk: a container directory or ``rados:POOL/NAME``. Use
+    :meth:`create` or :meth:`open`.
 
     ``data_store`` (keyword only, for tests and later stores) replaces the
     data file as the PBA space: any :class:`vdisk.datastore.DataStore`.
+    ``path`` is the disk's local directory (for a rados disk, its state
+    directory on this host: vdisk.location.state_dir); ``location`` names it.
     """
 
-    def __init__(self, path: str, readonly: bool, _lock_fd: int | None = None,
-                 data_store: DataStore | None = None, *, stores: Stores | None = None):
-        if stores is None:
-            # The old way in (tests): a container whose lock the caller took.
-            fd = _lock_fd
-            try:
-                stores = open_stores(path, True, data_store=data_store) if readonly else None
-                if stores is None:
-                    stores = _writable_local(path, data_store)
-            except BaseException:
-                release_lock(fd)
-                raise
-            stores.release = lambda: release_lock(fd)
+    def __init__(self, stores: Stores, readonly: bool):
+        """Use :meth:`open`: ``stores`` (vdisk.location.open_stores) are the disk's from now on."""
         self.path = stores.path
         self.where = stores.where
         self.readonly = readonly
@@ -193,7 +184,7 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenan
         and then takes its lock over: for a holder that died or hangs.
         """
         stores = open_stores(location, readonly, break_lock=break_lock, data_store=data_store)
-        return cls(stores.path, readonly, stores=stores)
+        return cls(stores, readonly)
 
     def _load(self):
         self.forest = Forest(self.store)
@@ -542,20 +533,3 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenan
                 "deferred_bytes": deferred * bs,
                 "snapshots": [s.__dict__ for s in self.snapshots(exclusive=False)],
             }
-
-
-def _writable_local(path: str, data_store) -> Stores:
-    """A container's stores for a caller that holds its lock (the old constructor)."""
-    meta_dir = os.path.join(path, "meta")
-    if not os.path.isdir(meta_dir):
-        raise IntegrityError(f"{path} is not a vdisk disk: {meta_dir} is missing")
-    store = LmdbNodeStore(meta_dir, readonly=False, create=False)
-    try:
-        data = data_store if data_store is not None else open_data_file(path, False)
-    except BaseException:
-        store.close()
-        raise
-    return Stores(path, store, data, {"kind": "local", "path": os.path.abspath(path)}, lambda: None)
-
-
-_open_data_file = open_data_file

@@ -69,7 +69,6 @@ class RadosLocation:
         return f"{PREFIX}{self.pool}/{self.name}"
 
 
-Location = "str | RadosLocation"
 
 
 def is_rados(location) -> bool:

@@ -35,7 +35,7 @@ def ok(r):
     return r.stdout
 
 
-def test_create_info_snapshots_and_verify_on_a_rados_disk(ceph, rdisk):
+def test_create_info_snapshots_verify_and_export_on_a_rados_disk(ceph, rdisk, tmp_path):
     assert "created " + rdisk in ok(vd(ceph, "create", rdisk, "--size", "64M"))
     info = json.loads(ok(vd(ceph, "info", rdisk, "--json")))
     assert info["path"] == rdisk and info["where"]["kind"] == "rados"
@@ -56,6 +56,11 @@ def test_create_info_snapshots_and_verify_on_a_rados_disk(ceph, rdisk):
     ok(vd(ceph, "snapshot", "revert", rdisk, "one"))
     ok(vd(ceph, "snapshot", "delete", rdisk, "two"))
     assert "no problems found" in ok(vd(ceph, "verify", rdisk, "--data", client="verifier"))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert "verified" in ok(vd(ceph, "export", rdisk, out / "d.qcow2", "-O", "qcow2", "--verify"))
+    assert "verified" in ok(vd(ceph, "export", rdisk, out / "chain", "--chain", "--verify"))
+    assert sorted(os.listdir(out / "chain" / "snapshots")) == ["one.qcow2"]
     with Disk.open(parse(rdisk, conf=ceph.conf), readonly=True) as d:
         assert d.read(0, MiB) == pattern(1, MiB)
 
@@ -80,7 +85,6 @@ def test_bad_rados_locations_are_one_line_and_an_exit_code(ceph, rdisk, tmp_path
     one_error_line(vd(ceph, "serve", tmp_path, "--break-lock"), 2, "--break-lock")
     # Not handled on RADOS yet: refused by name, not failed on a missing path.
     one_error_line(vd(ceph, "receive", rdisk, input=b""), 2, "receive does not take a rados: disk")
-    one_error_line(vd(ceph, "export", rdisk, tmp_path / "x.raw"), 2, "export does not take")
     one_error_line(vd(ceph, "import", tmp_path / "x.raw", rdisk + "-i"), 2, "import does not take")
 
 

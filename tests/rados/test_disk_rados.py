@@ -238,7 +238,7 @@ def test_a_writer_killed_at_random_moments_loses_no_flushed_write(loc):
     Disk.create(loc, 16 * MiB).close()
     rng = random.Random(16)
     expect = {}                      # block offset -> the data flushed there (latest)
-    for rnd in range(3):
+    for rnd in range(2):
         child = Child(loc, f"kill-{rnd}", "break")
         flushed = [-1]
         try:
