@@ -51,6 +51,22 @@ def ceph(tmp_path_factory):
         cluster.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runtime_dir():
+    """rados disks' local state directories (vdisk.location.state_dir) in a
+    scratch directory of the session, not /run/vdisk; children inherit it."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="vdisk-run-")
+    old = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = d
+    yield d
+    if old is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = old
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def cluster_client(ceph):
     """One connected ``rados.Rados`` for the session."""
