@@ -261,7 +261,14 @@ class Server:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.sock", "*.pid"))
         else:
             shutil.copyfile(src, dst)
-        os.sync()   # no write-back of the copy left running into the next row
+        # No write-back of the copy left running into the next row; only these
+        # files (os.sync() would wait for every other user's dirty data too).
+        for name in [dst] if os.path.isfile(dst) else [os.path.join(d, f) for d, _, fs in os.walk(dst) for f in fs]:
+            fd = os.open(name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def save(self):
         """Keep a copy of the image as it is now (the server stopped meanwhile)."""
