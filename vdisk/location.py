@@ -293,7 +293,13 @@ def _release_rados(cluster, ioctx, header: str, cookie: str | None) -> None:
 def take_over(cluster, ioctx, header: str) -> list:
     """Fence every holder of ``header``'s lock, then break its lock; returns who it was."""
     held = ceph.lockers(ioctx, header)
+    own = str(cluster.get_addrs())
     for lk in held:
+        if "/" in lk.address and "/" + lk.address.rsplit("/", 1)[1] in own:
+            # Fencing would blocklist this very process (one cluster handle
+            # per conf and id): the holder is a disk still open here.
+            raise Busy(f"{header} is locked by this process ({lk.description or lk.cookie}); close that "
+                       f"disk instead of breaking its lock")
         ceph.fence(cluster, lk.address)
         ceph.break_lock(ioctx, header, lk)
     return held

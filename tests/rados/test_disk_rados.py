@@ -308,3 +308,13 @@ def test_an_osd_restart_during_io_waits_and_loses_nothing(ceph, loc):
         assert result == {"ok": True}, result
         assert d.read(0, MiB) == pattern(1, MiB) and d.read(2 * MiB, MiB) == pattern(2, MiB)
     assert_verified(loc)
+
+
+def test_break_lock_never_fences_its_own_process(loc):
+    with Disk.create(loc, 4 * MiB) as d:
+        with pytest.raises(Busy, match="this process"):
+            Disk.open(loc, break_lock=True)
+        d.write(0, pattern(5, 4096))
+        d.flush()                      # still writable: not fenced
+    with Disk.open(loc, readonly=True) as r:
+        assert r.read(0, 4096) == pattern(5, 4096)
