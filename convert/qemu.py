@@ -145,7 +145,9 @@ class Export:
         it (this process SIGKILLed right after the spawn) would wait for
         ever. So it runs under a small bash watchdog that reads a pipe only
         this process writes: when this process dies, however, the read ends
-        and the watchdog stops qemu-nbd. No socket file outlives this call.
+        and the watchdog stops qemu-nbd, with SIGKILL if SIGTERM has not
+        ended it in 2 s (a qemu-nbd whose client is mid-request was seen
+        to outlive SIGTERM under load). No socket file outlives this call.
         """
         d = tempfile.mkdtemp(prefix="vdisk-qemu-nbd-")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -161,7 +163,7 @@ class Export:
             # the server's own (bash: dash cannot name a descriptor past 9).
             # It ends with qemu-nbd, passing on its status.
             shell = (f'( export LISTEN_PID=$BASHPID LISTEN_FDS=1; exec "$@" 3<&{fd} {watch_r}<&- ) & q=$!; '
-                     f'( read -r -u {watch_r} _; kill $q 2>/dev/null ) & w=$!; '
+                     f'( read -r -u {watch_r} _; kill $q 2>/dev/null; sleep 2; kill -9 $q 2>/dev/null ) & w=$!; '
                      f'trap "kill $q 2>/dev/null" TERM; wait $q; s=$?; kill $w 2>/dev/null; exit $s')
             self._proc = subprocess.Popen(["/bin/bash", "-c", shell, "bash", *cmd], stdin=subprocess.DEVNULL,
                                           stdout=self._log, stderr=self._log, pass_fds=(fd, watch_r),
