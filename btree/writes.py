@@ -151,13 +151,7 @@ class TreeWrites:
         n = len(keys)
         while pos < n:
             path, leaf = self._descend(keys[pos])
-            hi = None
-            for node, i in path:
-                if i + 1 < len(node.keys):
-                    bound = node.keys[i + 1]
-                    if hi is None or bound < hi:
-                        hi = bound
-            end = n if hi is None else bisect_left(keys, hi, pos)
+            end = _run_end(path, keys, pos)
             leaf = self._make_path_writable(path, leaf, seq)
             run_k, run_v = keys[pos:end], vals[pos:end]
             leaf.packed_vals = None
@@ -265,14 +259,8 @@ class TreeWrites:
         n = len(keys)
         while pos < n:
             path, leaf = self._descend(keys[pos])
-            hi = None
-            for node, i in path:
-                if i + 1 < len(node.keys):
-                    bound = node.keys[i + 1]
-                    if hi is None or bound < hi:
-                        hi = bound
             try:
-                end = n if hi is None else bisect_left(keys, hi, pos)
+                end = _run_end(path, keys, pos)
                 # Positions of the run's keys in the leaf, as [start, stop) slices.
                 lk = leaf.keys
                 nk = len(lk)
@@ -356,3 +344,15 @@ class TreeWrites:
             self.rec.height -= 1
             self._free(node)
             node = child
+
+
+def _run_end(path: list, keys, pos: int) -> int:
+    """Where the run of ``keys`` from ``pos`` that belongs to the leaf at the
+    end of ``path`` stops: at the first key the leaf's parents send elsewhere."""
+    hi = None
+    for node, i in path:
+        if i + 1 < len(node.keys):
+            bound = node.keys[i + 1]
+            if hi is None or bound < hi:
+                hi = bound
+    return len(keys) if hi is None else bisect_left(keys, hi, pos)

@@ -85,20 +85,25 @@ def _build_container(path: str, size: int, block_size: int):
     _reserve(os.path.join(meta, "lock.mdb"), LMDB_LOCK_FILE_RESERVE)
     store = LmdbNodeStore(meta)
     try:
-        forest = Forest(store)
-        extent = Layout("u64", "u64")
-        for name in (RUNNING_TREE, VBA_TREE, FREE_TREE):
-            forest.create_tree(name, extent)
-        forest.create_tree(CSUM_TREE, Layout("u64", f"bytes:{CSUM_BYTES}"))
-        forest.meta_put(b"disk/config", fmt.encode_config(fmt.Config(block_size, size, time.time_ns())))
-        forest.meta_put(b"disk/state", fmt.encode_state(fmt.State(1, 1, 0, None)))
-        forest.commit()
+        write_empty_disk(store, size, block_size)
     finally:
         store.close()
     # The files' contents are synced (LMDB's commit, empty files); their
     # names are durable only once their directories are.
     for d in (meta, path):
         fsync_dir(d)
+
+
+def write_empty_disk(store, size: int, block_size: int) -> None:
+    """Commit an empty disk's trees and records into a new node store (any kind)."""
+    forest = Forest(store)
+    extent = Layout("u64", "u64")
+    for name in (RUNNING_TREE, VBA_TREE, FREE_TREE):
+        forest.create_tree(name, extent)
+    forest.create_tree(CSUM_TREE, Layout("u64", f"bytes:{CSUM_BYTES}"))
+    forest.meta_put(b"disk/config", fmt.encode_config(fmt.Config(block_size, size, time.time_ns())))
+    forest.meta_put(b"disk/state", fmt.encode_state(fmt.State(1, 1, 0, None)))
+    forest.commit()
 
 
 _RENAME_NOREPLACE = 1

@@ -32,19 +32,16 @@ import os
 import socket
 import tempfile
 import threading
-import time
 import uuid
 from typing import Callable
 
-from vdisk.btree import Forest, Layout, LmdbNodeStore
+from vdisk.btree import LmdbNodeStore
 from vdisk.errors import AlreadyExists, Busy, IntegrityError, InvalidArgument, NotFound, StorageError
 
 from . import ceph
-from . import format as fmt
-from .container import create_container, require_container
+from .container import create_container, require_container, write_empty_disk
 from .datastore_file import FileDataStore, NotARegularFile
 from .lockfile import release_lock, take_lock
-from .names import CSUM_BYTES, CSUM_TREE, FREE_TREE, RUNNING_TREE, VBA_TREE
 
 PREFIX = "rados:"
 # Bounds connecting and every monitor operation of a CLI command, so an
@@ -343,14 +340,7 @@ def create(location, size: int, block_size: int) -> None:
             store = RadosNodeStore(ioctx, loc.name)
             if store.meta_get(b"disk/config") is not None:
                 raise AlreadyExists(f"disk {loc} already exists")
-            forest = Forest(store)
-            extent = Layout("u64", "u64")
-            for name in (RUNNING_TREE, VBA_TREE, FREE_TREE):
-                forest.create_tree(name, extent)
-            forest.create_tree(CSUM_TREE, Layout("u64", f"bytes:{CSUM_BYTES}"))
-            forest.meta_put(b"disk/config", fmt.encode_config(fmt.Config(block_size, size, time.time_ns())))
-            forest.meta_put(b"disk/state", fmt.encode_state(fmt.State(1, 1, 0, None)))
-            forest.commit()
+            write_empty_disk(store, size, block_size)
             store.close()
         finally:
             ioctx.close()
