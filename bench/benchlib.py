@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 
 
 def machine() -> str:
@@ -41,3 +42,14 @@ def code_version() -> str:
         return "unknown commit"
     dirty = [line.strip() for line in status.splitlines() if line.strip()]
     return f"commit {head or '?'}" + (f", engine tree dirty: {'; '.join(dirty)}" if dirty else ", engine tree clean")
+
+
+def socket_answers(path: str) -> bool:
+    """Whether a server accepts connections on the unix socket ``path`` yet."""
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(1)
+            s.connect(path)
+        return True
+    except OSError:
+        return False

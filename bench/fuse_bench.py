@@ -23,12 +23,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import socket_answers  # noqa: E402  (bench/ is the script's directory)
 
 VDISK = [sys.executable, "-m", "vdisk.cli.main"]
 
@@ -42,16 +43,6 @@ ROWS = [  # name, fio rw, block size, unit
 
 def _vdisk(*args):
     subprocess.run(VDISK + list(args), check=True, stdout=subprocess.DEVNULL)
-
-
-def _answers(sock: str) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(1)
-            s.connect(sock)
-        return True
-    except OSError:
-        return False
 
 
 def fio(target: dict, rw: str, bs: str, size: int, runtime: float | None) -> dict:
@@ -102,7 +93,7 @@ def main():
         serve = subprocess.Popen(VDISK + ["serve", nbd_disk, "--socket", sock],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
-        while not _answers(sock):
+        while not socket_answers(sock):
             if serve.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"vdisk serve did not start: {serve.stderr.read().decode()[-2000:]}")
             time.sleep(0.05)

@@ -84,7 +84,7 @@ import time
 from vdisk.nbdplugin import nbdkit_command, nbdkit_env
 from vdisk.units import parse_size
 
-from benchlib import code_version, machine  # noqa: E402  (bench/ is the script's directory)
+from benchlib import code_version, machine, socket_answers  # noqa: E402  (bench/ is the script's directory)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PASSTHROUGH = os.path.join(HERE, "passthrough_plugin.py")
@@ -122,16 +122,6 @@ NBDKIT_PEERS = ("vdisk", "pypass", "file")
 
 def unit(row: str) -> str:
     return UNITS.get(row, "IOPS")
-
-
-def _answers(sock: str) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(1)
-            s.connect(sock)
-        return True
-    except OSError:
-        return False
 
 
 # ------------------------------------------------------------------ memory
@@ -220,7 +210,7 @@ class Server:
         self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + 60
-        while not all(os.path.exists(p) if not p.endswith(".sock") else _answers(p) for p in ready):
+        while not all(os.path.exists(p) if not p.endswith(".sock") else socket_answers(p) for p in ready):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.peer} server did not start: {self.proc.stderr.read().decode()[-2000:]}")
             time.sleep(0.05)

@@ -57,7 +57,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -71,7 +70,7 @@ sys.path.insert(0, os.path.join(_ROOT, "tools"))
 import ceph_cluster  # noqa: E402
 from vdisk.units import parse_size  # noqa: E402
 
-from benchlib import code_version, machine  # noqa: E402  (bench/ is the script's directory)
+from benchlib import code_version, machine, socket_answers  # noqa: E402  (bench/ is the script's directory)
 
 VDISK = [sys.executable, "-m", "vdisk.cli.main"]
 POOL = "bench"
@@ -95,16 +94,6 @@ REWRITE = "10% rewrite (s)"
 DIFF = "diff s1->s2 (s)"
 DELETE = "snapshot delete incl. reclaim (s)"
 TIME_ROWS = [CREATE, FILL, SNAP_CREATE, REWRITE, DIFF, DELETE]
-
-
-def _answers(sock: str) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(1)
-            s.connect(sock)
-        return True
-    except OSError:
-        return False
 
 
 def run(argv: list[str], timeout: float = 300, env=None) -> tuple[float, str]:
@@ -212,7 +201,7 @@ class Bench:
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       start_new_session=True, env=self.env)
         until = time.monotonic() + 60
-        while not _answers(self.sock):
+        while not socket_answers(self.sock):
             if self.serve.poll() is not None or time.monotonic() > until:
                 raise RuntimeError(f"vdisk serve did not start: {self.serve.stderr.read().decode()[-1500:]}")
             time.sleep(0.05)
