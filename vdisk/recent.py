@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 
-from .extents import LEN_BITS, MAX_LEN, pack
-
 
 class RecentWrites:
     """The table of recent one-block writes, mixed into :class:`vdisk.disk.Disk`."""
@@ -71,24 +69,11 @@ class RecentWrites:
     @staticmethod
     def _remap(vba_map, release, vba: int, pba: int, n: int):
         if n == 1:
-            # The common entry: one rewritten block. A block that is an
-            # extent of its own (a block rewritten before) changes its value
-            # in place; one inside a longer extent splits it. No join with
-            # neighbours: the allocator rarely makes the new PBA continue
-            # theirs, and looking costs two more descents.
-            tree = vba_map.tree
-            e = tree.floor(vba)
-            if e is not None:
-                k, v = e
-                t, ln = v >> LEN_BITS, v & MAX_LEN
-                if vba < k + ln:
-                    release(t + vba - k, 1)
-                    if k < vba:
-                        tree.insert(k, pack(t, vba - k))
-                    if vba + 1 < k + ln:
-                        tree.insert(vba + 1, pack(t + vba + 1 - k, k + ln - vba - 1))
-                    tree.insert(vba, pack(pba, 1))
-                    return
+            # The common entry: one rewritten block (see ExtentMap.remap_block).
+            old = vba_map.remap_block(vba, pba)
+            if old is not None:
+                release(old, 1)
+                return
         for _v, old, c in vba_map.punch(vba, n):
             release(old, c)
         vba_map.map(vba, pba, n)
