@@ -17,8 +17,8 @@ import click
 from vdisk.errors import InvalidArgument
 from vdisk.units import format_size
 
-from .common import (disk_argument, emit_json, json_option, open_disk, quiet_option, refuse_rados, snapshot_argument,
-                     table)
+from .common import (disk_argument, emit_json, is_rados, json_option, open_disk, quiet_option, resolve,
+                     snapshot_argument, table)
 from .progress import Progress
 
 PHASES = {
@@ -146,9 +146,12 @@ class _NoTerminal:
 @click.option("--resume-token", "show_token", is_flag=True,
               help="Print where the interrupted receive stands, as a token for vdisk send --resume.")
 @click.option("--abort", is_flag=True, help="Drop the interrupted receive in DISK; the disk stays as it was.")
+@click.option("--break-lock", is_flag=True,
+              help="A rados: disk whose last writer died (a receiver killed): fence it in the cluster and "
+                   "take its lock over.")
 @quiet_option
 @json_option
-def receive(disk, input_path, resume, show_token, abort, quiet, as_json):
+def receive(disk, input_path, resume, show_token, abort, break_lock, quiet, as_json):
     """Recreate a snapshot from a stream of vdisk send.
 
     DISK is created for a full stream if it does not exist; an incremental
@@ -156,25 +159,32 @@ def receive(disk, input_path, resume, show_token, abort, quiet, as_json):
     a running point unchanged since it. Nothing appears until the whole
     stream checked out: a damaged stream is refused and leaves DISK as it
     was. A stream cut short keeps what arrived; --resume-token says where
-    to send from, and --resume continues.
+    to send from, and --resume continues. A rados: disk works alike
+    (docs/STREAM.md says what stays on the receiving host); one whose
+    receiver was killed holds that receiver's lock until --break-lock.
 
     Example: vdisk send vm1.vdisk nightly-1 | vdisk receive backup.vdisk
     """
     from vdisk.replicate import receive as rx
-    refuse_rados(disk, "receive")
+    where = resolve(disk)       # a rados: disk with the --ceph options
     picked = [o for o, on in (("--resume", resume), ("--resume-token", show_token), ("--abort", abort),
                               ("-i", input_path is not None)) if on]
     if (show_token or abort) and len(picked) > 1:
         raise click.UsageError(f"{picked[0]} and {picked[1]} cannot be used together")
+    if break_lock and not is_rados(where):
+        raise InvalidArgument("--break-lock is for a rados:POOL/NAME disk (a local disk's lock goes when its "
+                              "holder dies)")
+    if break_lock and show_token:
+        raise click.UsageError("--resume-token only reads the disk; it takes no --break-lock")
     if show_token:
-        t = rx.resume_token(disk)
+        t = rx.resume_token(where)
         if as_json:
             emit_json(t)
         else:
             click.echo(t["token"])
         return
     if abort:
-        a = rx.abort(disk)
+        a = rx.abort(where, break_lock=break_lock)
         if as_json:
             emit_json(a)
             return
@@ -189,7 +199,7 @@ def receive(disk, input_path, resume, show_token, abort, quiet, as_json):
         else:
             inp = sys.stdin.buffer
         bar = stack.enter_context(Progress(quiet, phases=PHASES))
-        s = rx.receive(disk, inp, resume=resume, progress=bar)
+        s = rx.receive(where, inp, resume=resume, progress=bar, break_lock=break_lock)
     if as_json:
         emit_json(s.to_dict())
         return

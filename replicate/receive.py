@@ -42,6 +42,18 @@ idempotent). :func:`abort` drops a receive in progress.
 
 While a receive is in progress, the disk's running point belongs to it:
 apply resets it to the base.
+
+**A rados disk** (``rados:POOL/NAME``) works the same, with its state in
+the disk's own records (:mod:`vdisk.replicate.staging`,
+:mod:`vdisk.replicate.identity`): the position and phase commit with the
+disk, so they are right on any host and after any crash. Only the staged
+ops are a file of the receiving host; resumed on a host that does not have
+them, the receive is refused from where it stood and can only start over
+there from byte 0 (a stream from the start), never apply what it lacks. A
+full stream into a disk the receive creates has no ops (it is written
+straight onto the disk, its position committed with the data) and resumes
+anywhere. vdisk cannot remove a rados disk yet, so one that a refused
+stream created is left empty instead.
 """
 
 from __future__ import annotations
@@ -52,11 +64,13 @@ import time
 from dataclasses import dataclass
 
 from vdisk.errors import AlreadyExists, Busy, InvalidArgument, NotFound, quote
+from vdisk.location import is_rados
 from vdisk.names import validate_snapshot_name
 from vdisk.snapshots.diff import diff
 
 from . import identity
-from .staging import Staging
+from .files import in_pool, label
+from .staging import Staging, place_of, place_of_path
 from .stream import DATA, END, Header, StreamDamaged, StreamReader, StreamTruncated, encode_token
 
 CHECKPOINT_BYTES = 64 << 20
@@ -82,56 +96,78 @@ class ReceiveSummary:
         return dict(self.__dict__)
 
 
-def _open(path):
+def _open(path, break_lock: bool = False):
     from vdisk import Disk
-    return Disk.open(path)
+    return Disk.open(path, break_lock=break_lock)
 
 
-def receive(path: str, inp, resume: bool = False, progress=None) -> ReceiveSummary:
+def _open_existing(path, break_lock: bool):
+    """The disk at ``path`` open for writing, or None when there is none
+    (then the NotFound that said so, for a rados disk)."""
+    if not is_rados(path):
+        return (_open(path), None) if os.path.lexists(path) else (None, None)
+    try:
+        return _open(path, break_lock), None
+    except NotFound as e:
+        return None, e
+
+
+def receive(path, inp, resume: bool = False, progress=None, break_lock: bool = False) -> ReceiveSummary:
     """Receive the stream read from binary file ``inp`` into the disk at ``path`` (see the module docstring).
 
-    ``progress(phase, done, total)``: phases "receive" and "apply", in bytes.
+    ``path``: a local disk's path, or ``rados:POOL/NAME`` (a string, or a
+    vdisk.location.RadosLocation naming the cluster); a missing disk is
+    created there. ``progress(phase, done, total)``: phases "receive" and
+    "apply", in bytes. ``break_lock``: a rados disk's writer that died (a
+    receiver killed) is fenced and its lock taken over (vdisk.Disk.open).
     """
     t0 = time.monotonic()
-    path = os.fspath(path)
-    disk = staging = None
-    created = False
-    if os.path.lexists(path):
-        disk = _open(path)
+    path = path if is_rados(path) else os.fspath(path)
+    name = str(path)
+    staging = saved = None
+    created = restart = False
+    disk, missing = _open_existing(path, break_lock)
     try:
         if disk is not None:
-            staging = Staging.load(path)
+            staging = Staging.load(place_of(disk))
             if staging is not None and not resume:
                 h = staging.header
-                raise Busy(f"{path} is in the middle of receiving snapshot {quote(h.name)} "
-                           f"({staging.offset} of {h.size} bytes in): continue it with --resume "
-                           f"(vdisk receive {path} --resume-token names where to send from) or drop it "
-                           f"with vdisk receive {path} --abort")
-            if staging is not None and staging.phase == "applying":
-                # The whole stream is staged already: the input is not needed.
+                raise Busy(f"{name} is in the middle of receiving snapshot {quote(h.name)} "
+                           f"({staging.offset} of {h.size} bytes in{_staged_at(staging)}): continue it with "
+                           f"--resume (vdisk receive {name} --resume-token names where to send from) or drop it "
+                           f"with vdisk receive {name} --abort")
+            if staging is not None and staging.phase == "applying" and (staging.here or _published(disk, staging)):
+                # The whole stream is staged already (or applied): the input is not needed.
                 applied = _apply(disk, staging, progress)
-                return _summary(staging, path, 0, None, applied, t0)
+                return _summary(staging, disk.location, 0, None, applied, t0)
+            saved = staging.state() if staging is not None else None
         reader = StreamReader(inp)
         h = reader.next().header
         started_at = h.resume_offset
         if staging is not None:
             if not staging.header.same_stream(h):
                 s = staging.header
-                raise InvalidArgument(f"{path} is receiving snapshot {quote(s.name)}{_from(s)}, and this stream "
+                raise InvalidArgument(f"{name} is receiving snapshot {quote(s.name)}{_from(s)}, and this stream "
                                       f"is of {quote(h.name)}{_from(h)}: send that one, or drop the receive "
                                       f"with --abort")
-            if h.resume_offset > staging.offset:
-                raise InvalidArgument(f"the stream starts at byte {h.resume_offset}, but {path} holds the changes "
+            if not staging.here:
+                if h.resume_offset:
+                    raise InvalidArgument(_not_here(staging, name, f"the stream starts at byte {h.resume_offset}"))
+                restart = True      # its ops are on another host: start over here, from byte 0
+            elif h.resume_offset > staging.offset:
+                raise InvalidArgument(f"the stream starts at byte {h.resume_offset}, but {name} holds the changes "
                                       f"up to byte {staging.offset} only: send with --resume "
                                       f"{encode_token(h.snap_id, h.base_id, staging.offset)}")
             started_at = staging.offset
         elif h.resume_offset:
             raise InvalidArgument(f"this stream continues an interrupted receive from byte {h.resume_offset}, "
-                                  f"but {path} has no receive in progress: send the whole stream")
+                                  f"but {name} has no receive in progress: send the whole stream")
         if disk is None:
             if h.incremental:
-                raise NotFound(f"{path} does not exist; the stream is incremental (from {quote(h.base_name)}) "
+                gone = f"{missing}" if missing is not None else f"{name} does not exist"
+                raise NotFound(f"{gone}; the stream is incremental (from {quote(h.base_name)}) "
                                f"and goes onto a disk that has that snapshot: receive a full stream first")
+            _check_name(name, h)         # before a disk exists that a refusal would have to remove
             from vdisk import Disk
             disk = Disk.create(path, h.size, h.block_size)
             created = True
@@ -139,28 +175,26 @@ def receive(path: str, inp, resume: bool = False, progress=None) -> ReceiveSumma
             _check_target(disk, h, staging)
         except BaseException:
             if created:
-                disk.close()
-                disk = None
-                shutil.rmtree(path)
+                disk = _drop_created(disk, None, name)
             raise
-        saved = staging.state() if staging is not None else None
         if staging is None:
-            staging = Staging.create(path, h, created, direct=created and not h.incremental)
+            staging = Staging.create(place_of(disk), h, created, direct=created and not h.incremental)
+        elif restart:
+            staging.restart_here()
         try:
             _stage(reader, staging, progress, disk)
         except StreamTruncated as e:
             _checkpoint(staging, disk)
             staging.close()
             raise StreamTruncated(f"{e}; nothing is published, and every change up to byte {staging.offset} is "
-                                  f"kept: resume with vdisk receive {path} --resume, from the stream vdisk send "
+                                  f"kept: resume with vdisk receive {name} --resume, from the stream vdisk send "
                                   f"--resume {encode_token(h.snap_id, h.base_id, staging.offset)} writes "
-                                  f"(or drop it: vdisk receive {path} --abort)") from None
+                                  f"(or drop it: vdisk receive {name} --abort)") from None
         except StreamDamaged:
-            _reject(staging, saved)
             if created:
-                disk.close()
-                disk = None
-                shutil.rmtree(path)
+                disk = _drop_created(disk, staging, name)
+            else:
+                _reject(staging, saved)
             raise
         except BaseException:
             # Interrupted (Ctrl-C), or the staging file system failed: keep
@@ -173,10 +207,41 @@ def receive(path: str, inp, resume: bool = False, progress=None) -> ReceiveSumma
         _checkpoint(staging, disk, "applying", time.time_ns())
         staging.close()
         applied = _apply(disk, staging, progress)
-        return _summary(staging, path, started_at, reader, applied, t0)
+        return _summary(staging, disk.location, started_at, reader, applied, t0)
     finally:
         if disk is not None:
             disk.close()
+
+
+def _staged_at(staging: Staging) -> str:
+    return "" if staging.here else f", staged on {staging.elsewhere()}"
+
+
+def _not_here(staging: Staging, name: str, what: str) -> str:
+    """Why a receive whose ops are on another host cannot go on here from where it stands."""
+    h = staging.header
+    return (f"{what}, but the changes {name} staged up to byte {staging.offset} are on {staging.elsewhere()}, "
+            f"not on this host: resume it there, or start it over here with the whole stream (vdisk send "
+            f"--resume {encode_token(h.snap_id, h.base_id, 0)} | vdisk receive {name} --resume)")
+
+
+def _drop_created(disk, staging: Staging | None, name: str):
+    """A stream refused into a disk this receive created: the disk goes
+    (a rados disk, which vdisk cannot remove yet, is left empty); returns
+    the disk still to close, or None."""
+    if not in_pool(disk):
+        if staging is not None:
+            staging.remove()
+        disk.close()
+        shutil.rmtree(name)
+        return None
+    # What a direct receive wrote goes first, then the state, in one commit.
+    disk.zero(0, disk.size)
+    if staging is not None:
+        staging.remove()
+    else:
+        disk.flush()
+    return disk
 
 
 def _from(h: Header) -> str:
@@ -191,12 +256,16 @@ def _reject(staging: Staging, saved: dict | None):
         staging.restore(saved)
 
 
-def _check_target(disk, h: Header, staging: Staging | None):
-    path = disk.path
+def _check_name(name: str, h: Header):
     try:
         validate_snapshot_name(h.name)
     except InvalidArgument as e:
-        raise InvalidArgument(f"the stream's snapshot cannot be taken on {path}: {e}") from None
+        raise InvalidArgument(f"the stream's snapshot cannot be taken on {name}: {e}") from None
+
+
+def _check_target(disk, h: Header, staging: Staging | None):
+    path = label(disk)
+    _check_name(path, h)
     if h.name in {r.name for r in disk.snapshot_records()}:
         raise AlreadyExists(f"{path} already has a snapshot {quote(h.name)}: delete or rename it to receive this one")
     if h.incremental:
@@ -227,8 +296,9 @@ def _check_target(disk, h: Header, staging: Staging | None):
 
 
 def _checkpoint(staging: Staging, disk, phase=None, apply_started_ns=None):
-    if staging.direct:
+    if staging.direct and not staging.in_pool:
         disk.flush()            # what the state will say is there must be durable first
+    # (A rados disk's state is a record of the disk: it commits with the data.)
     staging.checkpoint(phase, apply_started_ns)
 
 
@@ -274,14 +344,16 @@ def _stage(reader: StreamReader, staging: Staging, progress, disk):
 def _apply(disk, staging: Staging, progress) -> int:
     """Write the staged stream onto the running point and take the snapshot; the bytes applied."""
     h = staging.header
-    names = {r.name: r for r in disk.snapshot_records()}
-    done = names.get(h.name)
-    if done is not None and done.created_ns >= staging.apply_started_ns:
+    if _published(disk, staging):
         # A crash came after the snapshot was taken: only the bookkeeping is left.
         identity.remember(disk, h.name, h.snap_id, h.name, h.created_ns)
         staging.remove()
         return staging.staged_bytes
     _check_target(disk, h, staging)
+    if staging.in_pool:
+        # Stamped again by this host, whose clock will stamp the snapshot:
+        # the check above must compare two times of one clock.
+        staging.checkpoint(apply_started_ns=time.time_ns())
     if staging.direct:
         # Written straight onto the new disk while it was received.
         disk.flush()
@@ -314,20 +386,34 @@ def _apply(disk, staging: Staging, progress) -> int:
     return applied
 
 
-def _summary(staging: Staging, path: str, started_at: int, reader: StreamReader | None, applied: int,
+def _published(disk, staging: Staging) -> bool:
+    """Whether the apply of ``staging`` took its snapshot already."""
+    done = {r.name: r for r in disk.snapshot_records()}.get(staging.header.name)
+    return staging.phase == "applying" and done is not None and done.created_ns >= staging.apply_started_ns
+
+
+def _summary(staging: Staging, where: str, started_at: int, reader: StreamReader | None, applied: int,
              t0: float) -> ReceiveSummary:
     h = staging.header
-    return ReceiveSummary(h.name, h.base_name, os.path.abspath(path), h.size, started_at,
+    return ReceiveSummary(h.name, h.base_name, where, h.size, started_at,
                           reader.data_bytes if reader else 0, reader.zero_bytes if reader else 0,
                           reader.records if reader else 0, reader.bytes_read if reader else 0, applied,
                           staging.created_disk, time.monotonic() - t0)
 
 
-def resume_token(path: str) -> dict:
+def resume_token(path) -> dict:
     """Where the receive in progress in the disk at ``path`` stands, and its token for ``vdisk send --resume``."""
-    from vdisk.container import require_container
-    require_container(path)
-    staging = Staging.load(path)
+    if is_rados(path):
+        from vdisk import Disk
+        with Disk.open(path, readonly=True) as disk:
+            staging = Staging.load(place_of(disk), writer=False)
+            if staging is not None and not staging.here:
+                raise NotFound(_not_here(staging, str(path), f"{path} is receiving snapshot "
+                                                             f"{quote(staging.header.name)}"))
+    else:
+        from vdisk.container import require_container
+        require_container(path)
+        staging = Staging.load(place_of_path(path))
     if staging is None:
         raise NotFound(f"{path} has no receive in progress")
     h = staging.header
@@ -335,24 +421,27 @@ def resume_token(path: str) -> dict:
             "offset": staging.offset, "size": h.size, "staged_bytes": staging.staged_bytes, "phase": staging.phase}
 
 
-def abort(path: str) -> dict:
+def abort(path, break_lock: bool = False) -> dict:
     """Drop the receive in progress in the disk at ``path``: the disk goes back to how it was before it.
 
-    A disk the receive created (and that holds no snapshot) is removed.
+    A local disk the receive created (and that holds no snapshot) is
+    removed; a rados one is left empty (vdisk does not remove rados disks).
     """
-    with _open(path) as disk:
-        staging = Staging.load(path)
+    with _open(path, break_lock) as disk:
+        staging = Staging.load(place_of(disk))
         if staging is None:
             raise NotFound(f"{path} has no receive in progress")
         h = staging.header
-        if staging.phase == "applying":
+        # A rados disk created by the receive stays: what a direct receive wrote goes.
+        undo_direct = staging.in_pool and staging.direct
+        if staging.phase == "applying" or undo_direct:
             # Apply may have begun: the running point goes back to where it started.
             if h.incremental and h.base_name in {r.name for r in disk.snapshot_records()}:
                 disk.revert(h.base_name)
             elif not h.incremental:
                 disk.zero(0, disk.size)
         staging.remove()
-        remove_disk = staging.created_disk and not disk.snapshot_records()
+        remove_disk = staging.created_disk and not disk.snapshot_records() and not staging.in_pool
     if remove_disk:
         shutil.rmtree(path)
     return {"name": h.name, "base": h.base_name, "dropped_bytes": staging.staged_bytes, "removed_disk": remove_disk}

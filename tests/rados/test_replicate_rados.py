@@ -1,0 +1,271 @@
+"""vdisk send and receive with a rados: disk on either end, against the real
+cluster: a local disk's snapshots sent incrementally into a rados disk and
+back out (the source's ids carried through the rados disk's records), a
+receiver SIGKILLed mid-stream and resumed - on its own host, and on
+"another host" (another hostname and local state directory), where a
+receive whose staged records are not there is refused from where it
+stood and starts over only from a whole stream - and a damaged stream
+refused with the disk as it was.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from cli.util import one_error_line, run, vdisk_cmd
+from vdisk import Disk
+from vdisk.location import parse
+from vdisk.replicate import receive as rx
+from vdisk.replicate import stream
+from vdisk.replicate.send import send
+from vdisk.replicate.stream import StreamReader
+
+KiB, MiB = 1 << 10, 1 << 20
+SIZE = 8 * MiB
+
+
+@pytest.fixture
+def rdisk(ceph, prefix):
+    return f"rados:{ceph.pool}/{prefix}"
+
+
+def vd(ceph, *args, input=None):
+    return run("--ceph-conf", ceph.conf, *args, input=input)
+
+
+def ok(r):
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    return r.stdout
+
+
+def make_source(path):
+    """A local disk with snapshots s1..s3: data, rewrites, zeros, a trim, a grow."""
+    rng = random.Random(3)
+    with Disk.create(path, SIZE) as d:
+        d.write(0, rng.randbytes(3 * MiB))
+        d.write(5 * MiB, rng.randbytes(MiB + 1234))
+        d.create_snapshot("s1")
+        for _ in range(20):
+            off = rng.randrange(0, SIZE - 64 * KiB)
+            d.write(off, rng.randbytes(rng.randrange(1, 64 * KiB)))
+        d.zero(MiB, 256 * KiB)
+        d.create_snapshot("s2")
+        d.resize(SIZE + 2 * MiB)
+        d.write(SIZE + MiB, rng.randbytes(100_000))
+        d.trim(0, 512 * KiB)
+        d.create_snapshot("s3")
+
+
+def stream_of(src, name, base=None, token=None) -> bytes:
+    out = io.BytesIO()
+    with Disk.open(src, readonly=True) as d:
+        send(d, name, out, base=base, resume_token=token)
+    return out.getvalue()
+
+
+def boundaries(buf: bytes) -> list[int]:
+    r = StreamReader(io.BytesIO(buf))
+    ends = []
+    while True:
+        rec = r.next()
+        ends.append(r.bytes_read)
+        if rec.type == stream.END:
+            return ends
+
+
+def same_snapshots(a, b, names):
+    with Disk.open(a, readonly=True) as x, Disk.open(b, readonly=True) as y:
+        for n in names:
+            va, vb = x.open_snapshot(n), y.open_snapshot(n)
+            assert va.size == vb.size and va.read(0, va.size) == vb.read(0, vb.size), n
+
+
+def test_snapshots_go_incrementally_into_a_rados_disk_and_back(ceph, rdisk, tmp_path):
+    src, loc = str(tmp_path / "src"), parse(rdisk, conf=ceph.conf)
+    make_source(src)
+    base = None
+    for name in ("s1", "s2", "s3"):
+        f = tmp_path / f"{name}.stream"
+        ok(vd(ceph, "send", src, name, *(["--from", base] if base else []), "-o", f))
+        got = json.loads(ok(vd(ceph, "receive", rdisk, "-i", f, "--json")))
+        assert (got["name"], got["base"], got["disk"], got["created_disk"]) == (name, base, rdisk, base is None)
+        base = name
+    same_snapshots(src, loc, ["s1", "s2", "s3"])
+    assert "no problems found" in ok(vd(ceph, "verify", rdisk, "--data"))
+    with Disk.open(loc, readonly=True) as d:
+        # Nothing of a receive is left, and the source's ids are the disk's own record.
+        assert d.extra_record("receive") is None and d.extra_record("received") is not None
+        assert not os.path.exists(os.path.join(d.path, "receiving"))
+    # And back out: a local replica of the rados one takes the source's
+    # next incremental, so the ids came through the rados disk's record.
+    back = str(tmp_path / "back")
+    ok(vd(ceph, "send", rdisk, "s2", "-o", tmp_path / "b2.stream"))
+    ok(vd(ceph, "receive", back, "-i", tmp_path / "b2.stream"))
+    ok(vd(ceph, "send", src, "s3", "--from", "s2", "-o", tmp_path / "b3.stream"))
+    ok(vd(ceph, "receive", back, "-i", tmp_path / "b3.stream"))
+    # and the rados disk sends incrementals on too
+    ok(vd(ceph, "send", rdisk, "s3", "--from", "s2", "-o", tmp_path / "r3.stream"))
+    assert os.path.getsize(tmp_path / "r3.stream") < 2 * MiB
+    same_snapshots(src, back, ["s2", "s3"])
+
+
+def test_damaged_streams_leave_a_rados_disk_as_it_was(ceph, rdisk, tmp_path):
+    src, loc = str(tmp_path / "src"), parse(rdisk, conf=ceph.conf)
+    make_source(src)
+    ok(vd(ceph, "receive", rdisk, input=stream_of(src, "s1")))
+    with Disk.open(loc, readonly=True) as d:
+        before = (d.read(0, d.size), [r.name for r in d.snapshot_records()], d.extra_record("received"))
+    bad = bytearray(stream_of(src, "s2", "s1"))
+    bad[boundaries(bytes(bad))[2] + 40] ^= 4
+    one_error_line(vd(ceph, "receive", rdisk, input=bytes(bad)), 8, "record 3")
+    with Disk.open(loc, readonly=True) as d:
+        assert (d.read(0, d.size), [r.name for r in d.snapshot_records()], d.extra_record("received")) == before
+        assert d.extra_record("receive") is None
+        assert not os.listdir(os.path.join(d.path, "receiving")) if os.path.isdir(
+            os.path.join(d.path, "receiving")) else True
+    one_error_line(vd(ceph, "receive", rdisk, input=b""), 8, "ended")
+    one_error_line(vd(ceph, "receive", rdisk, input=stream_of(src, "s1")), 4, "already has a snapshot")
+    one_error_line(vd(ceph, "receive", rdisk, "--break-lock", "--resume-token"), 2, "--break-lock")
+    one_error_line(vd(ceph, "receive", str(tmp_path / "local"), "--break-lock", input=b""), 2, "rados:POOL/NAME")
+    # A damaged full stream into a disk the receive creates: vdisk cannot
+    # remove a rados disk, so it is left empty, and takes the stream again.
+    new = rdisk + "-new"
+    bad = bytearray(stream_of(src, "s2"))
+    bad[boundaries(bytes(bad))[3] + 40] ^= 4
+    one_error_line(vd(ceph, "receive", new, input=bytes(bad)), 8, "damaged")
+    with Disk.open(parse(new, conf=ceph.conf), readonly=True) as d:
+        assert not d.snapshot_records() and d.allocated_bytes() == 0 and d.extra_record("receive") is None
+    one_error_line(vd(ceph, "receive", rdisk + "-incr", input=stream_of(src, "s2", "s1")), 3, "no disk",
+                   "incremental")
+    ok(vd(ceph, "receive", new, input=stream_of(src, "s2")))
+    same_snapshots(src, parse(new, conf=ceph.conf), ["s2"])
+
+
+# ------------------------------------------------------------ killed and resumed
+
+def other_host(ceph, tmp, *args, input=None) -> subprocess.CompletedProcess:
+    """``vdisk ARGS`` as if on another host: another local state directory
+    and, where this runs as root, another hostname (a UTS namespace)."""
+    env = {**os.environ, "XDG_RUNTIME_DIR": tmp}
+    cmd = vdisk_cmd("--ceph-conf", ceph.conf, *args)
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        cmd = ["unshare", "--uts", "sh", "-c", 'hostname host-b && exec "$@"', "sh", *cmd]
+    return subprocess.run(cmd, input=input, capture_output=True, env=env, timeout=120)
+
+
+def text(r):
+    r.stdout, r.stderr = r.stdout.decode(), r.stderr.decode()
+    return r
+
+
+def kill_mid_stream(ceph, rdisk, buf: bytes):
+    """A receiver fed half of ``buf``, SIGKILLed once it checkpointed there;
+    returns the resume token it left."""
+    loc = parse(rdisk, conf=ceph.conf)
+    p = subprocess.Popen(vdisk_cmd("--ceph-conf", ceph.conf, "receive", rdisk), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ends = boundaries(buf)
+        k = next(i for i, e in enumerate(ends) if e >= len(buf) // 2)
+        assert k + 2 < len(ends)
+        p.stdin.write(buf[:ends[k]])
+        p.stdin.flush()
+        time.sleep(1.2)                          # past the checkpoint interval (1 s)
+        p.stdin.write(buf[ends[k]:ends[k + 1]])  # one more record: the receiver checkpoints after it
+        p.stdin.flush()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                t = rx.resume_token(loc)
+                if t["offset"] > 0:
+                    break
+            except Exception:           # the disk the receive creates may not exist yet
+                pass
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the receive never checkpointed")
+        p.send_signal(signal.SIGKILL)
+    finally:
+        p.kill()
+        p.communicate()
+    assert 0 < t["offset"] < t["size"]
+    return t
+
+
+@pytest.mark.parametrize("base", ["s1", None], ids=["incremental-staged", "full-into-new-disk"])
+def test_a_receiver_killed_mid_stream_resumes_here_or_on_another_host(ceph, rdisk, tmp_path, base):
+    src, loc = str(tmp_path / "src"), parse(rdisk, conf=ceph.conf)
+    make_source(src)
+    if base:
+        ok(vd(ceph, "receive", rdisk, input=stream_of(src, "s1")))
+    whole = stream_of(src, "s2", base)
+    token = kill_mid_stream(ceph, rdisk, whole)
+    with Disk.open(loc, readonly=True) as d:
+        assert [r.name for r in d.snapshot_records()] == (["s1"] if base else [])
+        spool = json.loads(d.extra_record("receive")).get("spool")
+        state_dir = d.path
+    # The dead receiver still holds the disk's lock: a receive says so, and
+    # --break-lock takes it over.
+    one_error_line(vd(ceph, "receive", rdisk, "--resume", input=whole), 5, "is in use")
+    b_dir = tempfile.mkdtemp(prefix="host-b-", dir=os.environ["XDG_RUNTIME_DIR"])
+    rest = stream_of(src, "s2", base, token=token["token"])
+    if base is None:
+        # Written straight onto the disk it created, position and data in
+        # one commit: no local part, so another host resumes it from the token.
+        assert spool is None
+        r = text(other_host(ceph, b_dir, "receive", rdisk, "--resume-token"))
+        assert r.returncode == 0 and r.stdout.strip() == token["token"], r.stderr
+        r = text(other_host(ceph, b_dir, "receive", rdisk, "--resume", "--break-lock", input=rest))
+        assert r.returncode == 0 and f"resumed at byte {token['offset']}" in r.stdout, r.stderr
+    else:
+        # Staged in this host's state directory: another host has not got
+        # it, says where it is, and refuses to go on from where it stood...
+        assert spool["dir"].startswith(state_dir) and os.path.exists(
+            os.path.join(spool["dir"], f"ops.{spool['id']}"))
+        r = text(other_host(ceph, b_dir, "receive", rdisk, "--resume-token"))
+        one_error_line(r, 3, "not on this host", f"host {spool['host']}", spool["dir"])
+        r = text(other_host(ceph, b_dir, "receive", rdisk, "--resume", "--break-lock", input=rest))
+        one_error_line(r, 2, f"the stream starts at byte {token['offset']}", "not on this host")
+        assert rx.resume_token(loc) == token        # nothing changed: this host can still resume it
+        # ...but starts it over there from a whole stream, cut short first:
+        # then the receive stands on host B, and this host is refused.
+        r = text(other_host(ceph, b_dir, "receive", rdisk, "--resume", input=whole[:len(whole) // 3]))
+        one_error_line(r, 8, "resume with")
+        one_error_line(vd(ceph, "receive", rdisk, "--resume-token"), 3, "not on this host")
+        r = text(other_host(ceph, b_dir, "receive", rdisk, "--resume", input=whole))
+        assert r.returncode == 0, r.stderr
+        # This host's staged records, of a receive that went on elsewhere,
+        # go at its next writer's open.
+        one_error_line(vd(ceph, "receive", rdisk, "--abort"), 3, "no receive in progress")
+        assert not os.path.exists(os.path.join(spool["dir"], f"ops.{spool['id']}"))
+    same_snapshots(src, loc, ["s2"])
+    with Disk.open(loc, readonly=True) as d:
+        assert d.extra_record("receive") is None
+    assert "no problems found" in ok(vd(ceph, "verify", rdisk, "--data"))
+    # An incremental on top, on this host again.
+    ok(vd(ceph, "receive", rdisk, input=stream_of(src, "s3", "s2")))
+    same_snapshots(src, loc, ["s3"])
+
+
+def test_a_receiver_killed_mid_stream_resumes_on_its_host(ceph, rdisk, tmp_path):
+    src, loc = str(tmp_path / "src"), parse(rdisk, conf=ceph.conf)
+    make_source(src)
+    ok(vd(ceph, "receive", rdisk, input=stream_of(src, "s1")))
+    token = kill_mid_stream(ceph, rdisk, stream_of(src, "s2", "s1"))
+    assert ok(vd(ceph, "receive", rdisk, "--resume-token")).strip() == token["token"]
+    out = ok(vd(ceph, "receive", rdisk, "--resume", "--break-lock",
+                input=stream_of(src, "s2", "s1", token=token["token"])))
+    assert f"resumed at byte {token['offset']}" in out
+    same_snapshots(src, loc, ["s1", "s2"])
+    with Disk.open(loc, readonly=True) as d:
+        assert not os.path.exists(os.path.join(d.path, "receiving"))
