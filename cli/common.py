@@ -130,15 +130,6 @@ def local_dir(disk) -> str:
     return find(resolve(disk))
 
 
-def refuse_rados(disk, command: str):
-    """``command`` does not handle rados: disks yet: say so, instead of
-    failing later on a path that does not exist (docs/RADOS.md, status)."""
-    if is_rados(disk):
-        from vdisk.errors import InvalidArgument
-        raise InvalidArgument(f"vdisk {command} does not take a rados: disk yet (docs/RADOS.md); "
-                              f"use a local disk")
-
-
 def require_disk(path: str):
     """Refuse what is not a disk, as :meth:`vdisk.Disk.open` would, without opening it.
 
@@ -170,13 +161,14 @@ def refuse_unfinished(d):
     """Refuse to change (or serve, or mount) a disk an offline conversion
     has not finished: its running point is not yet the source's top image,
     and a change made now would land inside a layer's snapshot."""
-    from vdisk.convert.state import progress_of
+    from vdisk.convert.state import disk_label, progress_of
     rec = progress_of(d)
     # An online conversion is carried on by whoever serves the disk, and the
     # engine itself refuses what would mix it with client changes.
     if rec is not None and not rec.online:
-        raise Busy(f"{d.path} is an unfinished conversion of {rec.source} (state {rec.next + 1} of "
-                   f"{len(rec.steps)}); finish it first: vdisk convert --resume {d.path}")
+        name = disk_label(d)
+        raise Busy(f"{name} is an unfinished conversion of {rec.source} (state {rec.next + 1} of "
+                   f"{len(rec.steps)}); finish it first: vdisk convert --resume {name}")
 
 
 def require_finished(path: str):

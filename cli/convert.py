@@ -11,7 +11,7 @@ import click
 from vdisk.errors import Interrupted, InvalidArgument, VdiskError
 from vdisk.units import format_size as describe_size
 
-from .common import SizeType, emit_json, is_rados, json_option, quiet_option, refuse_rados, resolve
+from .common import SizeType, emit_json, is_rados, json_option, quiet_option, resolve
 from .progress import Progress
 
 SOURCE_FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi", "qed", "parallels")
@@ -74,9 +74,14 @@ def _resumable(disk: str, e: BaseException):
     return e
 
 
+def _where(disk) -> str:
+    """DISK as --json names it: an absolute path, or rados:POOL/NAME."""
+    return str(disk) if is_rados(disk) else os.path.abspath(disk)
+
+
 def _summary(s, as_json: bool, verb: str):
     if as_json:
-        emit_json({"disk": os.path.abspath(s.disk), "layers": s.layers, "snapshots": s.snapshots,
+        emit_json({"disk": _where(s.disk), "layers": s.layers, "snapshots": s.snapshots,
                    "read_bytes": s.read_bytes, "written_bytes": s.written_bytes, "zero_bytes": s.zero_bytes,
                    "unchanged_bytes": s.skipped_bytes, "hole_bytes": s.hole_bytes, "seconds": round(s.seconds, 3),
                    "verified_bytes": s.verified_bytes})
@@ -105,9 +110,12 @@ def _summary(s, as_json: bool, verb: str):
 @click.option("--rate", type=SizeType(), default=None, metavar="SIZE",
               help="With --online: convert at most SIZE bytes per second (e.g. 100M), so clients keep "
                    "most of the device.")
+@click.option("--break-lock", is_flag=True,
+              help="With --resume, a rados: disk whose converter died: fence it in the cluster and take "
+                   "its lock over.")
 @quiet_option
 @json_option
-def convert(paths, names, fmt, verify, resume, online, rate, quiet, as_json):
+def convert(paths, names, fmt, verify, resume, online, rate, break_lock, quiet, as_json):
     """Convert a qemu chain into a new DISK, layers as snapshots.
 
     SOURCE is the top image of a chain qemu reads (qcow2 backing chains,
@@ -121,22 +129,30 @@ def convert(paths, names, fmt, verify, resume, online, rate, quiet, as_json):
     read the chain through it while the layers are converted behind them;
     their writes never enter a layer's snapshot (docs/CONVERT.md).
 
+    DISK may be rados:POOL/NAME: the conversion's progress is a record of
+    the disk, so --resume works from any host that has the source chain
+    at the same paths; an online conversion is served from such a host.
+
     Example: vdisk convert vm1-top.qcow2 vm1.vdisk --verify
     """
     with _engine_log_in_the_error():
-        _convert(paths, names, fmt, verify, resume, online, rate, quiet, as_json)
+        _convert(paths, names, fmt, verify, resume, online, rate, break_lock, quiet, as_json)
 
 
-def _convert(paths, names, fmt, verify, resume, online, rate, quiet, as_json):
+def _convert(paths, names, fmt, verify, resume, online, rate, break_lock, quiet, as_json):
     from vdisk.convert import converter
-    refuse_rados(paths[-1] if paths else "", "convert")
+    if break_lock and not resume:
+        raise InvalidArgument("--break-lock takes over an interrupted conversion: it goes with --resume")
     if resume:
         if len(paths) != 1:
             raise InvalidArgument("convert --resume takes DISK only")
         if names or fmt:
             raise InvalidArgument("--names and --format belong to the start of a conversion, not --resume")
+        if break_lock and not is_rados(paths[0]):
+            raise InvalidArgument("--break-lock is for a rados:POOL/NAME disk (a local disk's lock goes when "
+                                  "its holder dies)")
         with _Bar(quiet) as bar:
-            summary = converter.resume(paths[0], progress=bar, verify=verify)
+            summary = converter.resume(resolve(paths[0]), progress=bar, verify=verify, break_lock=break_lock)
         _summary(summary, as_json, "imported" if summary.imported else "converted")
         return
     if len(paths) != 2:
@@ -149,10 +165,10 @@ def _convert(paths, names, fmt, verify, resume, online, rate, quiet, as_json):
         if verify:
             raise InvalidArgument("--verify runs once an online conversion is done: "
                                   "vdisk convert --resume DISK --verify")
-        with converter.start(source, disk, names=name_list, fmt=fmt, online=True, rate=rate or 0) as d:
+        with converter.start(source, resolve(disk), names=name_list, fmt=fmt, online=True, rate=rate or 0) as d:
             rec = converter.progress_of(d)
         if as_json:
-            emit_json({"disk": os.path.abspath(disk), "source": source, "layers": len(rec.layers),
+            emit_json({"disk": _where(disk), "source": source, "layers": len(rec.layers),
                        "states": len(rec.steps), "snapshots": [s.snapshot for s in rec.steps if s.snapshot],
                        "online": True})
         else:
@@ -167,7 +183,7 @@ def _start_and_run(disk, verify, quiet, as_json, verb, **start):
     """A new DISK from ``converter.start(**start)``, converted and (with
     ``verify``) compared; a failure after DISK exists says how to resume."""
     from vdisk.convert import converter
-    d = converter.start(disk_path=disk, **start)
+    d = converter.start(disk_path=resolve(disk), **start)
     try:
         with d, _Bar(quiet) as bar:
             rec = converter.progress_of(d)
@@ -175,7 +191,7 @@ def _start_and_run(disk, verify, quiet, as_json, verb, **start):
     except (VdiskError, KeyboardInterrupt) as e:
         raise _resumable(disk, e) from None
     if verify:
-        with converter.open_for_verify(disk) as d, _Bar(quiet) as bar:
+        with converter.open_for_verify(resolve(disk)) as d, _Bar(quiet) as bar:
             summary.verified_bytes = converter.verify_states(d, rec, bar)
     _summary(summary, as_json, verb)
 
@@ -204,7 +220,6 @@ def import_(source, disk, fmt, verify, quiet, as_json):
 
 
 def _import(source, disk, fmt, verify, quiet, as_json):
-    refuse_rados(disk, "import")
     _start_and_run(disk, verify, quiet, as_json, "imported", source=source, fmt=fmt, flat=True)
 
 

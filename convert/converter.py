@@ -26,12 +26,14 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import socket
 import threading
 import time
 from dataclasses import dataclass
 
 import vdisk
-from vdisk.errors import AlreadyExists, ImageError
+from vdisk.errors import AlreadyExists, ImageError, NotFound
+from vdisk.location import is_rados
 from vdisk.snapshots.verify_runs import merge
 
 from . import format as cfmt
@@ -39,7 +41,7 @@ from .chain import Layer, own_extents, read_chain
 from .compare import compare
 from .qemu import Export
 # Planning and the record live in .state; importable from here too.
-from .state import check_layers, layer_facts, plan, progress_of, record_of, status  # noqa: F401
+from .state import check_layers, disk_label, layer_facts, plan, progress_of, record_of, status  # noqa: F401
 
 CHUNK_BYTES = 4 << 20
 CHECKPOINT_BYTES = 256 << 20
@@ -66,10 +68,12 @@ def start(source: str, disk_path: str, *, names: list[str] | None = None, fmt: s
           flat: bool = False, online: bool = False, rate: int = 0):
     """Create ``disk_path`` for converting ``source``; returns the open disk.
 
-    Everything about the chain is checked before the container exists, so a
-    bad chain leaves nothing behind.
+    ``disk_path``: a new container's path, or ``rados:POOL/NAME`` (a string,
+    or a vdisk.location.RadosLocation naming the cluster). Everything about
+    the chain is checked before the disk exists, so a bad chain leaves
+    nothing behind.
     """
-    if os.path.lexists(disk_path):
+    if _exists(disk_path):
         raise AlreadyExists(f"{disk_path} already exists; convert makes a new disk")
     layers = read_chain(source, fmt)
     if flat:
@@ -81,8 +85,9 @@ def start(source: str, disk_path: str, *, names: list[str] | None = None, fmt: s
     block_size = 4096 if size % 4096 == 0 else 512
     disk = vdisk.Disk.create(disk_path, size, block_size)
     try:
+        # A rados disk opens on any host, its layers' paths only on this one.
         rec = cfmt.Progress(source, [layer_facts(ly) for ly in layers], steps, started=time.time(), flat=flat,
-                            online=online, rate=rate)
+                            online=online, rate=rate, host=socket.gethostname() if is_rados(disk_path) else None)
         disk.stage_extra_record(cfmt.RECORD_NAME, cfmt.encode(rec))
         if online:
             # Room for every state's blocks in the anchor's own VBA range
@@ -92,11 +97,25 @@ def start(source: str, disk_path: str, *, names: list[str] | None = None, fmt: s
             disk.flush()
     except BaseException:
         # Without its record the container would pass for a complete, empty
-        # disk; it did not exist before this call, so it goes.
+        # disk; it did not exist before this call, so it goes. (A rados disk
+        # stays, empty: vdisk cannot remove one yet; docs/CONVERT.md.)
         disk.close()
-        shutil.rmtree(disk_path, ignore_errors=True)
+        if not is_rados(disk_path):
+            shutil.rmtree(disk_path, ignore_errors=True)
         raise
     return disk
+
+
+def _exists(disk_path) -> bool:
+    if not is_rados(disk_path):
+        return os.path.lexists(disk_path)
+    try:
+        vdisk.Disk.open(disk_path, readonly=True).close()
+    except NotFound:
+        # No such disk (or no such pool, or a creation that died: the
+        # create below says which, or takes it over).
+        return False
+    return True
 
 
 def run(disk, progress=None, on_change=None) -> Summary:
@@ -108,7 +127,7 @@ def run(disk, progress=None, on_change=None) -> Summary:
     t0 = time.monotonic()
     rec = progress_of(disk)
     if rec is None:
-        return Summary(disk.path, 0, [], 0, 0, 0, 0, 0.0)
+        return Summary(disk_label(disk), 0, [], 0, 0, 0, 0, 0.0)
     layers = check_layers(rec)
     conv = _Converter(AnchorTarget(disk, rec.rate) if rec.online else disk, rec, layers, progress)
     while rec.next < len(rec.steps):
@@ -127,7 +146,7 @@ def run(disk, progress=None, on_change=None) -> Summary:
     if on_change is not None:
         on_change()
     st = rec.stats
-    return Summary(disk.path, len(layers), [s.snapshot for s in rec.steps if s.snapshot],
+    return Summary(disk_label(disk), len(layers), [s.snapshot for s in rec.steps if s.snapshot],
                    st["read"], st["written"], st["zeros"], st["skipped"], time.monotonic() - t0,
                    hole_bytes=st.get("holes", 0), imported=rec.flat)
 
@@ -148,8 +167,10 @@ def open_for_verify(disk_path: str):
     return vdisk.Disk.open(disk_path, readonly=True)
 
 
-def resume(disk_path: str, progress=None, verify: bool = False) -> Summary:
-    with vdisk.Disk.open(disk_path) as disk:
+def resume(disk_path: str, progress=None, verify: bool = False, break_lock: bool = False) -> Summary:
+    """Finish the conversion recorded in ``disk_path``; ``break_lock``: take
+    a rados disk over from a converter that died (vdisk.Disk.open)."""
+    with vdisk.Disk.open(disk_path, break_lock=break_lock) as disk:
         rec = progress_of(disk)
         if rec is not None and rec.online and disk.converting:
             disk.attach_origin(open_origin(rec))

@@ -37,6 +37,9 @@ The body::
                 came from; the source is no longer used
     rate        an online conversion's pace in bytes per second (0: as
                 fast as it goes), so clients keep most of the device
+    host        only for a disk that other hosts can open (``rados:``): the
+                host the conversion started on, where the layers' paths
+                are; absent for a local disk (whose record is unchanged)
 """
 
 from __future__ import annotations
@@ -73,10 +76,14 @@ class Progress:
     online: bool = False
     complete: bool = False
     rate: int = 0
+    host: str | None = None
 
 
 def encode(p: Progress) -> bytes:
-    body = json.dumps(asdict(p), separators=(",", ":")).encode()
+    d = asdict(p)
+    if d["host"] is None:
+        del d["host"]
+    body = json.dumps(d, separators=(",", ":")).encode()
     return _HEAD.pack(MAGIC, VERSION, len(body)) + body
 
 

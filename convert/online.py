@@ -8,6 +8,15 @@ which attaches the chain's top image as the running point's origin and,
 for a writer, runs the conversion in a background thread: states into the
 anchor, a snapshot per layer, then the merge. ``close()`` stops that thread
 at its next chunk; the next open carries on from the last checkpoint.
+
+A rados disk opens on any host, but its origin is the chain's top image,
+a file of the host the conversion started on (the record names it). A
+server or a writer elsewhere is refused in one line (the layers are not
+there). A command that only reads the disk's records there (``vdisk
+info``, ``snapshot list``, ``send`` of a snapshot) opens it without the
+origin: the snapshots read as always, and only a read of the running
+point where it maps nothing yet fails, saying the source chain is not
+open here.
 """
 
 from __future__ import annotations
@@ -16,21 +25,33 @@ import logging
 import threading
 
 import vdisk
-from vdisk.errors import Cancelled, VdiskError
+from vdisk.errors import Cancelled, NotFound, VdiskError
 
 from . import converter
+from .state import disk_label, started_elsewhere
 
 log = logging.getLogger("vdisk")
 
 
 def open_disk(path, readonly: bool = False, background: bool = True, break_lock: bool = False):
     """:meth:`vdisk.Disk.open` (a path or a rados: location), plus what an
-    online conversion in progress needs."""
+    online conversion in progress needs.
+
+    ``background``: this process serves the disk (and, writable, carries
+    the conversion on); False for a command that opens it briefly.
+    """
     disk = vdisk.Disk.open(path, readonly=readonly, break_lock=break_lock)
     try:
         rec = converter.progress_of(disk)
         if rec is not None and rec.online and disk.converting:
-            disk.attach_origin(converter.open_origin(rec))
+            try:
+                origin = converter.open_origin(rec)
+            except NotFound:
+                if not (readonly and not background and started_elsewhere(rec)):
+                    raise
+                origin = None       # a brief reader on another host: see the module docstring
+            if origin is not None:
+                disk.attach_origin(origin)
             if not readonly and background:
                 start_background(disk)
     except BaseException:
@@ -56,8 +77,9 @@ def _convert_in_background(disk, on_change):
         with disk.maintenance():
             summary = converter.run(disk, on_change=on_change)
         log.info("online conversion of %s done: %d layers, %d snapshots; its source is no longer used",
-                 disk.path, summary.layers, len(summary.snapshots))
+                 disk_label(disk), summary.layers, len(summary.snapshots))
     except Cancelled:
         pass        # the disk is closing; the next open resumes
     except VdiskError as e:
-        log.error("online conversion of %s stopped: %s; it resumes when the disk is next opened", disk.path, e)
+        log.error("online conversion of %s stopped: %s; it resumes when the disk is next opened",
+                  disk_label(disk), e)

@@ -9,6 +9,7 @@ machinery that runs one.
 from __future__ import annotations
 
 import os
+import socket
 
 from vdisk.errors import ImageError, InvalidArgument, NotFound
 from vdisk.names import SNAPSHOT_NAME_RULE, validate_snapshot_name
@@ -81,17 +82,35 @@ def status(disk) -> dict | None:
     return {"source": rec.source, "layers": [f["path"] for f in rec.layers], "online": rec.online,
             "complete": rec.complete, "states_done": rec.next, "states": len(rec.steps),
             "state_bytes_done": rec.done, "source_in_use": not rec.complete,
-            "resume": None if rec.complete or rec.online else f"vdisk convert --resume {disk.path}"}
+            "resume": None if rec.complete or rec.online else f"vdisk convert --resume {disk_label(disk)}"}
+
+
+def disk_label(disk) -> str:
+    """How messages name ``disk``: the path it was opened by, or ``rados:POOL/NAME``."""
+    return disk.location if disk.where.get("kind") != "local" else disk.path
+
+
+def started_elsewhere(rec: cfmt.Progress) -> bool:
+    """Whether the conversion started on another host than this one (whose
+    layer paths may name nothing here, or other files)."""
+    return rec.host is not None and rec.host != socket.gethostname()
 
 
 def check_layers(rec: cfmt.Progress) -> list[Layer]:
+    """The layers, each still the file the conversion started from (its mtime)."""
     layers = []
     for f in rec.layers:
         try:
             st = os.stat(f["path"])
         except FileNotFoundError:
+            if started_elsewhere(rec):
+                raise NotFound(f"layer {f['path']} of the conversion is not on this host: the conversion of "
+                               f"{rec.source} started on host {rec.host}, where its source chain is; go on "
+                               f"there") from None
             raise NotFound(f"layer {f['path']} of the conversion is gone; it cannot be finished") from None
         if st.st_mtime_ns != f["mtime_ns"]:
-            raise ImageError(f"layer {f['path']} changed since the conversion started; it cannot be finished")
+            there = f" (it started on host {rec.host})" if started_elsewhere(rec) else ""
+            raise ImageError(f"layer {f['path']} changed since the conversion started{there}; it cannot be "
+                             f"finished")
         layers.append(Layer(f["path"], f["format"], f["size"]))
     return layers

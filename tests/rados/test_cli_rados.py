@@ -83,10 +83,10 @@ def test_bad_rados_locations_are_one_line_and_an_exit_code(ceph, rdisk, tmp_path
     r = run_proc("info", rdisk, env={"CEPH_CONF": str(tmp_path / "none.conf")}, timeout=30)
     one_error_line(r, 3, "no Ceph configuration")
     one_error_line(vd(ceph, "serve", tmp_path, "--break-lock"), 2, "--break-lock")
-    # receive takes a rados: disk (tests/rados/test_replicate_rados.py); bad input is still one line.
+    # receive and import take a rados: disk (tests/rados/test_replicate_rados.py,
+    # test_convert_rados.py); bad input is still one line.
     one_error_line(vd(ceph, "receive", rdisk, input=b""), 8, "stream ended")
-    # Not handled on RADOS yet: refused by name, not failed on a missing path.
-    one_error_line(vd(ceph, "import", tmp_path / "x.raw", rdisk + "-i"), 2, "import does not take")
+    one_error_line(vd(ceph, "import", tmp_path / "x.raw", rdisk + "-i"), 3, "x.raw")
 
 
 class Server:
