@@ -127,6 +127,7 @@ def test_an_online_conversion_goes_on_only_where_its_chain_is(rdisk, tmp_path):
     # ...but cannot go on with it, nor read what is not converted yet.
     one_error_line(elsewhere("convert", "--resume", rdisk, hide=chain_dir), 3, "not on this host",
                    f"started on host {HOST}")
+    one_error_line(elsewhere("serve", rdisk, hide=chain_dir), 3, "not on this host", "go on there")
     one_error_line(elsewhere("export", rdisk, tmp_path / "x.raw", hide=chain_dir), 5)
     # With the chain at the same paths (shared storage), another host goes on.
     r = elsewhere("convert", "--resume", rdisk, "--verify", "--json")
