@@ -10,28 +10,20 @@ refused with the disk as it was.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import random
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 
 import pytest
 
 from cli.util import one_error_line, run, vdisk_cmd
+from replicate.test_send_receive import MiB, boundaries, make_source, same_snapshot, stream_of
+from replicate.util import kill_after_checkpoint
 from vdisk import Disk
 from vdisk.location import parse
 from vdisk.replicate import receive as rx
-from vdisk.replicate import stream
-from vdisk.replicate.send import send
-from vdisk.replicate.stream import StreamReader
-
-KiB, MiB = 1 << 10, 1 << 20
-SIZE = 8 * MiB
 
 
 @pytest.fixture
@@ -48,46 +40,9 @@ def ok(r):
     return r.stdout
 
 
-def make_source(path):
-    """A local disk with snapshots s1..s3: data, rewrites, zeros, a trim, a grow."""
-    rng = random.Random(3)
-    with Disk.create(path, SIZE) as d:
-        d.write(0, rng.randbytes(3 * MiB))
-        d.write(5 * MiB, rng.randbytes(MiB + 1234))
-        d.create_snapshot("s1")
-        for _ in range(20):
-            off = rng.randrange(0, SIZE - 64 * KiB)
-            d.write(off, rng.randbytes(rng.randrange(1, 64 * KiB)))
-        d.zero(MiB, 256 * KiB)
-        d.create_snapshot("s2")
-        d.resize(SIZE + 2 * MiB)
-        d.write(SIZE + MiB, rng.randbytes(100_000))
-        d.trim(0, 512 * KiB)
-        d.create_snapshot("s3")
-
-
-def stream_of(src, name, base=None, token=None) -> bytes:
-    out = io.BytesIO()
-    with Disk.open(src, readonly=True) as d:
-        send(d, name, out, base=base, resume_token=token)
-    return out.getvalue()
-
-
-def boundaries(buf: bytes) -> list[int]:
-    r = StreamReader(io.BytesIO(buf))
-    ends = []
-    while True:
-        rec = r.next()
-        ends.append(r.bytes_read)
-        if rec.type == stream.END:
-            return ends
-
-
 def same_snapshots(a, b, names):
-    with Disk.open(a, readonly=True) as x, Disk.open(b, readonly=True) as y:
-        for n in names:
-            va, vb = x.open_snapshot(n), y.open_snapshot(n)
-            assert va.size == vb.size and va.read(0, va.size) == vb.read(0, vb.size), n
+    for n in names:
+        same_snapshot(a, b, n)
 
 
 def test_snapshots_go_incrementally_into_a_rados_disk_and_back(ceph, rdisk, tmp_path):
@@ -174,32 +129,18 @@ def kill_mid_stream(ceph, rdisk, buf: bytes):
     loc = parse(rdisk, conf=ceph.conf)
     p = subprocess.Popen(vdisk_cmd("--ceph-conf", ceph.conf, "receive", rdisk), stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        ends = boundaries(buf)
-        k = next(i for i, e in enumerate(ends) if e >= len(buf) // 2)
-        assert k + 2 < len(ends)
-        p.stdin.write(buf[:ends[k]])
-        p.stdin.flush()
-        time.sleep(1.2)                          # past the checkpoint interval (1 s)
-        p.stdin.write(buf[ends[k]:ends[k + 1]])  # one more record: the receiver checkpoints after it
-        p.stdin.flush()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                t = rx.resume_token(loc)
-                if t["offset"] > 0:
-                    break
-            except Exception:           # the disk the receive creates may not exist yet
-                pass
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the receive never checkpointed")
-        p.send_signal(signal.SIGKILL)
-    finally:
-        p.kill()
-        p.communicate()
-    assert 0 < t["offset"] < t["size"]
-    return t
+    seen = {}
+
+    def checkpointed():
+        try:
+            seen.update(rx.resume_token(loc))
+        except Exception:           # the disk the receive creates may not exist yet
+            return False
+        return seen["offset"] > 0
+
+    kill_after_checkpoint(p, buf, boundaries(buf), checkpointed, wait=30)
+    assert 0 < seen["offset"] < seen["size"]
+    return seen
 
 
 @pytest.mark.parametrize("base", ["s1", None], ids=["incremental-staged", "full-into-new-disk"])

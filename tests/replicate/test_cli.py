@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,6 +16,7 @@ from vdisk.replicate.staging import DIR as STAGING
 from vdisk.replicate.staging import STATE
 
 from .test_send_receive import boundaries, make_source, same_snapshot, stream_of
+from .util import kill_after_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -102,27 +101,9 @@ def test_receive_killed_halfway_resumes_with_a_token(src, base):
     buf = stream_of(os.path.join(src, "src"), "s2", base)
     p = subprocess.Popen([os.path.join(BIN, "vdisk"), "receive", "dst"], cwd=src, env=ENV,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        ends = boundaries(buf)
-        k = next(i for i, e in enumerate(ends) if e >= len(buf) // 2)
-        assert k + 2 < len(ends)
-        p.stdin.write(buf[:ends[k]])
-        p.stdin.flush()
-        time.sleep(1.2)                  # past the checkpoint interval (1 s)
-        p.stdin.write(buf[ends[k]:ends[k + 1]])     # one more record: the receiver checkpoints after it
-        p.stdin.flush()
-        state = os.path.join(src, "dst", STAGING, STATE)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if os.path.exists(state) and json.load(open(state))["offset"] > 0:
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the receive never checkpointed")
-        p.send_signal(signal.SIGKILL)
-    finally:
-        p.kill()
-        p.communicate()
+    state = os.path.join(src, "dst", STAGING, STATE)
+    kill_after_checkpoint(p, buf, boundaries(buf),
+                          lambda: os.path.exists(state) and json.load(open(state))["offset"] > 0)
     with Disk.open(os.path.join(src, "dst"), readonly=True) as d:
         assert [r.name for r in d.snapshot_records()] == (["s1"] if base else [])
     frm = " --from s1" if base else ""

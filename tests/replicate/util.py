@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import time
 
 from vdisk.extents import ExtentMap
 from vdisk.names import RUNNING_TREE, SNAP_TREE_PREFIX
@@ -42,3 +44,29 @@ def changed_blocks(changes, bs) -> dict[int, bool]:
             assert b not in out, f"block {b} reported twice"
             out[b] = data
     return out
+
+
+def kill_after_checkpoint(p, buf: bytes, ends: list[int], checkpointed, wait: float = 20):
+    """Feed the receiver ``p`` (a Popen with a stdin pipe) half of stream
+    ``buf`` (``ends``: where each record ends), then one more record once
+    the checkpoint interval (1 s) passed, so it checkpoints after it; once
+    ``checkpointed()`` says so, SIGKILL it."""
+    try:
+        k = next(i for i, e in enumerate(ends) if e >= len(buf) // 2)
+        assert k + 2 < len(ends)
+        p.stdin.write(buf[:ends[k]])
+        p.stdin.flush()
+        time.sleep(1.2)                  # past the checkpoint interval (1 s)
+        p.stdin.write(buf[ends[k]:ends[k + 1]])     # one more record: the receiver checkpoints after it
+        p.stdin.flush()
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if checkpointed():
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the receive never checkpointed")
+        p.send_signal(signal.SIGKILL)
+    finally:
+        p.kill()
+        p.communicate()
