@@ -158,7 +158,7 @@ def receive(path, inp, resume: bool = False, progress=None, break_lock: bool = F
                 raise InvalidArgument(f"the stream starts at byte {h.resume_offset}, but {name} holds the changes "
                                       f"up to byte {staging.offset} only: send with --resume "
                                       f"{encode_token(h.snap_id, h.base_id, staging.offset)}")
-            started_at = staging.offset
+            started_at = 0 if restart else staging.offset
         elif h.resume_offset:
             raise InvalidArgument(f"this stream continues an interrupted receive from byte {h.resume_offset}, "
                                   f"but {name} has no receive in progress: send the whole stream")
