@@ -50,10 +50,16 @@ class Forest:
     * ``dirty_trees`` - names of the trees whose record the next commit
       writes: a tree adds its name when its record (root, height, count,
       snap_seq) changes.
+    * ``scratch`` - set by a read-only opener that changes the trees in
+      memory (they cannot be committed): writes are allowed on a read-only
+      store.
     """
 
     def __init__(self, store, cache_nodes: int = 250_000):
         self.store = store
+        # Changes in memory only, on a read-only store: they are never
+        # committed and die with the forest (a reader replaying a redo log).
+        self.scratch = False
         self.cache_limit = cache_nodes
         self.cache: dict[int, Node] = {}
         self._dirty: set[int] = set()

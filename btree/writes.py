@@ -39,7 +39,7 @@ class TreeWrites:
     def _check_writable(self):
         if self.rec.frozen:
             raise ReadOnly(f"tree {self.name!r} is a snapshot and cannot change")
-        if self.forest.store.readonly:
+        if self.forest.store.readonly and not self.forest.scratch:
             raise ReadOnly("metadata is open read-only")
 
     @staticmethod

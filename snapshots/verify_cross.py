@@ -174,6 +174,13 @@ def _check_pbas(v, free_complete: bool):
         return
     used = merge((p, pe) for p, pe, _v in by_pba)
     free = merge(v.free_runs)
+    if v.log is not None:
+        # The redo log's head: the one block the committed state holds outside the maps.
+        head = [(v.log.head, v.log.head + 1)]
+        if intersect(head, merge(used + free)):
+            v.problem("alloc", f"PBA {v.log.head}", "is the redo log's head and also mapped or free: "
+                      "the log can overwrite live data")
+        used = merge(used + head)
     for s, e in intersect(used, free):
         v.problem("pba-free", f"PBA {span(s, e)}", "is mapped and also free: the allocator will "
                   "hand it out again and overwrite live data")

@@ -11,7 +11,8 @@ leaves the checks that need it skipped, with a note, rather than guessed.
 from __future__ import annotations
 
 from vdisk import format as fmt
-from vdisk.names import ANCHOR_KEY, ANCHOR_TREE, SNAP_META_PREFIX, SNAP_TREE_PREFIX
+from vdisk import logformat
+from vdisk.names import ANCHOR_KEY, ANCHOR_TREE, LOG_KEY, SNAP_META_PREFIX, SNAP_TREE_PREFIX
 from vdisk.errors import IntegrityError, UnsupportedVersion
 
 from .delete import DELETING_KEY
@@ -74,6 +75,9 @@ def check_records(v):
     if (ANCHOR_TREE in names) != (buf is not None):
         v.problem("record", "conversion anchor", "the anchor tree and its record disk/anchor do not "
                   "come together" if buf is None else "record disk/anchor has no anchor tree")
+    log = f.meta_get(LOG_KEY)
+    if log is not None:
+        v.log = _decode(v, "record disk/log", logformat.decode_log, log)
     for name in CORE_TREES:
         if name not in names:
             v.problem("record", tree_label(name), f"the tree {name!r} is missing")

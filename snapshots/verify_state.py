@@ -37,6 +37,7 @@ class Verification:
         self.problems = self.report.problems
         self.block_size = None
         self.config = self.state = None
+        self.log = None                                          # the redo log's epoch (disk/log)
         self.records: dict[str, fmt.SnapshotRecord] = {}
         self.refs: list[tuple[int, int, str, int]] = []          # (vba, end, tree label, lba)
         self.mapped: list[tuple[int, int, int]] = []             # (vba, end, pba)

@@ -40,6 +40,7 @@ from vdisk.errors import IntegrityError, NoSpace
 from .extents import MAX_TARGET
 
 GROW_BLOCKS = 2048  # grow the PBA space 8 MiB (at 4 KiB blocks) at a time
+APART_GROW_BLOCKS = 64  # ... for the redo log, when no free extent is at hand
 # Free extents taken from the free tree at once: first in a commit interval as
 # many as the previous one took, then SPARE_MIN doubling up to SPARE_MAX
 # (about a leaf of the free tree), so that a flush every few writes takes
@@ -69,6 +70,7 @@ class Allocator:
         self.end = pba_end
         self._cur = [0, 0]       # [next, stop) being consumed
         self._big = [0, 0]       # ... by large writes (see _take_contiguous)
+        self._apart = [0, 0]     # ... by the redo log (see allocate_apart)
         self._cursor = 0
         self._spare: list[tuple[int, int]] = []   # taken from the free tree, last one next
         self._spare_blocks = 0
@@ -104,6 +106,39 @@ class Allocator:
             else:
                 out.append((cur[0], take))
             cur[0] += take
+            count -= take
+        return out
+
+    def allocate_apart(self, count: int) -> list[tuple[int, int]]:
+        """``count`` blocks out of the data's way: the redo log's (vdisk/journal.py).
+
+        From an extent of their own, so that data written in order between
+        flushes stays in order on disk: the free extent farthest from the
+        cursor among those the allocator holds, else a little new space,
+        consumed from its top down (the one free extent of a young disk
+        keeps its low blocks for data, and its freed runs can join it).
+        """
+        out = []
+        a = self._apart
+        while count > 0:
+            if a[0] >= a[1]:
+                if not self._spare:
+                    self._refill()
+                if self._spare:
+                    start, length = self._spare.pop(0)
+                    self._spare_blocks -= length
+                    self._taken += 1
+                else:
+                    start, length = self.end, max(count, APART_GROW_BLOCKS)
+                    if start + length > MAX_TARGET:
+                        for pba, n in out:
+                            self.release(pba, n)
+                        raise NoSpace(f"the data file reached its limit of {MAX_TARGET} blocks")
+                    self.end += length
+                a[:] = [start, start + length]
+            take = min(count, a[1] - a[0])
+            a[1] -= take
+            out.append((a[1], take))
             count -= take
         return out
 
@@ -186,10 +221,49 @@ class Allocator:
         free tree at the next commit.
         """
         out = self._spare[::-1]
-        for nxt, stop in (self._big, self._cur):
+        for nxt, stop in (self._big, self._apart, self._cur):
             if nxt < stop:
                 out.append((nxt, stop - nxt))
         return out
+
+    def claim(self, pba: int, count: int):
+        """Take ``[pba, pba + count)`` out of the free space (the redo log's replay).
+
+        The blocks a logged write used were free in the committed state (or
+        past its end: the space grew since); replay re-allocates exactly
+        them. Called on a freshly loaded allocator only, before it hands
+        anything out, so they are in the free tree or past ``end``, and a
+        claim of anything else is damage. Space the original run grew into
+        and did not use is free.
+        """
+        stop = pba + count
+        if stop > self.end:
+            low = max(pba, self.end)
+            if low > self.end:
+                self._add_free(self.end, low - self.end)
+            self.end = stop
+        else:
+            low = stop
+        if pba >= low:
+            return
+        e = self.free.floor(pba)
+        if e is None or e[0] + e[1] < low:
+            raise IntegrityError(f"the redo log names PBAs {pba}+{low - pba}, which were not free: "
+                                 f"run vdisk verify")
+        start, n = e
+        free = self.free
+        free.delete(start)
+        if start < pba:
+            free.insert(start, pba - start)
+        if low < start + n:
+            free.insert(low, start + n - low)
+
+    def _add_free(self, start: int, count: int):
+        """A free run the free tree did not hold, joined with a free extent just before it."""
+        e = self.free.floor(start - 1) if start else None
+        if e is not None and e[0] + e[1] == start:
+            start, count = e[0], e[1] + count
+        self.free.insert(start, count)
 
     def release(self, pba: int, count: int):
         """Free blocks once the change that stops using them is committed."""
@@ -209,10 +283,11 @@ class Allocator:
         pieces = [p << _P | n << 3 | _FREED for p, n in self.pending]
         pieces.extend(p << _P | n << 3 | _SPARE for p, n in self._spare)
         self.pending = []
-        nxt, stop = self._big
-        if nxt < stop:
-            pieces.append(nxt << _P | (stop - nxt) << 3 | _HELD)
-        self._big[:] = [0, 0]
+        for held in (self._big, self._apart):
+            nxt, stop = held
+            if nxt < stop:
+                pieces.append(nxt << _P | (stop - nxt) << 3 | _HELD)
+            held[:] = [0, 0]
         nxt, stop = self._cur
         if nxt < stop:
             pieces.append(nxt << _P | (stop - nxt) << 3 | _HELD)
@@ -223,6 +298,36 @@ class Allocator:
         self._batch = max(SPARE_MIN, min(SPARE_MAX, self._taken))
         self._grow = SPARE_MIN
         self._taken = 0
+        return self._fold(pieces)
+
+    def free_pending(self) -> list[tuple[int, int]]:
+        """Fold the pending frees into the free tree, leaving what the allocator holds.
+
+        For a change made durable without a commit (a flush through the
+        redo log): its frees may be handed out from now on. The free tree
+        is committed with the next commit. Returns what prepare_commit does.
+        """
+        pieces = [p << _P | n << 3 | _FREED for p, n in self.pending]
+        self.pending = []
+        runs = self._fold(pieces)
+        held = self.held()
+        if not runs or not held:
+            return runs
+        # A run that touches an extent the allocator holds is that much
+        # longer a free run (prepare_commit would have joined them).
+        ends = {p + n: (p, n) for p, n in held}
+        starts = dict(held)
+        out = []
+        for p, n in runs:
+            if p in ends:
+                hp, hn = ends[p]
+                p, n = hp, n + hn
+            if p + n in starts:
+                n += starts[p + n]
+            out.append((p, n))
+        return out
+
+    def _fold(self, pieces: list[int]) -> list[tuple[int, int]]:
         if not pieces:
             return []
         pieces.sort()
@@ -290,7 +395,7 @@ class Allocator:
 
     def free_blocks(self) -> int:
         return (sum(n for _, n in self.free.items()) + self._spare_blocks
-                + (self._cur[1] - self._cur[0]) + (self._big[1] - self._big[0]))
+                + sum(stop - nxt for nxt, stop in (self._cur, self._big, self._apart)))
 
 
 def _join(pieces: list[int]) -> tuple[list[int], list[int], list[int]]:

@@ -50,6 +50,9 @@ class Commits:
         if self._failed is not None or self.readonly:
             return e
         self._failed = str(e) or type(e).__name__
+        if self._log_holds_all:
+            # Closing, with every write in the redo log (vdisk/journal.py).
+            return e
         log.error("disk %s stopped: %s; writes since the last flush may be lost; reopen it",
                   self.path, self._failed)
         if isinstance(e, NoSpace):
@@ -58,12 +61,17 @@ class Commits:
         return e
 
     @contextlib.contextmanager
-    def changing(self):
+    def changing(self, logged: bool = False):
         """Wrap a change to the in-memory maps: if it fails half-way, stop the disk.
 
         Changes are not undone one by one; instead, a half-done change can
         never be committed (see _stop), and the last commit stays the truth.
+        ``logged``: the change is a write the redo log records (or follows
+        from them, as settling does); any other makes the next flush a full
+        commit (vdisk/journal.py).
         """
+        if not logged:
+            self._unlogged = True
         try:
             yield
         except Cancelled:
@@ -80,7 +88,8 @@ class Commits:
             self._check_open()
             if self.readonly:
                 return
-            self._commit()
+            if not self._flush_by_log():
+                self._commit()
 
     def _commit(self):
         """fdatasync the data, then commit every metadata change at once.
@@ -90,13 +99,14 @@ class Commits:
         leaves in-memory frees that must never be used.
         """
         self._blocks_since_commit = 0
-        with self.changing():
+        with self.changing(logged=True):
             self.settle()
             try:
                 self._data.sync()
             except OSError as e:
                 raise StorageError(f"writing back {self.path}/data failed: {e.strerror or e}") \
                     if e.errno != errno.ENOSPC else e
+            self._next_epoch()
             freed = self.alloc.prepare_commit()
             self.state.pba_end = self.alloc.end
             self.forest.meta_put(b"disk/state", fmt.encode_state(self.state))

@@ -24,10 +24,13 @@ Write path (see docs/ARCHITECTURE.md for the picture):
    copy-on-write; the old VBAs stay with the snapshot.
 4. Checksums of the new blocks go into the csum tree, keyed by VBA.
 
-Nothing of this is durable until :meth:`Disk.flush`: it syncs the data store
-(``fdatasync`` of the data file), then commits every metadata change in one synchronous LMDB transaction
-(and punches holes for PBAs that the commit freed). A crash loses at most the
-writes since the last flush and never corrupts anything committed. Work is
+Nothing of this is durable until :meth:`Disk.flush`: it appends the records
+of the writes since the last flush to the redo log in the data store and
+syncs it once (:mod:`vdisk.journal`); a full commit (snapshot operations,
+close, the automatic one) syncs the data store, then commits every metadata
+change in one synchronous LMDB transaction (and punches holes for PBAs that
+the commit freed). A crash loses at most the writes since the last flush and
+never corrupts anything committed. Work is
 also committed by itself every ``AUTO_COMMIT_BLOCKS`` written blocks
 (sooner for large writes, and whenever ``AUTO_COMMIT_DIRTY_NODES`` nodes wait
 to be written), which bounds memory and the PBAs released but not reusable.
@@ -39,8 +42,8 @@ in its own module, over the state Disk holds:
 
 * :mod:`vdisk.reader` - views and the read path; :mod:`vdisk.writes` - the
   write path and its ownership rule; :mod:`vdisk.recent` - one-block
-  writes waiting to settle into the VBA and csum trees; :mod:`vdisk.commit` - commits and the
-  failure contract; :mod:`vdisk.maintenance` - batched work and compact.
+  writes waiting to settle into the VBA and csum trees; :mod:`vdisk.journal` - the redo log
+  of flushes between commits; :mod:`vdisk.commit` - commits and the failure contract; :mod:`vdisk.maintenance` - batched work and compact.
 * :mod:`vdisk.datastore` - the PBA space's interface and commit protocol
   (:mod:`vdisk.datastore_file`, :mod:`vdisk.datastore_memory`);
   :mod:`vdisk.container` - creating a disk; :mod:`vdisk.lockfile` - the
@@ -69,6 +72,7 @@ from .container import LMDB_LOCK_FILE_RESERVE, create_container, require_contain
 from .datastore import DataStore
 from .datastore_file import FileDataStore, NotARegularFile, punch_hole, start_writeback  # noqa: F401
 from .extents import ExtentMap, unpack
+from .journal import Journal
 from .location import Stores, open_stores
 from .location import create as create_location
 from .location import parse as parse_location
@@ -115,7 +119,7 @@ class SnapshotInfo:
     exclusive_bytes: int | None = None
 
 
-class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenance):
+class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Journal, Commits, Maintenance):
     """A virtual disk: a container directory or ``rados:POOL/NAME``. Use
     :meth:`create` or :meth:`open`.
 
@@ -142,6 +146,7 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenan
         self._view_id = None
         self._blocks_since_commit = 0
         self._recent = {}
+        self._init_journal()
         self.store = stores.node_store
         self._data: DataStore | None = stores.data_store
         try:
@@ -150,6 +155,7 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenan
             else:
                 self._load()
                 self._check_counters()
+                self._replay_log()
         except BaseException:
             # LMDB allows one environment per file per process: a store left
             # open here would make every later open of this disk fail.
@@ -249,7 +255,7 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenan
         with self._lock:
             try:
                 if not self.readonly and self._failed is None:
-                    self._commit()
+                    self._close_commit()
             finally:
                 self._closed = True
                 self._close_origin()
@@ -319,12 +325,18 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenan
         for b in range(first, last, step):
             with self._lock:
                 self._check_open()
-                with self.changing():
-                    touched = self._unmap_blocks(b, min(step, last - b), self._line(which))
+                with self.changing(logged=True):
+                    line = self._line(which)
+                    count = min(step, last - b)
+                    touched = self._unmap_blocks(b, count, line)
+                    self._log_zero(line, b, count)
                     self._after_work(touched * UNMAP_EXTENT_COST)
 
     def _after_work(self, blocks: int):
         self._blocks_since_commit += blocks
+        if self._replaying:
+            # Replay commits nothing: the log it redoes holds it (vdisk/journal.py).
+            return
         n = self._blocks_since_commit
         # A recent write (vdisk/recent.py) holds ~250 bytes until it settles,
         # then dirties a node or two: it makes the commit node-heavy at once,
@@ -528,7 +540,8 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Commits, Maintenan
                 "block_size": bs,
                 "format_version": self.config.version,
                 "allocated_bytes": self.allocated_bytes(),
-                "physical_bytes": (self.alloc.end - self.alloc.free_blocks()) * bs,
+                # The blocks data takes: the redo log's few are not data.
+                "physical_bytes": (self.alloc.end - self.alloc.free_blocks() - len(self.log_blocks())) * bs,
                 "file_bytes": self._data.allocated_bytes(),
                 "deferred_bytes": deferred * bs,
                 "snapshots": [s.__dict__ for s in self.snapshots(exclusive=False)],

@@ -14,7 +14,9 @@ integers little-endian.
 
     off  size  field
     0    8     magic b"VDISKCFG"
-    8    4     container format version (1)
+    8    4     container format version: 1, or 2 once the disk has a redo log
+               (``disk/log``, vdisk/logformat.py), which a reader of version 1
+               would not replay
     12   4     block size in bytes
     16   8     disk size in bytes
     24   8     created, Unix time in nanoseconds
@@ -85,7 +87,7 @@ from dataclasses import dataclass
 from vdisk.errors import IntegrityError, UnsupportedVersion
 
 CONFIG_MAGIC = b"VDISKCFG"
-CONTAINER_VERSION = 1
+CONTAINER_VERSION = 2
 RECORD_VERSION = 1
 
 _CONFIG = struct.Struct("<8sIIQQ")

@@ -28,6 +28,8 @@ SNAP_TREE_PREFIX = "snap/"
 # An online conversion's second writable tree and its record (vdisk/anchor.py).
 ANCHOR_TREE = "anchor"
 ANCHOR_KEY = b"disk/anchor"
+# The redo log's current epoch (vdisk/journal.py, vdisk/logformat.py).
+LOG_KEY = b"disk/log"
 SNAP_META_PREFIX = b"disk/snap/"
 # Records of the layers above the engine (a conversion's progress, a
 # receive's staging): opaque bytes to the engine, each layer encodes its own.

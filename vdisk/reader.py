@@ -156,8 +156,9 @@ class ReadPath:
         """The lock, and for a read-only opener one pinned committed view.
 
         A read-only opener shares nothing with the writer but the committed
-        database, which the writer changes under it (nodes rewritten in
-        place, PBAs reused once their release is durable). Each request
+        database and the redo log (vdisk/journal.py), which the writer changes
+        under it (nodes rewritten in place, PBAs reused once their release is
+        durable, punched once a logged trim is). Each request
         therefore reads every node in one LMDB read transaction, and reloads
         the trees when that view is newer than the last one. Yields a
         function that tells whether the writer has committed since.
@@ -168,7 +169,7 @@ class ReadPath:
                 yield _never
                 return
             with self._pinned() as view:
-                yield lambda: self.store.current_view() != view
+                yield lambda: self.store.current_view() != view or self._log_moved()
 
     @contextlib.contextmanager
     def _pinned(self):
@@ -181,15 +182,23 @@ class ReadPath:
         """
         for attempt in range(VIEW_RETRIES):
             with self.store.read_view() as view:
-                if view != self._view_id:
-                    self._view_id = None
-                    try:
+                try:
+                    if view != self._view_id:
+                        self._view_id = None
+                        self._init_journal()
                         self._load()
-                    except IntegrityError:
-                        if attempt + 1 == VIEW_RETRIES or self.store.current_view() == view:
-                            raise
-                        continue
-                    self._view_id = view
+                    # The writer's flushes since (vdisk/journal.py): they
+                    # change no committed state.
+                    self._follow_log()
+                except IntegrityError:
+                    self._view_id = None
+                    if attempt + 1 == VIEW_RETRIES or self.store.current_view() == view:
+                        raise
+                    continue
+                except BaseException:
+                    self._view_id = None          # the maps may be half-changed: reload
+                    raise
+                self._view_id = view
                 yield view
                 return
 
@@ -230,7 +239,7 @@ class ReadPath:
         pieces = lba_map.pieces(b0, n)
         if self._recent and self._recent_in(pieces):
             # The general path reads the trees (vdisk/recent.py).
-            with self.changing():
+            with self.changing(logged=True):
                 self.settle()
         if len(pieces) == 1 and pieces[0][0] == b0 and pieces[0][2] == n:
             # One extent (the common large read): read straight into a new

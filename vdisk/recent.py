@@ -40,7 +40,7 @@ class RecentWrites:
         with self._lock:
             if self._recent:
                 self._check_open()
-                with self.changing():
+                with self.changing(logged=True):
                     self.settle()
             yield
 

@@ -86,7 +86,7 @@ class WritePath:
                 raise NoSpace(f"disk {self.path} has used up its {MAX_TARGET} virtual block addresses")
             raise NoSpace(f"disk {self.path}: the conversion has used up the virtual block addresses "
                           f"reserved for it ({line.vba_limit})")
-        with self.changing():
+        with self.changing(logged=True):
             pieces = self.alloc.allocate(n)
         store = self._data
         try:
@@ -104,7 +104,7 @@ class WritePath:
             if e.errno == errno.ENOSPC:
                 raise NoSpace(f"no space left on the file system holding {self.path}") from None
             raise StorageError(f"writing to {self.path}/data failed: {e.strerror or e}") from None
-        with self.changing():
+        with self.changing(logged=True):
             self._map_written(b0, n, data, pieces, line)
 
     def _fits(self, line: "Line", b0: int, n: int) -> bool:
@@ -117,10 +117,19 @@ class WritePath:
     def _map_written(self, b0: int, n: int, data: memoryview, pieces: list[tuple[int, int]], line: "Line"):
         bs = self.block_size
         if n == 1:
-            self._map_one(b0, pieces[0][0], blake3.blake3(data).digest(CSUM_BYTES), line)
+            sums = [blake3.blake3(data).digest(CSUM_BYTES)]
+        else:
+            h = blake3.blake3
+            sums = [h(data[i:i + bs]).digest(CSUM_BYTES) for i in range(0, n * bs, bs)]
+        self._map_sums(b0, n, sums, pieces, line)
+        self._log_write(line, b0, pieces, sums)
+
+    def _map_sums(self, b0: int, n: int, sums: list[bytes], pieces: list[tuple[int, int]], line: "Line"):
+        """Map blocks [b0, b0+n) of ``line``, written at ``pieces`` with checksums
+        ``sums``: the write's change to the maps (the redo log's replay too)."""
+        if n == 1:
+            self._map_one(b0, pieces[0][0], sums[0], line)
             return
-        h = blake3.blake3
-        sums = [h(data[i:i + bs]).digest(CSUM_BYTES) for i in range(0, n * bs, bs)]
         counters, lba = line.counters, line.lba
         wm = counters.vba_watermark
         csum_items = []

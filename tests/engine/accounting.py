@@ -6,7 +6,7 @@
   set the VBA -> PBA map holds, which equals the set of checksum keys. A VBA
   mapped but referenced by nothing is a leak; one referenced but unmapped
   makes a read fail.
-* PBAs: the mapped PBAs, the free tree, the frees waiting for the next commit
+* PBAs: the mapped PBAs and the redo log's blocks, the free tree, the frees waiting for the next commit
   (``alloc.pending``) and the free extents the allocator holds outside the
   free tree (``alloc.held()``: its spare and the rest of its current extent)
   partition ``[0, alloc.end)``: nothing is mapped twice, nothing mapped is free, nothing
@@ -48,6 +48,8 @@ def _accounting(disk) -> list[str]:
     for vba, pba, n in disk._vba.extents():
         mapped.update(range(vba, vba + n))
         pbas.extend(range(pba, pba + n))
+    # The redo log's blocks are used, by the log (vdisk/journal.py).
+    pbas.extend(disk.log_blocks())
     csums = {k for k, _ in disk._csum.items()}
     if referenced - mapped:
         probs.append(f"{len(referenced - mapped)} referenced VBAs have no PBA, e.g. {sorted(referenced - mapped)[:5]}")

@@ -361,9 +361,14 @@ def test_a_data_file_that_is_a_directory_is_one_clear_error(tmp_path):
                    "went back is not caught at a writable open; the allocator then hands out live PBAs, and "
                    "the overwritten blocks of snapshots fail their checksums (EIO, never wrong bytes). "
                    "Catching it needs the highest mapped PBA (a scan of the VBA map) or a checksummed record")
-def test_a_pba_end_gone_back_refuses_a_writable_open(tmp_path):
+def test_a_pba_end_gone_back_refuses_a_writable_open(tmp_path, monkeypatch):
     from vdisk import format as fmt
+    from vdisk import journal
     from vdisk.btree import Forest, LmdbNodeStore
+    # Without the redo log: its blocks, kept apart at the end of the PBA
+    # space, would leave a free extent past the damaged end, which the open
+    # does catch; the limit is for a PBA space with nothing free at its end.
+    monkeypatch.setattr(journal, "LOG_ENABLED", False)
     path = str(tmp_path / "d")
     with Disk.create(path, 64 * MiB) as d:
         for i in range(3):                       # whole extents: nothing left free

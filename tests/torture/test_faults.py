@@ -47,7 +47,7 @@ class Case:
     op: str
     path: str
     action: str
-    trigger: str                   # "flush", "write", "read" or "delete"
+    trigger: str                   # "flush", "write", "read", "delete" or "commit" (a snapshot)
     error: type | None             # what the trigger raises (None: nothing)
     fails: bool | None             # the disk stops afterwards (None: either is fine)
     skip: int = 0
@@ -63,12 +63,16 @@ CASES = [
     Case("data-short-writes", "write", "*/data", "short", "write", None, False, count=0),
     # Persistent: the kernel retries a page whose readahead failed.
     Case("data-read-eio", "read", "*/data", "eio", "read", StorageError, None, count=0),
-    Case("meta-write-eio", "write", "*/meta/data.mdb", "eio", "flush", StorageError, True),
-    Case("meta-write-enospc", "write", "*/meta/data.mdb", "enospc", "flush", NoSpace, True),
-    Case("meta-short-write", "write", "*/meta/data.mdb", "short", "flush", StorageError, True),
-    Case("meta-fsync-eio", "fsync", "*/meta/data.mdb", "eio", "flush", StorageError, True),
+    # The metadata is written by full commits (a flush goes through the redo
+    # log in the data file): a snapshot's creation is one.
+    Case("meta-write-eio", "write", "*/meta/data.mdb", "eio", "commit", StorageError, True),
+    Case("meta-write-enospc", "write", "*/meta/data.mdb", "enospc", "commit", NoSpace, True),
+    Case("meta-short-write", "write", "*/meta/data.mdb", "short", "commit", StorageError, True),
+    Case("meta-fsync-eio", "fsync", "*/meta/data.mdb", "eio", "commit", StorageError, True),
     # The second fsync of a commit is the meta page's (LMDB writes it O_DSYNC).
-    Case("meta-page-fsync-eio", "fsync", "*/meta/data.mdb", "eio", "flush", StorageError, True, skip=1),
+    Case("meta-page-fsync-eio", "fsync", "*/meta/data.mdb", "eio", "commit", StorageError, True, skip=1),
+    # A full commit's fdatasync of the data (the flushes above go through the redo log).
+    Case("commit-fdatasync-eio", "fsync", "*/data", "eio", "commit", StorageError, True),
     # A deletion's own fdatasyncs: its first commit, Disk.sync_data, its last commit.
     Case("delete-fdatasync-eio-0", "fsync", "*/data", "eio", "delete", StorageError, True),
     Case("delete-fdatasync-eio-1", "fsync", "*/data", "eio", "delete", StorageError, True, skip=1),
@@ -172,7 +176,7 @@ def run_case(case, lazyfs, drv, rng, fig, path):
     rid = lazyfs.fault(case.op, case.path, case.action, skip=case.skip, count=case.count)
     where = f"case {case.id}"
     trigger = {"flush": [("flush",)], "write": random_writes(rng, 6), "delete": [("delete", "gone")],
-               "read": [("read", 100 * BS, 64 * BS)]}[case.trigger]
+               "read": [("read", 100 * BS, 64 * BS)], "commit": [("snap", "fault")]}[case.trigger]
     first = None
     for op in trigger:
         first = drv.run(op)
