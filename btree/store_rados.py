@@ -38,19 +38,27 @@ StorageError for the rest (a lost lock, a blocklisted client, a timeout),
 IntegrityError for damage. After a failed commit the store refuses every
 further commit until reopened: the outcome of the failed one is unknown
 until a fresh open reads the header.
+
+Removing a store (:func:`mark_removing`, then :func:`remove_store`): the
+header is marked first, so nothing opens a half-removed store, and removed
+last, since it is what finds the journal parts and shards; a removal cut
+short is finished by running :func:`remove_store` again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import os
 import struct
 import threading
 from typing import Callable, Iterable
 
 import blake3
 
-from vdisk.errors import IntegrityError, NoSpace, ReadOnly, StorageError, UnsupportedVersion
+from vdisk.errors import (Busy, IntegrityError, InvalidArgument, NoSpace, NotFound, ReadOnly, StorageError,
+                          UnsupportedVersion)
 
 FORMAT = b"1"
 SHARD_SHIFT = 16                    # 65,536 node ids a shard: <= 256 MiB, well under 200k keys
@@ -109,12 +117,15 @@ class RadosNodeStore:
         self._failed: str | None = None
         self._meta_cache: tuple[int, dict[str, bytes]] | None = None
         self.crash_hook: Callable[[str], None] | None = None    # tests: called between steps
-        head = self._header(("format", "commit", "applied", "journal", "last_node"), missing_ok=True)
+        keys = ("format", "commit", "applied", "journal", "last_node", REMOVING)
+        head = self._header(keys, missing_ok=True)
         if head is None:
             if readonly or not create:
                 raise IntegrityError(f"RADOS node store {name} does not exist")
             self._create()
-            head = self._header(("format", "commit", "applied", "journal", "last_node"))
+            head = self._header(keys)
+        if REMOVING in head:
+            raise NotFound(f"RADOS node store {name} is being removed ({head[REMOVING].decode(errors='replace')})")
         if head.get("format") != FORMAT:
             raise UnsupportedVersion(f"RADOS node store {name} has format {head.get('format')!r}; "
                                      f"this vdisk reads {FORMAT!r}")
@@ -137,13 +148,7 @@ class RadosNodeStore:
     # ------------------------------------------------------------ errors, ops
 
     def _error(self, e: Exception, what: str):
-        code = abs(getattr(e, "errno", None) or errno.EIO)
-        if code in (errno.ENOSPC, errno.EDQUOT):
-            return NoSpace(f"{what}: the Ceph pool is full ({e})")
-        why = {errno.ECANCELED: "another writer committed to it",
-               errno.EBUSY: "this writer no longer holds its lock",
-               errno.ESHUTDOWN: "this client was blocklisted (fenced) by another"}.get(code, str(e))
-        return StorageError(f"{what} on RADOS node store {self.name}: {why}")
+        return _as_error(e, self.name, what)
 
     def _write(self, oid: str, build) -> None:
         op = self.ioctx.create_write_op()
@@ -191,7 +196,7 @@ class RadosNodeStore:
         return f"{self.name}.nodes.{_hex(node_id >> SHARD_SHIFT)}"
 
     def _part_oid(self, commit: int, part: int) -> str:
-        return f"{self.name}.journal.{_hex(commit)}.{part:04x}"
+        return _part_name(self.name, commit, part)
 
     # ------------------------------------------------------------ reads
 
@@ -458,21 +463,8 @@ class RadosNodeStore:
         for _, c in comps:
             c.wait_for_complete()
 
-    def _sweep(self, n: int, window: int = 16) -> None:
-        """Remove parts of commit ``n`` until ``window`` numbers in a row are missing.
-
-        Parts are written in parallel, so a crash may leave any subset of
-        them; a commit rarely has more than a few (16 MiB each), so a
-        window of misses finds the rest without listing the pool.
-        """
-        part = 0
-        while True:
-            comps = [self.ioctx.aio_remove(self._part_oid(n, k)) for k in range(part, part + window)]
-            for c in comps:
-                c.wait_for_complete()
-            if all(c.get_return_value() < 0 for c in comps):
-                return
-            part += window
+    def _sweep(self, n: int) -> None:
+        _sweep_parts(self.ioctx, self.name, n)
 
     def sync(self):
         """Commits are durable when they return: only a failure is news."""
@@ -485,3 +477,154 @@ class RadosNodeStore:
 
 class _JournalGone(Exception):
     """A journal part vanished under a reader: its commit was applied meanwhile."""
+
+
+def _as_error(e: Exception, name: str, what: str):
+    code = abs(getattr(e, "errno", None) or errno.EIO)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"{what}: the Ceph pool is full ({e})")
+    why = {errno.ECANCELED: "another writer committed to it",
+           errno.EBUSY: "this writer no longer holds its lock",
+           errno.ESHUTDOWN: "this client was blocklisted (fenced) by another"}.get(code, str(e))
+    return StorageError(f"{what} on RADOS node store {name}: {why}")
+
+
+def _part_name(name: str, commit: int, part: int) -> str:
+    return f"{name}.journal.{_hex(commit)}.{part:04x}"
+
+
+def _sweep_parts(ioctx, name: str, n: int, window: int = 16) -> int:
+    """Remove parts of commit ``n`` until ``window`` numbers in a row are missing; how many went.
+
+    Parts are written in parallel, so a crash may leave any subset of
+    them; a commit rarely has more than a few (16 MiB each), so a
+    window of misses finds the rest without listing the pool.
+    """
+    part, removed = 0, 0
+    while True:
+        comps = [ioctx.aio_remove(_part_name(name, n, k)) for k in range(part, part + window)]
+        for c in comps:
+            c.wait_for_complete()
+        gone = sum(c.get_return_value() == 0 for c in comps)
+        if gone == 0:
+            return removed
+        removed += gone
+        part += window
+
+
+# ---------------------------------------------------------------- removing a store
+#
+# Removal is crash-safe by its order: mark_removing first (one atomic op on
+# the header, so no open succeeds from then on: the constructor raises
+# NotFound), then remove_store takes the journal parts and the node shards,
+# and the header last. The header holds what finds the rest (``commit``,
+# the manifest, ``last_node``), so a removal cut short anywhere is finished
+# by running remove_store again.
+
+REMOVING = "removing"               # header key: who began removing the store
+
+
+@dataclasses.dataclass(frozen=True)
+class HeaderState:
+    """What a store's header says without opening the store (:func:`header_state`)."""
+
+    commit: int
+    removing: str | None            # who began removing it, or None
+
+
+def header_state(ioctx, name: str) -> HeaderState | None:
+    """The commit number and removal mark of store ``name``; None if it has no header."""
+    got = _read_keys(ioctx, name, f"{name}.header", ("commit", REMOVING))
+    if got is None:
+        return None
+    removing = got.get(REMOVING)
+    return HeaderState(int(got["commit"], 16) if "commit" in got else 0,
+                       removing.decode(errors="replace") if removing is not None else None)
+
+
+def mark_removing(ioctx, name: str, who: str, guard: Callable | None = None) -> None:
+    """Step 1 of removing store ``name``: one atomic op on its header marks it.
+
+    ``guard(op)`` adds the writer's lock to the op (vdisk.ceph.lock_taker
+    takes it, lock_guard asserts it held), so the mark lands only while no
+    other writer holds the store: Busy otherwise. From then on nothing
+    opens the store, and :func:`remove_store` removes it. NotFound if the
+    store has no header.
+    """
+    import rados
+    op = ioctx.create_write_op()
+    try:
+        op.omap_cmp("format", FORMAT.decode(), rados.LIBRADOS_CMPXATTR_OP_EQ)     # fails on no header
+        if guard is not None:
+            guard(op)
+        ioctx.set_omap(op, (REMOVING,), (who.encode(),))
+        ioctx.operate_write_op(op, f"{name}.header")
+    except rados.ObjectNotFound:
+        raise NotFound(f"RADOS node store {name} does not exist") from None
+    except (rados.ObjectBusy, rados.ObjectExists):
+        raise Busy(f"RADOS node store {name} is locked by another writer") from None
+    except rados.Error as e:
+        raise _as_error(e, name, "marking it for removal") from None
+    finally:
+        op.release()
+
+
+def remove_store(ioctx, name: str, in_flight: int = 64) -> int:
+    """Remove every object of store ``name``, which :func:`mark_removing` marked.
+
+    The journal parts (of the manifest, and what a crash can leave: parts
+    of the last commit and of the next one's attempt), the node shards up
+    to the one of ``last_node``, then the header. Idempotent: after a crash
+    or a failure, run it again to finish. Returns the objects removed.
+    """
+    import rados
+    header = f"{name}.header"
+    head = _read_keys(ioctx, name, header, ("commit", "journal", "last_node", REMOVING))
+    if head is None:
+        return 0
+    if REMOVING not in head:
+        raise InvalidArgument(f"RADOS node store {name} is not marked for removal (mark_removing first)")
+    commit = int(head["commit"], 16) if "commit" in head else 0
+    names = []
+    if head.get("journal"):
+        c, parts = struct.unpack("<QH", head["journal"])
+        names += [_part_name(name, c, k) for k in range(parts)]
+    if head.get("last_node"):
+        names += [f"{name}.nodes.{_hex(shard)}" for shard in range((int(head["last_node"], 16) >> SHARD_SHIFT) + 1)]
+    removed = 0
+    for start in range(0, len(names), in_flight):
+        comps = [(oid, ioctx.aio_remove(oid)) for oid in names[start:start + in_flight]]
+        failed = None
+        for oid, c in comps:
+            c.wait_for_complete()
+            rc = c.get_return_value()
+            if rc == 0:
+                removed += 1
+            elif rc != -errno.ENOENT and failed is None:
+                failed = OSError(-rc, f"{oid}: {os.strerror(-rc)}")
+        if failed is not None:
+            raise _as_error(failed, name, "removing its objects")
+    try:
+        removed += _sweep_parts(ioctx, name, commit) + _sweep_parts(ioctx, name, commit + 1)
+        ioctx.remove_object(header)              # last: it is what finds the rest
+        removed += 1
+    except rados.ObjectNotFound:
+        pass                                     # another removal finished it beside us
+    except rados.Error as e:
+        raise _as_error(e, name, "removing its header") from None
+    return removed
+
+
+def _read_keys(ioctx, name: str, oid: str, keys) -> dict[str, bytes] | None:
+    import rados
+    op = ioctx.create_read_op()
+    try:
+        it, _ = ioctx.get_omap_vals_by_keys(op, tuple(keys))
+        ioctx.operate_read_op(op, oid)
+        return {k: bytes(v) for k, v in it}
+    except rados.ObjectNotFound:
+        return None
+    except rados.Error as e:
+        raise _as_error(e, name, f"reading {oid}") from None
+    finally:
+        op.release()

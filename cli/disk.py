@@ -1,4 +1,4 @@
-"""``vdisk create``, ``info``, ``resize`` and ``compact``: the disk as a whole."""
+"""``vdisk create``, ``info``, ``resize``, ``compact`` and ``delete``: the disk as a whole."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import sys
 
 import click
 
-from vdisk.errors import InvalidArgument
+from vdisk.errors import Busy, InvalidArgument
 from vdisk.units import (GROW_CONFIRM_FACTOR, check_block_size, check_disk_size, describe_size, format_size,
                          needs_confirmation)
 
-from .common import (SizeType, disk_argument, emit_json, is_local, json_option, local_time, open_live,
+from .common import (SizeType, disk_argument, emit_json, is_local, is_rados, json_option, local_time, open_live,
                      quiet_option, resolve, snapshot_json)
 from .progress import Progress
 
@@ -177,3 +177,101 @@ def compact(disk, quiet, as_json):
         emit_json({"path": os.path.abspath(disk), "returned_bytes": returned})
         return
     click.echo(f"returned {describe_size(returned)} to the file system")
+
+
+@click.command()
+@disk_argument
+@click.option("--yes", "-y", is_flag=True, help="Delete without asking (needed when stdin is not a terminal).")
+@click.option("--break-lock", is_flag=True,
+              help="rados: disks: a writer that died or hangs holds the disk; blocklist it in the cluster, "
+                   "then delete.")
+@json_option
+def delete(disk, yes, break_lock, as_json):
+    """Delete a disk with all its snapshots, for good.
+
+    A local disk is its directory, removed only if it holds a vdisk disk's
+    records; a rados:POOL/NAME disk is every object of it in the pool.
+    Either way its local state directory goes too. Refused while the disk
+    is served, mounted or open for writing (the holder is named). Asks on
+    a terminal first, unless --yes.
+
+    A delete cut short (a crash, Ctrl-C) is finished by running it again;
+    until then the disk opens for nobody.
+
+    Example: vdisk delete vm1.vdisk --yes
+    """
+    from vdisk.location import delete as delete_disk, find_deletion
+    if break_lock and not is_rados(disk):
+        raise InvalidArgument("--break-lock is for a rados:POOL/NAME disk; a local disk's writer lock goes "
+                              "with its process")
+    location = resolve(disk)
+    found = find_deletion(location)
+    _refuse_served(disk, found.local_dir)
+    found.refuse_if_held(break_lock)
+    if not yes:
+        _confirm_delete(disk, found)
+    done = delete_disk(location, break_lock=break_lock)
+    if as_json:
+        emit_json({"disk": done.location, "where": done.where, "size": done.size, "snapshots": done.snapshots,
+                   "freed_bytes": done.freed_bytes, "resumed": done.resumed})
+    elif done.resumed:
+        click.echo(f"deleted {disk}: finished a delete that had been cut short")
+    else:
+        click.echo(f"deleted {disk}: {_describe_doomed(done)}")
+
+
+def _refuse_served(disk: str, local_dir: str):
+    """A server or mount on this host holds the disk even read-only (no writer's lock then):
+    its control socket answers, or a read-only vdisk serve listens on the default NBD socket."""
+    from vdisk.control.client import find_server
+
+    from .serve import DEFAULT_SOCKET
+    server = find_server(local_dir)
+    if server is not None:
+        owner = server.owner
+        server.close()
+        raise Busy(f"{disk} is served or mounted by {owner}; stop it first (Ctrl-C its vdisk serve, or "
+                   f"vdisk umount), then delete")
+    nbd = os.path.join(os.path.abspath(local_dir), DEFAULT_SOCKET)
+    if _listening(nbd):
+        raise Busy(f"{disk} is served read-only (something listens on {nbd}); stop that vdisk serve first, "
+                   f"then delete")
+
+
+def _listening(path: str) -> bool:
+    """Whether a unix socket is listening at ``path``: asked of the kernel, not by connecting
+    (which a server would log as a client that went away)."""
+    try:
+        with open("/proc/net/unix") as f:
+            next(f)
+            for line in f:
+                fields = line.split(None, 7)
+                # Flags __SO_ACCEPTCON (0x10000): a listening socket.
+                if len(fields) == 8 and int(fields[3], 16) & 0x10000 and fields[7].rstrip("\n") == path:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def _describe_doomed(found) -> str:
+    where = "in data objects" if found.where["kind"] == "rados" else "on the file system"
+    freed = f"{describe_size(found.freed_bytes)} {where}"
+    if found.size is None:
+        return f"a disk whose creation did not finish, {freed}"
+    snaps = "no snapshots" if not found.snapshots else f"{found.snapshots} snapshot" + "s" * (found.snapshots > 1)
+    return f"{describe_size(found.size)}, {snaps}, {freed}"
+
+
+def _confirm_delete(disk: str, found):
+    if found.resumed:
+        what, question = (f"finish deleting {disk} (a delete cut short left it half done)",
+                          f"Finish deleting {disk}? A delete cut short left it half done")
+    else:
+        what = f"delete {disk} ({_describe_doomed(found)})"
+        question = f"Delete {disk} ({_describe_doomed(found)}) with all its snapshots? This cannot be undone"
+    if not sys.stdin.isatty():
+        raise InvalidArgument(f"refusing to {what} without --yes: deleting cannot be undone; add --yes if you "
+                              f"mean it")
+    if not click.confirm(question, default=False, err=True):
+        raise InvalidArgument(f"not deleted: {disk} is untouched")

@@ -5,7 +5,7 @@ result (text, or JSON with ``--json``; the schemas are in docs/CLI.md).
 Every failure takes one path, :mod:`vdisk.cli.failures`: one line on stderr
 and the exit code of :data:`vdisk.errors.EXIT_CODES`, never a traceback
 unless ``--debug``. The commands live in modules by subject: ``disk``
-(create, info, resize, compact), ``snapshot``, ``serve``, ``mount``,
+(create, info, resize, compact, delete), ``snapshot``, ``serve``, ``mount``,
 ``verify``, ``replicate`` (diff, send, receive), ``completion``.
 """
 
@@ -55,12 +55,16 @@ def main(ctx, ceph_conf, ceph_id, ceph_timeout):
     Example: vdisk create vm1.vdisk --size 10G
     """
     CEPH.conf, CEPH.client_id, CEPH.timeout = ceph_conf, ceph_id, ceph_timeout
+    # One cluster connection per command: every look-up of a rados: disk
+    # below shares it, and it is shut down when the command ends.
+    from vdisk.location import hold_connections
+    ctx.with_resource(hold_connections())
     help_when_bare(ctx)
 
 
 def _register():
     from . import completion, convert, disk, mount, serve, snapshot, verify
-    for cmd in (disk.create, disk.info, disk.resize, disk.compact, snapshot.snapshot, serve.serve,
+    for cmd in (disk.create, disk.info, disk.resize, disk.compact, disk.delete, snapshot.snapshot, serve.serve,
                 mount.mount, mount.umount, verify.verify, convert.convert, convert.import_, convert.export,
                 completion.completion):
         main.add_command(cmd)

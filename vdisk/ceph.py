@@ -12,6 +12,8 @@ exclusive lock on a disk's header object and the fencing around it:
 * :func:`lock_guard`: a function adding ``lock.assert_locked`` to a write
   operation, which :class:`vdisk.btree.store_rados.RadosNodeStore` puts into
   every commit: a writer whose lock was broken cannot commit.
+  :func:`lock_taker` adds ``lock.lock`` instead: the op takes the lock and
+  makes its changes in one atomic step (a deletion's mark).
 * :func:`fence`: blocklist a dead or paused holder's address and wait until
   the OSDs know, so none of its later writes (data or metadata) lands.
 
@@ -132,6 +134,22 @@ def lock_guard(cookie: str, name: str = LOCK_NAME):
     def guard(op) -> None:
         op.execute("lock", "assert_locked", payload)
     return guard
+
+
+def lock_taker(cookie: str, description: str = "", name: str = LOCK_NAME):
+    """``take(write_op)``: take the exclusive lock inside ``write_op`` (``lock.lock``).
+
+    The op's other changes then land only together with the lock, or not at
+    all (EBUSY: another holds it): one atomic step where :func:`lock_exclusive`
+    and a guarded op would be two, with a lock left behind if the process
+    dies between them.
+    """
+    payload = _struct(_str(name) + struct.pack("<B", _EXCLUSIVE) + _str(cookie) + _str("") + _str(description)
+                      + struct.pack("<IIB", 0, 0, 0))           # duration (none: held until unlocked), flags
+
+    def take(op) -> None:
+        op.execute("lock", "lock", payload)
+    return take
 
 
 def lockers(ioctx, oid: str, name: str = LOCK_NAME) -> list[Locker]:
