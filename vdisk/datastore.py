@@ -33,11 +33,23 @@ error with the dirty pages).
 
 Reads past the end of the written space are short, as with ``pread``: the
 engine tells a short read (a damaged store) from a failed one.
+
+**Reads in flight.** :meth:`DataStore.read_many` takes a request's reads
+together and may return before they are done (RADOS: many ``aio_read`` in
+flight); the engine waits for them outside its lock, so other requests run
+meanwhile. What makes that safe is this rule, which every store keeps: the
+bytes a :meth:`DataStore.read_many` returns are those its ranges held when
+it was called. A ``write`` or ``punch`` called after it returned never
+changes them, even while the reads are still on their way (a store with
+reads in flight makes an overlapping write or punch wait for them). So a
+read that looked its PBAs up under the engine's lock and issued them before
+releasing it cannot see a PBA reused by a later commit: the reuse is a
+write, called later.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol, Sequence
 
 
 class DataStore(Protocol):
@@ -48,6 +60,16 @@ class DataStore(Protocol):
 
     def readinto(self, buf: memoryview, offset: int) -> int:
         """Fill ``buf`` from ``offset``; returns the bytes read (short past the end)."""
+
+    def read_many(self, ranges: Sequence[tuple[int, int]]) -> Callable[[], list[bytes]]:
+        """Read every ``(length, offset)`` range at once: one request's reads.
+
+        Returns ``wait`` once the reads are taken (issued, or done): ``wait()``
+        gives the bytes of each range in the order asked (short past the
+        end), and may be called again with the same outcome. A failure
+        (OSError) is raised here or by ``wait()``. The module's rule holds:
+        later writes and punches do not change what ``wait()`` returns.
+        """
 
     def write(self, data: memoryview, offset: int) -> None:
         """Write all of ``data`` at ``offset`` (not durable until :meth:`sync`)."""

@@ -52,6 +52,10 @@ class MemoryDataStore:
         self.readinto(memoryview(buf), offset)
         return bytes(buf)
 
+    def read_many(self, ranges):
+        data = [self.read(length, offset) for length, offset in ranges]
+        return lambda: data
+
     def write(self, data: memoryview, offset: int) -> None:
         self._check("write")
         data = memoryview(data).cast("B")

@@ -62,11 +62,13 @@ class Reader:
         b0 = offset // bs
         b1 = -(-(offset + length) // bs)
 
-        def read():
+        def issue(fast=True):
             # Checked in the view: a read-only opener's size may have grown.
             self._check_range(offset, length)
-            return self.disk._read_blocks(self._lba_map(), b0, b1 - b0, self._read_origin()) if length else b""
-        buf = self.disk._in_view(read)
+            if not length:
+                return _nothing
+            return self.disk._start_read(self._lba_map(), b0, b1 - b0, self._read_origin(), fast)
+        buf = self.disk._fetch(issue)
         start = offset - b0 * bs
         if start == 0 and length == len(buf):
             return bytes(buf)
@@ -230,48 +232,115 @@ class ReadPath:
                     if attempt + 1 == VIEW_RETRIES or not moved():
                         raise
 
-    def _read_blocks(self, lba_map: ExtentMap, b0: int, n: int, origin=None) -> bytes | bytearray:
+    def _fetch(self, issue):
+        """One read request: ``issue(fast)`` looks it up and issues its reads, then it is finished.
+
+        ``issue`` returns ``finish``, which waits for the data store and
+        checks the checksums (:meth:`_start_read`); None from it means the
+        one-block path declined and ``issue(False)`` answers. The writer
+        runs ``finish`` outside its lock, so other requests go on while the
+        store waits (a RADOS cluster): safe because ``finish`` only compares
+        what was looked up under the lock with what the store returns, and
+        the store returns what the PBAs held when the reads were issued (the
+        rule of vdisk/datastore.py, "Reads in flight"): a PBA a later commit
+        frees and a later write reuses is rewritten only after these reads
+        are done. A read-only opener does it all in one pinned view, which
+        its retry needs.
+        """
+        if self.readonly:
+            def whole():
+                data = issue()()
+                return issue(False)() if data is None else data
+            return self._in_view(whole)
+        with self._lock:
+            self._check_open()
+            finish = issue()
+        data = finish()
+        if data is None:
+            with self._lock:
+                self._check_open()
+                finish = issue(False)
+            data = finish()
+        return data
+
+    def _read_blocks(self, lba_map: ExtentMap, b0: int, n: int, origin=None) -> bytes:
+        """Blocks ``[b0, b0 + n)`` of ``lba_map``, verified, all under the caller's lock."""
+        data = self._start_read(lba_map, b0, n, origin)()
+        return self._start_read(lba_map, b0, n, origin, False)() if data is None else data
+
+    def _start_read(self, lba_map: ExtentMap, b0: int, n: int, origin=None, fast: bool = True):
+        """Look up blocks ``[b0, b0 + n)`` and issue their reads at once; returns ``finish``.
+
+        Every extent's PBAs go to the data store in one :meth:`read_many`
+        (RADOS: all in flight together), with the checksums they must match
+        looked up here too; ``finish()`` waits, checks, and returns the
+        bytes (None only from the one-block path, when ``fast``).
+        """
         bs = self.block_size
-        if n == 1:
-            data = self._read_one(lba_map, b0)
-            if data is not None:
-                return data
+        if n == 1 and fast:
+            finish = self._start_read_one(lba_map, b0)
+            if finish is not None:
+                return finish
         pieces = lba_map.pieces(b0, n)
         if self._recent and self._recent_in(pieces):
             # The general path reads the trees (vdisk/recent.py).
             with self.changing(logged=True):
                 self.settle()
-        if len(pieces) == 1 and pieces[0][0] == b0 and pieces[0][2] == n:
-            # One extent (the common large read): read straight into a new
-            # bytes object, no zero-filled buffer and no copy afterwards.
-            vba = pieces[0][1]
-            phys = self._vba.pieces(vba, n)
-            if len(phys) == 1 and phys[0][0] == vba and phys[0][2] == n:
-                data = self._pread(n * bs, phys[0][1] * bs)
-                if len(data) == n * bs:
-                    self._verify_sums(vba, n, memoryview(data), b0)
-                    return data
-        out = bytearray(n * bs)
-        view = memoryview(out)
+        parts: list = []        # the request's bytes in order: bytes, or an index into ``ranges``
+        ranges: list[tuple[int, int]] = []                # (length, offset) for the data store
+        lbas: list[int] = []                              # the LBA each range starts at
+        checks = []                                       # (VBA, blocks, LBA, checksums): one an extent
         pos = b0
         for s, vba, ln in pieces:
-            if origin is not None and s > pos:
-                view[(pos - b0) * bs:(s - b0) * bs] = origin.read(pos * bs, (s - pos) * bs)
-            self._read_vba(vba, ln, view[(s - b0) * bs:(s - b0 + ln) * bs], s)
+            if s > pos:
+                parts.append(origin.read(pos * bs, (s - pos) * bs) if origin is not None else bytes((s - pos) * bs))
+            at = vba
+            for v, pba, k in self._vba.pieces(vba, ln):
+                if v != at:
+                    break
+                parts.append(len(ranges))
+                ranges.append((k * bs, pba * bs))
+                lbas.append(s + v - vba)
+                at = v + k
+            if at != vba + ln:
+                raise IntegrityError(f"LBA {s + at - vba}: VBA {at} has no physical block: run vdisk verify")
+            checks.append((vba, ln, s, self._wanted_sums(vba, ln, s)))
             pos = s + ln
-        if origin is not None and pos < b0 + n:
-            view[(pos - b0) * bs:] = origin.read(pos * bs, (b0 + n - pos) * bs)
-        return out
+        if pos < b0 + n:
+            parts.append(origin.read(pos * bs, (b0 + n - pos) * bs) if origin is not None else bytes((b0 + n - pos) * bs))
+        try:
+            wait = self._data.read_many(ranges) if ranges else None
+        except OSError as e:
+            raise self._read_error(e, ranges[0][1] // bs) from None
 
-    def _read_one(self, lba_map: ExtentMap, lba: int) -> bytes | None:
-        """One mapped, intact block read with a floor lookup per map; None otherwise.
+        def finish() -> bytes:
+            if wait is None:
+                return b"".join(parts)
+            try:
+                got = wait()
+            except OSError as e:
+                raise self._read_error(e, ranges[0][1] // bs) from None
+            for (length, offset), lba, data in zip(ranges, lbas, got):
+                if len(data) != length:
+                    raise IntegrityError(f"LBA {lba}: data file is shorter than PBA {(offset + len(data)) // bs}")
+            out = [got[p] if isinstance(p, int) else p for p in parts]
+            data = out[0] if len(out) == 1 else b"".join(out)
+            view = memoryview(data)
+            for vba, ln, lba, want in checks:
+                self._check_sums(vba, ln, view[(lba - b0) * bs:(lba - b0 + ln) * bs], lba, want)
+            return data
+        return finish
+
+    def _start_read_one(self, lba_map: ExtentMap, lba: int):
+        """One mapped block looked up with a floor per map and its read issued; None otherwise.
 
         The common NBD request is one 4 KiB block (issue 13): a floor in the
-        LBA and VBA trees, a get in the csum tree and one pread, instead of
+        LBA and VBA trees, a get in the csum tree and one read, instead of
         the general path's piece lists. Anything else (a hole, a missing
-        VBA or checksum, a short read, a mismatch) returns None and the
-        general path reads the block again and answers it as it always has,
-        so every error keeps its message.
+        VBA or checksum) returns None here, and a short read or a mismatch
+        makes ``finish()`` return None: the general path then reads the
+        block again and answers it as it always has, so every error keeps
+        its message.
         """
         e = lba_map.tree.floor(lba)
         if e is None:
@@ -280,71 +349,65 @@ class ReadPath:
         if k + (v & MAX_LEN) <= lba:
             return None
         vba = (v >> LEN_BITS) + lba - k
+        bs = self.block_size
         recent = self._recent.get(vba)
         if recent is not None:
             # Written since the last commit: the trees do not have it yet.
-            data = self._pread(self.block_size, recent[0] * self.block_size)
-            if len(data) != self.block_size or blake3.blake3(data).digest(CSUM_BYTES) != recent[1]:
+            pba, want = recent[0], recent[1]
+        else:
+            e = self._vba.tree.floor(vba)
+            if e is None:
+                return None
+            k, v = e
+            if k + (v & MAX_LEN) <= vba:
+                return None
+            pba = (v >> LEN_BITS) + vba - k
+            want = self._csum.get(vba)
+            if want is None:
+                return None
+        try:
+            wait = self._data.read_many([(bs, pba * bs)])
+        except OSError as e:
+            raise self._read_error(e, pba) from None
+
+        def finish() -> bytes | None:
+            try:
+                data = wait()[0]
+            except OSError as e:
+                raise self._read_error(e, pba) from None
+            if len(data) != bs or blake3.blake3(data).digest(CSUM_BYTES) != want:
                 return None
             return data
-        e = self._vba.tree.floor(vba)
-        if e is None:
-            return None
-        k, v = e
-        if k + (v & MAX_LEN) <= vba:
-            return None
-        bs = self.block_size
-        data = self._pread(bs, ((v >> LEN_BITS) + vba - k) * bs)
-        want = self._csum.get(vba)
-        if want is None or len(data) != bs or blake3.blake3(data).digest(CSUM_BYTES) != want:
-            return None
-        return data
-
-    def _pread(self, length: int, offset: int) -> bytes:
-        try:
-            return self._data.read(length, offset)
-        except OSError as e:
-            raise self._read_error(e, offset // self.block_size) from None
+        return finish
 
     def _read_error(self, e: OSError, pba: int) -> StorageError:
         # A failed read loses nothing acknowledged: the disk goes on, the
         # request fails with the device's error.
         return StorageError(f"reading {self.path}/data at PBA {pba} failed: {e.strerror or e}")
 
-    def _read_vba(self, vba: int, count: int, out: memoryview, lba: int):
-        bs = self.block_size
-        pos = vba
-        for v, pba, n in self._vba.pieces(vba, count):
-            if v != pos:
-                raise IntegrityError(f"LBA {lba + pos - vba}: VBA {pos} has no physical block: run vdisk verify")
-            dst = out[(v - vba) * bs:(v - vba + n) * bs]
-            try:
-                got = self._data.readinto(dst, pba * bs)
-            except OSError as e:
-                raise self._read_error(e, pba) from None
-            if got != n * bs:
-                raise IntegrityError(f"LBA {lba + v - vba}: data file is shorter than PBA {pba + got // bs}")
-            pos = v + n
-        if pos != vba + count:
-            raise IntegrityError(f"LBA {lba + pos - vba}: VBA {pos} has no physical block: run vdisk verify")
-        self._verify_sums(vba, count, out, lba)
-
-    def _verify_sums(self, vba: int, count: int, data: memoryview, lba: int):
-        """Fail unless each block of ``data`` (VBAs vba.., LBAs lba..) matches its checksum."""
-        bs = self.block_size
-        out = data
+    def _wanted_sums(self, vba: int, count: int, lba: int) -> list[bytes]:
+        """The checksums of VBAs ``vba..`` (LBAs ``lba..``); fails if one is missing."""
         want = list(self._csum.items(vba, vba + count))
         if len(want) != count or want[0][0] != vba or want[-1][0] != vba + count - 1:
             have = {v for v, _ in want}
             i = next(i for i in range(count) if vba + i not in have)
             raise IntegrityError(f"LBA {lba + i}: checksum of VBA {vba + i} is missing: run vdisk verify")
+        return [w for _, w in want]
+
+    def _check_sums(self, vba: int, count: int, data: memoryview, lba: int, want: list[bytes]):
+        """Fail unless each block of ``data`` (VBAs vba.., LBAs lba..) matches ``want``."""
+        bs = self.block_size
         h = blake3.blake3
-        got = [h(out[i:i + bs]).digest(CSUM_BYTES) for i in range(0, count * bs, bs)]
-        if got != [w for _, w in want]:
-            i = next(i for i in range(count) if got[i] != want[i][1])
+        got = [h(data[i:i + bs]).digest(CSUM_BYTES) for i in range(0, count * bs, bs)]
+        if got != want:
+            i = next(i for i in range(count) if got[i] != want[i])
             log.error("checksum mismatch at LBA %d (VBA %d) of %s", lba + i, vba + i, self.path)
             raise ChecksumMismatch(f"data at LBA {lba + i} (byte {(lba + i) * bs}) does not match its "
                                    f"checksum: refusing to return wrong data; run vdisk verify --data")
+
+
+def _nothing() -> bytes:
+    return b""
 
 
 def _never() -> bool:

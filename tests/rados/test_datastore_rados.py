@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import shutil
 import tempfile
+import threading
 import time
 
 import pytest
@@ -20,7 +22,9 @@ import pytest
 from engine.accounting import assert_consistent
 from engine.test_datastore import (  # noqa: F401 - collected here, on the RADOS store
     test_a_punched_range_reads_as_zeros_keeps_the_size_and_frees_space,
+    test_a_write_or_punch_after_read_many_does_not_change_what_it_returns,
     test_closing_twice_is_harmless,
+    test_many_ranges_read_at_once_are_what_each_read_alone_returns,
     test_seek_finds_data_and_holes_as_compact_needs_them,
     test_what_was_written_reads_back_and_reads_past_the_end_are_short,
     test_write_back_and_sync_succeed_on_a_healthy_store,
@@ -114,6 +118,23 @@ def test_seek_and_allocation_follow_whole_objects(store):
     store.sync()
 
 
+def test_a_read_never_collected_does_not_hold_up_a_write(store):
+    # A one-piece read is done by wait(); a write over it that comes first
+    # does it instead, so a caller that drops its reads blocks nobody.
+    store.write(memoryview(pattern(1, 128 * KiB)), 0)
+    store.sync()
+    dropped = [store.read_many([(4 * KiB, 0)]), store.read_many([(4 * KiB, 60 * KiB), (8 * KiB, 64 * KiB)])]
+    later = store.read_many([(4 * KiB, 0)])
+    t = time.monotonic()
+    store.write(memoryview(pattern(2, 128 * KiB)), 0)
+    store.punch(64 * KiB, 64 * KiB)
+    store.sync()
+    store.close()
+    assert time.monotonic() - t < 10
+    assert later() == [pattern(1, 4 * KiB)]
+    assert dropped[1]() == [pattern(1, 64 * KiB)[60 * KiB:], pattern(1, 128 * KiB)[64 * KiB:72 * KiB]]
+
+
 # ----------------------------------------------------------- the engine on a RADOS data store
 
 @pytest.fixture
@@ -158,4 +179,66 @@ def test_a_fenced_data_store_stops_the_disk(ceph, new_client, prefix, disk_dir):
     with pytest.raises(DiskFailed):
         d.flush()
     assert time.monotonic() - t < 10
+    d.close()
+
+
+def test_reads_waiting_outside_the_lock_never_see_a_reused_block(ioctx, prefix, disk_dir):
+    """The served disk's reads wait for the cluster outside the disk's lock
+    (vdisk/reader.py ``_fetch``) while writes, flushes and the frees they
+    commit go on; a block such a read looked up may be freed and its PBA
+    written again before the read lands. The data store's rule (a write over
+    a read in flight waits for it) must make every read return a version
+    the block really had, never a checksum failure.
+    """
+    bs, blocks, writes = 4096, 64, 4096
+    store = RadosDataStore(ioctx, prefix, object_size=256 * KiB)
+    d = Disk.create(disk_dir, 1 * MiB, data_store=store)
+
+    def block(lba, version):
+        return (lba.to_bytes(4, "little") + version.to_bytes(4, "little")) * (bs // 8)
+
+    for lba in range(blocks):
+        d.write(lba * bs, block(lba, 0))
+    d.flush()
+    stop, failures, reads = threading.Event(), [], [0]
+    versions = [0] * blocks
+
+    def reader(seed):
+        rnd = random.Random(seed)
+        while not stop.is_set():
+            lba, n = rnd.randrange(blocks - 8), rnd.choice((1, 1, 3, 8))
+            try:
+                got = d.read(lba * bs, n * bs)
+            except Exception as e:       # noqa: BLE001 - any failure is the finding
+                failures.append(f"read {lba}+{n}: {type(e).__name__}: {e}")
+                return
+            for i in range(n):
+                have = got[i * bs:(i + 1) * bs]
+                v = int.from_bytes(have[4:8], "little")
+                if have != block(lba + i, v) or v > versions[lba + i]:
+                    failures.append(f"LBA {lba + i}: bytes of no version it had (version field {v})")
+                    return
+            reads[0] += 1
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    rnd = random.Random(16)
+    try:
+        for i in range(1, writes + 1):
+            lba = rnd.randrange(blocks)
+            versions[lba] = i                # before the write: a read may see it at once
+            d.write(lba * bs, block(lba, i))
+            if i % 8 == 0:
+                d.flush()                    # commits the frees: their PBAs are reused next
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert not failures, failures[:5]
+    assert reads[0] > 100
+    # The allocator grows the PBA space 8 MiB at a time and only then
+    # reuses freed blocks: 16 MiB written into 12 MiB means PBAs were reused.
+    assert store.size() <= 12 * MiB < writes * bs
+    assert_consistent(d)
     d.close()
