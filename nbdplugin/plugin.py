@@ -23,11 +23,13 @@ runs with ``-r``; every snapshot is a read-only export under its own name,
 listed (with a description) by ``nbdinfo --list``. Names are looked up at
 each connection, so a snapshot created while serving is reachable at once.
 
-Thread model: ``SERIALIZE_ALL_REQUESTS``. Every request ends in one
-:class:`vdisk.Disk` whose lock serialises calls anyway, and the engine is
-pure Python under the GIL: letting nbdkit run requests in parallel buys no
-concurrency and costs lock hand-offs between threads (measured in
-bench/nbd_bench.py, docs/NBD.md).
+Thread model: ``SERIALIZE_ALL_REQUESTS`` for a local disk. Every request
+ends in one :class:`vdisk.Disk` whose lock serialises calls anyway, and the
+engine is pure Python under the GIL: letting nbdkit run requests in
+parallel buys no concurrency and costs lock hand-offs between threads
+(measured in bench/nbd_bench.py, docs/NBD.md). ``PARALLEL`` for a rados:
+disk: there a read waits for the cluster outside the disk's lock
+(vdisk/reader.py ``_fetch``), so requests overlap their round trips.
 
 The disk and the control thread are created in ``after_fork``: nbdkit forks
 when it daemonizes, threads do not survive a fork, and LMDB environments must
@@ -177,7 +179,14 @@ def config_complete():
         raise RuntimeError("%s is not a vdisk disk" % _cfg.disk_path)
 
 
+def _parallel():
+    """Whether requests run at once: for a rados: disk (see the module's docstring)."""
+    return not isinstance(_cfg.disk_path, str)     # config_complete parsed a rados: location
+
+
 def thread_model():
+    if _parallel():
+        return nbdkit.THREAD_MODEL_PARALLEL
     return nbdkit.THREAD_MODEL_SERIALIZE_ALL_REQUESTS
 
 
@@ -188,7 +197,7 @@ def after_fork():
     want_control = _cfg.control if _cfg.control is not None else not _cfg.readonly
     try:
         _state = ServerState(_cfg.disk_path, _cfg.readonly, control=want_control, owner=_cfg.owner,
-                             break_lock=_cfg.break_lock)
+                             break_lock=_cfg.break_lock, parallel=_parallel())
     except VdiskError as e:
         # A traceback would bury the one line that matters (usually "in use by
         # PID N"); nothing is served yet, so stop here with the error's code.
@@ -211,14 +220,14 @@ class ClientError(Exception):
 
 
 def _request(fn):
-    """Run one NBD request under the I/O lock, with vdisk errors mapped to errnos.
+    """Run one NBD request inside the I/O gate, with vdisk errors mapped to errnos.
 
     A vdisk error is re-raised as a one-line ClientError ``from None``, so
     nbdkit's log shows the reason instead of the engine's whole stack, and
     the client gets the errno the error class carries.
     """
     def run(h, *args):
-        with _state.io:
+        with _state.request():
             if _state.closed:
                 nbdkit.set_error(errno.ESHUTDOWN)
                 raise ClientError("the server is shutting down")
