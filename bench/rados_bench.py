@@ -1,7 +1,7 @@
 """vdisk on RADOS vs Ceph RBD, on the same throwaway cluster, in the same run (issue 16).
 
     .venv/bin/python bench/rados_bench.py [--quick] [--runs 3] [--runtime 5] [--size 1G]
-                                          [--dir DIR] [--json FILE]
+                                          [--dir DIR] [--json FILE] [--profile DIR]
 
 A one-mon, one-OSD memstore cluster is started in a temp directory with
 tools/ceph_cluster.py's code (daemons die with this process; stopped at the
@@ -41,6 +41,19 @@ memstore counts as a rotational device, so Ceph's default
 ``osd_snap_trim_sleep_hdd`` of 5 s between trim batches would apply;
 the bench sets it to 0 (what an SSD OSD gets, ``osd_snap_trim_sleep_ssd``):
 RBD's trim measured at its fastest, not throttled.
+
+Each I/O row also records CPU per I/O: the vdisk server's (its nbdkit
+process, every thread: the plugin's Python, librados, nbdkit) and fio's
+own (for RBD that includes librbd, which runs in fio).
+
+``--profile DIR``: py-spy (``--py-spy BIN``, else ``py-spy`` on PATH)
+samples the vdisk server's nbdkit process during each of its I/O rows,
+idle threads included (a thread waiting for the OSD is where the time
+goes), into ``DIR/runN-ROW.txt`` (py-spy's raw format: one collapsed stack
+a line with its count), and the report prints, for each row, where the
+request threads' samples were and the functions they were inside.
+Sampling costs the server some CPU: those runs' figures are for the
+profile, not for the table.
 
 Every CLI step is timed end to end as a subprocess (process start,
 cluster connect and the work; both CLIs pay the same kind of start-up).
@@ -109,8 +122,11 @@ def run(argv: list[str], timeout: float = 300, env=None) -> tuple[float, str]:
 # ------------------------------------------------------------------ cluster side
 
 class Bench:
-    def __init__(self, cluster: ceph_cluster.Cluster, tmp: str, size: int, runtime: float, trim_timeout: float):
+    def __init__(self, cluster: ceph_cluster.Cluster, tmp: str, size: int, runtime: float, trim_timeout: float,
+                 profile: str | None = None, py_spy: str | None = None):
         self.c, self.tmp, self.size, self.runtime, self.trim_timeout = cluster, tmp, size, runtime, trim_timeout
+        self.profile, self.py_spy = profile, py_spy
+        self.profiles: list[str] = []
         self.conf = cluster.conf
         self.env = dict(os.environ, CEPH_CONF=self.conf)
         self.r = cluster.client(timeout=30)
@@ -235,12 +251,59 @@ class Bench:
             raise RuntimeError(f"fio ({peer}) job error {job['error']}: {r.stderr[-1500:]}")
         return job
 
-    def fio_row(self, peer, image, rw, bs, depth) -> dict:
-        job = self.fio(peer, image, [f"--rw={rw}", f"--bs={bs}", f"--iodepth={depth}", f"--size={self.size}",
-                                     "--randrepeat=0", "--time_based", f"--runtime={self.runtime}"],
-                       timeout=self.runtime * 10 + 300)
+    def nbdkit_pid(self) -> int:
+        """The serving nbdkit: the child of ``vdisk serve``."""
+        pid = self.serve.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+        for k in kids:
+            with open(f"/proc/{k}/comm") as f:
+                if f.read().strip() == "nbdkit":
+                    return k
+        raise RuntimeError(f"vdisk serve (PID {pid}) has no nbdkit child")
+
+    def cpu_seconds(self, pid: int) -> float:
+        """User + system CPU of a process so far (all its threads)."""
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def fio_row(self, peer, image, rw, bs, depth, label: str = "") -> dict:
+        """One timed row: its figures, and the CPU each side spent per I/O."""
+        spy = None
+        server = self.nbdkit_pid() if peer == "vdisk" else None
+        if self.profile and server:
+            spy_out = os.path.join(self.profile, label.replace(" ", "-") + ".txt")
+            spy = subprocess.Popen([self.py_spy, "record", "--pid", str(server), "--idle",
+                                    "--nonblocking", "--rate", "200", "--format", "raw", "--output", spy_out],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(0.5)                  # attached before the row starts
+        cpu0 = self.cpu_seconds(server) if server else 0.0
+        try:
+            job = self.fio(peer, image, [f"--rw={rw}", f"--bs={bs}", f"--iodepth={depth}", f"--size={self.size}",
+                                         "--randrepeat=0", "--time_based", f"--runtime={self.runtime}"],
+                           timeout=self.runtime * 10 + 300)
+        finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                try:
+                    spy.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait(timeout=30)
+                if os.path.exists(spy_out):
+                    self.profiles.append(spy_out)
+                else:
+                    print(f"  py-spy wrote nothing: {spy.stderr.read().decode()[-500:]}", file=sys.stderr)
         side = job["write"] if "write" in rw else job["read"]
-        return {"IOPS": side["iops"], "MB/s": side["bw_bytes"] / 1e6}
+        ios = max(1, side["total_ios"])
+        secs = job.get("job_runtime", 0) / 1000 or self.runtime
+        out = {"IOPS": side["iops"], "MB/s": side["bw_bytes"] / 1e6,
+               # fio's own CPU (for RBD: librbd's too), per I/O
+               "fio_cpu_us": (job["usr_cpu"] + job["sys_cpu"]) / 100 * secs / ios * 1e6}
+        if server:
+            out["server_cpu_us"] = (self.cpu_seconds(server) - cpu0) / ios * 1e6
+        return out
 
     # ------------------------------------------------------------ one run
 
@@ -276,7 +339,9 @@ class Bench:
             for name, rw, bs, depth, unit in IO_ROWS:
                 for p in order():
                     step(p, name)
-                    out[p][name] = self.fio_row(p, images[p], rw, bs, depth)[unit]
+                    row = self.fio_row(p, images[p], rw, bs, depth, f"run{i + 1} {name}")
+                    out[p][name] = row[unit]
+                    extra[p][f"{name} CPU us/IO"] = {k[:-3]: round(v, 1) for k, v in row.items() if k.endswith("_us")}
             for p in order():
                 step(p, "snapshot create")
                 if p == "vdisk":
@@ -346,6 +411,40 @@ class Bench:
 
 # ------------------------------------------------------------------ report
 
+def profile_summary(path: str, top: int = 8) -> list[str]:
+    """What a py-spy raw profile of the server says about its requests.
+
+    Only the samples of threads serving a request (a stack through the
+    plugin) or finishing a RADOS read count: the control thread's idle
+    accept and nbdkit's threads outside Python are left out. Shares are of
+    those samples (an idle thread waiting for the OSD counts: that is where
+    a request's time goes): the frames where they were (leaves), then the
+    functions they were inside (inclusive).
+    """
+    total, req, leaf, incl = 0, 0, {}, {}
+    with open(path) as f:
+        for line in f:
+            stack, _, n = line.rstrip("\n").rpartition(" ")
+            if not n.isdigit():
+                continue
+            n = int(n)
+            total += n
+            if "plugin.py" not in stack and "datastore_rados.py" not in stack:
+                continue
+            req += n
+            frames = stack.split(";")
+            leaf[frames[-1]] = leaf.get(frames[-1], 0) + n
+            for frame in set(f.split(" (")[0] for f in frames):
+                incl[frame] = incl.get(frame, 0) + n
+    if not req:
+        return [f"{os.path.basename(path)}: no request samples ({total} in all)"]
+    out = [f"{os.path.basename(path)}: {req} request samples of {total}"]
+    out += [f"  {100 * n / req:5.1f}% at   {fr}" for fr, n in sorted(leaf.items(), key=lambda kv: -kv[1])[:top]]
+    out += [f"  {100 * n / req:5.1f}% in   {fr}" for fr, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]
+            if not fr.startswith(("_request", "pread", "pwrite"))]
+    return out
+
+
 def better(row: str, v: float, r: float) -> float:
     """> 1: vdisk is better (throughput: vdisk / rbd; times: rbd / vdisk)."""
     if row in TIME_ROWS:
@@ -391,7 +490,17 @@ def main(argv=None) -> int:
     ap.add_argument("--trim-timeout", type=float, default=300.0, help="longest wait for RBD's snap trim (s)")
     ap.add_argument("--dir", default=None, help="where the cluster's temp dir goes")
     ap.add_argument("--json", default=None, help="also write every run's figures to this file")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="py-spy the vdisk server during its I/O rows, into DIR")
+    ap.add_argument("--py-spy", default=None, metavar="BIN", help="the py-spy to use (default: on PATH)")
     args = ap.parse_args(argv)
+    py_spy = None
+    if args.profile:
+        py_spy = args.py_spy or shutil.which("py-spy")
+        if py_spy is None:
+            print("rados_bench: --profile needs py-spy (--py-spy BIN)", file=sys.stderr)
+            return 2
+        os.makedirs(args.profile, exist_ok=True)
     runs, runtime = (1, 2.0) if args.quick else (args.runs, args.runtime)
     size = parse_size(args.size or ("256M" if args.quick else "1G"))
     for tool in ("fio", "rbd", "ceph-mon", "ceph-osd", "nbdkit"):
@@ -415,7 +524,7 @@ def main(argv=None) -> int:
         t = time.monotonic()
         cluster.start(timeout=120)
         print(f"rados_bench: cluster up in {time.monotonic() - t:.1f} s ({cluster.conf})", file=sys.stderr)
-        bench = Bench(cluster, tmp, size, runtime, args.trim_timeout)
+        bench = Bench(cluster, tmp, size, runtime, args.trim_timeout, profile=args.profile, py_spy=py_spy)
         bench.make_pool()
         for i in range(runs):
             print(f"run {i + 1}/{runs} (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
@@ -459,6 +568,18 @@ def main(argv=None) -> int:
             for row in r["rows"]["vdisk"]))
         for p in PEERS:
             print(f"    {p}: {json.dumps(r['extra'][p])}")
+    print("\nCPU per I/O, medians (us): vdisk server (nbdkit, all threads) | fio with vdisk | fio with RBD (librbd):")
+    for name, *_ in IO_ROWS:
+        key = f"{name} CPU us/IO"
+
+        def cpu(peer, what):
+            xs = [r["extra"][peer][key][what] for r in results if what in r["extra"][peer].get(key, {})]
+            return f"{statistics.median(xs):,.0f}" if xs else "-"
+        print(f"  {name}: {cpu('vdisk', 'server_cpu')} | {cpu('vdisk', 'fio_cpu')} | {cpu('rbd', 'fio_cpu')}")
+    if bench.profiles:
+        print("\nProfiles (py-spy of the vdisk server's nbdkit, --profile):")
+        for path in bench.profiles:
+            print("\n".join(profile_summary(path)))
     print("\nIssue 16 targets:\n")
     print("\n".join(lines))
     if args.json:
