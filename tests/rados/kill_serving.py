@@ -62,12 +62,15 @@ def _torture_conftest():
 
 def budget(short_seconds: float, short_rounds: int, weight: float):
     """The torture suite's budget: the short fixed-seed version, or with
-    ``VDISK_TORTURE_MINUTES`` set, ``weight / TOTAL_WEIGHT`` of those minutes."""
+    ``VDISK_TORTURE_MINUTES`` set, ``weight / TOTAL_WEIGHT`` of those minutes
+    (this test is not in TOTAL_WEIGHT: it adds its share to a run), and
+    never less than the short version."""
     tc = _torture_conftest()
     seed = int(os.environ.get("VDISK_TORTURE_SEED", "1"))
     minutes = os.environ.get("VDISK_TORTURE_MINUTES")
     if minutes:
-        return tc.Budget(float(minutes) * 60 * weight / tc.TOTAL_WEIGHT, 10**9, seed, True)
+        share = float(minutes) * 60 * weight / tc.TOTAL_WEIGHT
+        return tc.Budget(max(share, short_seconds), 10**9, seed, True)
     return tc.Budget(short_seconds, short_rounds, seed, False)
 
 
@@ -82,7 +85,7 @@ def report_figures(nodeid: str, figures: dict) -> None:
 
 
 def stream(seed: int, size: int, bs: int, names, bursts: float = 0.06, big_delete: float = 0.02,
-           compact: float = 0.3):
+           compact: float = 0.2):
     """powercut_model's stream, with one-block bursts (sent with aio) mixed in,
     and only a share ``compact`` of its compacts: on RADOS one costs 0.1-1.5 s
     (a write to each data object holding free blocks), which would leave the
@@ -179,20 +182,32 @@ class RadosServer(powercut_serve.Server):
         if kind == "scatter":
             self._burst(op, bs)
         elif kind == "delete":
-            # nbdkit counts a snapshot export's connection closed a moment
-            # after the client closed it (the check reads snapshots): until
-            # then the server refuses the deletion with Busy.
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    self.control().delete_snapshot(op[1])
-                    return
-                except Busy:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.01)
+            self._until_not_busy(lambda: self.control().delete_snapshot(op[1]))
+        elif kind == "revert":
+            self.disconnect()              # the server refuses a revert under a connected client
+            try:
+                self._until_not_busy(lambda: self.control().revert(op[1]))
+            finally:
+                self.connect()
         else:
             super().apply(op, bs)
+
+    def _until_not_busy(self, call):
+        """``call()``, again while the server answers Busy, for at most 10 s.
+
+        nbdkit counts a connection closed a moment after its client closed
+        it (the revert's own, the check's snapshot exports), and refuses a
+        revert or a deletion until then. A dead server's control client
+        raises Busy too ("stopped answering"): no retry once it is killed.
+        """
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return call()
+            except Busy:
+                if self.killed or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _burst(self, op, bs: int):
         """n one-block writes, up to AIO_DEPTH of them in flight at once."""

@@ -53,7 +53,7 @@ BS = 4096
 CHUNK = 4 << 20
 WEIGHT = 0.8
 IDENTITIES = ("serve-a", "serve-b")
-PLANS = ("time", "time", "flush", "control", "burst")
+PLANS = ("time", "flush", "control", "burst", "time")    # taken in turn: each in every 5 rounds
 
 
 def _refused(ceph, disk: str, client: str, log: str) -> str:
@@ -90,9 +90,9 @@ class Kill:
     the n-th burst of aio writes.
     """
 
-    def __init__(self, rng: random.Random, srv: ks.RadosServer, longest: float):
+    def __init__(self, plan: str, rng: random.Random, srv: ks.RadosServer, longest: float):
         self.srv = srv
-        self.plan = rng.choice(PLANS)
+        self.plan = plan
         self.timer = None
         self.lock = threading.Lock()
         self.longest = longest
@@ -150,7 +150,76 @@ def _figures():
             "losses": 0, "later_blocks_found": 0, "takeovers_same_identity": 0, "takeovers_other_identity": 0,
             "refused_without_break_lock": 0, "verify_runs": 0, "snapshots_checked": 0,
             "kills_by_time": 0, "kills_in_flush": 0, "kills_in_control": 0, "kills_in_burst": 0,
-            "in_flight_flush": 0, "in_flight_control": 0, "in_flight_write": 0, "in_flight_none": 0}
+            "in_flight_flush": 0, "in_flight_control": 0, "in_flight_write": 0, "in_flight_none": 0,
+            "slowest_operation": ["", 0.0]}
+
+
+def _drive(srv: ks.RadosServer, tracker: ks.Tracker, kill: Kill, seed: int, names, where: str, fig: dict):
+    """The stream until the kill; returns the error the operation in flight met (None: none was)."""
+    kill.start()
+    try:
+        for op in ks.stream(seed, SIZE, BS, names):
+            if kill.before(op):
+                if srv.flush_then_kill(kill.delay):
+                    tracker.done(op)            # acknowledged: a completed commit
+                else:
+                    tracker.in_flight(op)
+                return None
+            started = time.monotonic()
+            try:
+                srv.apply(op, BS)
+            except Exception as e:              # noqa: BLE001  (judged right below)
+                if not srv.killed:
+                    raise AssertionError(f"{op[:2]} failed before the kill: {e!r}; {where}") from e
+                tracker.in_flight(op)
+                return e
+            tracker.done(op)
+            took = time.monotonic() - started
+            if took > fig["slowest_operation"][1]:
+                fig["slowest_operation"] = [op[0], round(took, 3)]
+    finally:
+        kill.cancel()
+        srv.kill()
+
+
+def _read_checked(h, what: str, where: str, fig: dict) -> bytes:
+    try:
+        data = _read_all(h, SIZE)
+    except Exception as e:                      # noqa: BLE001  (EIO: the server's log names the block)
+        fig["losses"] += 1
+        raise AssertionError(f"{what} does not read after the take-over: {e}; {where}") from e
+    fig["bytes_checked"] += SIZE
+    return data
+
+
+def _check(srv: ks.RadosServer, tracker: ks.Tracker, where: str, fig: dict) -> tuple[bytes, set]:
+    """Through the new server: the running point and every snapshot; returns (bytes, snapshot names)."""
+    got = _read_checked(srv.h, "the running point", where, fig)
+    bad, newer = tracker.allowed.check(got)
+    fig["later_blocks_found"] += newer
+    fig["losses"] += len(bad)
+    assert not bad, (f"{len(bad)} blocks read neither the last completed commit nor a later write: "
+                     f"{tracker.describe(bad, got)}; {where}")
+    exports = {e["name"] for e in srv.event["exports"]} - {""}
+    names = {s.name for s in srv.control().snapshots(exclusive=False)}
+    assert exports == names, (exports, names, where)
+    lost = tracker.required - names
+    fig["losses"] += len(lost)
+    assert not lost, f"snapshots lost: {sorted(lost)}; {where}"
+    assert names <= set(tracker.snaps), f"unexpected snapshots {sorted(names - set(tracker.snaps))}; {where}"
+    for name in sorted(names):
+        h = srv.handle(name)
+        try:
+            data = _read_checked(h, f"snapshot {name}", where, fig)
+        finally:
+            h.shutdown()
+        fig["snapshots_checked"] += 1
+        want = tracker.snaps[name]
+        if data != want:
+            diff = sum(data[i:i + BS] != want[i:i + BS] for i in range(0, SIZE, BS))
+            fig["losses"] += diff
+            raise AssertionError(f"snapshot {name}: {diff} blocks changed; {where}")
+    return got, names
 
 
 def test_serving_process_group_sigkilled_at_random_moments_loses_no_flushed_write(ceph, prefix, tmp_path,
@@ -171,93 +240,56 @@ def test_serving_process_group_sigkilled_at_random_moments_loses_no_flushed_writ
         srv = ks.RadosServer(ceph, disk, IDENTITIES[0], log, group)
         for rnd in budget.rounds():
             seed = budget.seed * 100_000 + 16_000 + rnd
+            laps, t0 = {}, time.monotonic()
+
+            def lap(name):
+                nonlocal t0
+                now = time.monotonic()
+                laps[name] = now - t0
+                t0 = now
             tracker = ks.Tracker(model, snaps, BS)
-            kill = Kill(rng, srv, longest)
-            kill.start()
-            error = None
-            try:
-                for op in ks.stream(seed, SIZE, BS, sorted(snaps)):
-                    if kill.before(op):
-                        if srv.flush_then_kill(kill.delay):
-                            tracker.done(op)            # acknowledged: a completed commit
-                        else:
-                            tracker.in_flight(op)
-                        break
-                    try:
-                        srv.apply(op, BS)
-                    except Exception as e:              # noqa: BLE001  (judged right below)
-                        if not srv.killed:
-                            raise AssertionError(f"{op[:2]} failed before the kill: {e!r}; round {rnd}, "
-                                                 f"seed {seed}, base seed {budget.seed}") from e
-                        error = e
-                        tracker.in_flight(op)
-                        break
-                    tracker.done(op)
-            finally:
-                kill.cancel()
-                srv.kill()
+            kill = Kill(PLANS[(rnd + budget.seed) % len(PLANS)], rng, srv, longest)
+            base = f"base seed {budget.seed}, round {rnd} (seed {seed}, kill {kill.plan} #{kill.nth} " \
+                   f"+{kill.delay:.4f} s); history {history}"
+            error = _drive(srv, tracker, kill, seed, sorted(snaps), base, fig)
+            lap("drive")
             fig["rounds"] += 1
             fig["crashes"] += 1
-            fig[{"time": "kills_by_time", "flush": "kills_in_flush", "control": "kills_in_control",
-                 "burst": "kills_in_burst"}[kill.plan]] += 1
+            fig["kills_by_time" if kill.plan == "time" else f"kills_in_{kill.plan}"] += 1
             flight = tracker.flight[0] if tracker.flight else None
             fig["in_flight_none" if flight is None else "in_flight_flush" if flight == "flush" else
                 "in_flight_control" if flight in ("snap", "delete", "revert", "compact") else
                 "in_flight_write"] += 1
             fig["operations"] += len(tracker.ops)
-            where = (f"base seed {budget.seed}, round {rnd} (seed {seed}, kill {kill.plan} "
-                     f"#{kill.nth} +{kill.delay:.4f} s), in flight {tracker.flight and tracker.flight[:3]} "
-                     f"({type(error).__name__}), last commit op {tracker.commit} of {len(tracker.ops)}; "
-                     f"history {history}")
+            where = (f"{base}; in flight {tracker.flight and tracker.flight[:3]} ({type(error).__name__}), "
+                     f"last completed commit op {tracker.commit} of {len(tracker.ops)}, the last ops "
+                     f"{[op[:3] for op in tracker.ops[-12:]]}")
 
-            # Take over: same identity or another, always fencing the dead holder first.
-            new_id = (IDENTITIES[0] if rnd == 0 else IDENTITIES[1] if rnd == 1 else rng.choice(IDENTITIES))
+            # Take over: the same identity or another, always fencing the dead holder first.
+            new_id = IDENTITIES[0] if rnd == 0 else IDENTITIES[1] if rnd == 1 else rng.choice(IDENTITIES)
             same = new_id == srv.client
             if rnd < 2 or rng.random() < 0.2:
                 line = _refused(ceph, disk, new_id, log)
                 assert f"vdisk PID {srv.nbdkit_pid} " in line, f"the dead holder is not named: {line}"
                 fig["refused_without_break_lock"] += 1
-            started = time.monotonic()
+                lap("refused")
             srv = ks.RadosServer(ceph, disk, new_id, log, group, break_lock=True)
-            took = time.monotonic() - started
+            lap("take_over")
             fig["takeovers_same_identity" if same else "takeovers_other_identity"] += 1
-            history.append((rnd, seed, kill.plan, flight, len(tracker.ops), tracker.commit,
-                            new_id, round(took, 2)))
+            history.append((rnd, seed, kill.plan, flight, len(tracker.ops), tracker.commit, new_id,
+                            round(laps["take_over"], 2)))
 
-            # Check through the new server.
-            got = _read_all(srv.h, SIZE)
-            fig["bytes_checked"] += SIZE
-            bad, newer = tracker.allowed.check(got)
-            fig["later_blocks_found"] += newer
-            if bad:
-                fig["losses"] += len(bad)
-            assert not bad, (f"{len(bad)} blocks read neither the last completed commit nor a later write: "
-                             f"{tracker.describe(bad, got)}; {where}")
-            exports = {e["name"] for e in srv.event["exports"]} - {""}
-            names = {s.name for s in srv.control().snapshots(exclusive=False)}
-            assert exports == names, (exports, names, where)
-            lost = tracker.required - names
-            fig["losses"] += len(lost)
-            assert not lost, f"snapshots lost: {sorted(lost)}; {where}"
-            assert names <= set(tracker.snaps), f"unexpected snapshots {sorted(names - set(tracker.snaps))}; {where}"
-            for name in sorted(names):
-                h = srv.handle(name)
-                try:
-                    data = _read_all(h, SIZE)
-                finally:
-                    h.shutdown()
-                fig["bytes_checked"] += SIZE
-                fig["snapshots_checked"] += 1
-                if data != tracker.snaps[name]:
-                    diff = sum(data[i:i + BS] != tracker.snaps[name][i:i + BS] for i in range(0, SIZE, BS))
-                    fig["losses"] += diff
-                    raise AssertionError(f"snapshot {name}: {diff} blocks changed; {where}")
+            got, names = _check(srv, tracker, where, fig)
+            lap("check")
             report = verify(loc, data=True)
+            lap("verify")
             fig["verify_runs"] += 1
             assert report.ok, f"verify after the take-over: {[str(p) for p in report.problems[:5]]}; {where}"
             assert report.data_blocks == report.blocks, (report.data_blocks, report.blocks, where)
             fig["acknowledged_writes_checked"] += tracker.durable_writes
             model, snaps = got, {n: tracker.snaps[n] for n in names}
+            for k, v in laps.items():
+                fig[f"{k}_seconds_max"] = max(fig.get(f"{k}_seconds_max", 0.0), round(v, 2))
 
         assert srv.stop() == 0, f"the last server did not stop cleanly: {open(log).read()[-2000:]}"
         r = subprocess.run([sys.executable, "-m", "vdisk.cli.main", "--ceph-conf", ceph.conf, "verify", disk,
@@ -267,6 +299,11 @@ def test_serving_process_group_sigkilled_at_random_moments_loses_no_flushed_writ
         with Disk.open(loc, readonly=True) as d:
             assert d.read(0, SIZE) == model, "after a clean stop the disk differs from the last check"
             fig["bytes_checked"] += SIZE
+    except BaseException:
+        # The servers' stderr (nbdkit's log of a failed request names its cause).
+        with open(log, errors="replace") as f:
+            print("---- vdisk serve / nbdkit stderr (last 6000 characters) ----\n" + f.read()[-6000:])
+        raise
     finally:
         group.kill_all()
         ks.report_figures(request.node.nodeid, fig)
