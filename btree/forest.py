@@ -348,6 +348,11 @@ class Forest:
         """Nodes changed since the last commit (what the next commit writes)."""
         return len(self._dirty)
 
+    def changed_beyond(self, trees) -> bool:
+        """Whether anything but the trees named ``trees`` changed since the last
+        commit: another tree, or a record (a tree made or dropped included)."""
+        return bool(self._meta) or not self.dirty_trees <= set(trees)
+
     @property
     def has_changes(self) -> bool:
         return bool(self._dirty or self._freed or self._meta or self.dirty_trees

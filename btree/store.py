@@ -47,6 +47,10 @@ class NodeStore(Protocol):
     def close(self) -> None: ...
 
 
+# Allocated blocks kept beside the database for a commit on a full file system.
+RESERVE_FILE = "reserve"
+RESERVE_BYTES = 4 << 20
+
 # LMDB allows one environment per database file per process (a second one
 # would break its locking), so stores of one directory in one process share
 # it: a read-only view of a disk can be opened beside its writer.
@@ -193,6 +197,39 @@ class LmdbNodeStore:
         self.env, self.nodes_db, self.meta_db = self._shared.env, self._shared.nodes_db, self._shared.meta_db
         self._view = threading.local()
         self._covered = 0           # bytes data.mdb is known to have (it only grows)
+        self._reserve = os.path.join(self.path, RESERVE_FILE)
+        if not readonly:
+            self._keep_reserve()
+
+    def _keep_reserve(self):
+        """Hold RESERVE_BYTES of the file system for a commit that finds it full.
+
+        A writer commits rarely (a flush goes through vdisk's redo log), so
+        the commit that comes when the file system has filled up may need
+        more new pages than LMDB has free: without them the disk could not
+        commit the trim that would free space. A file of allocated blocks,
+        given back at that moment (see :meth:`commit`), lets it through.
+        Best effort: on a full file system there is none until space comes back.
+        """
+        if RESERVE_BYTES <= 0 or os.path.exists(self._reserve):
+            return
+        try:
+            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            return
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            fd = None
+            try:
+                os.unlink(self._reserve)
+            except OSError:
+                pass
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     # ------------------------------------------------------------ errors
 
@@ -336,6 +373,19 @@ class LmdbNodeStore:
     def commit(self, puts, deletes, meta):
         if self.readonly:
             raise ReadOnly("metadata is open read-only")
+        try:
+            self._commit(puts, deletes, meta)
+        except NoSpace:
+            if self._shared.panicked or not os.path.exists(self._reserve):
+                raise
+            # The reserve's blocks for the pages this commit needs (see _keep_reserve).
+            try:
+                os.unlink(self._reserve)
+            except OSError:
+                raise NoSpace(f"no space left for metadata in {self.path}") from None
+            self._commit(puts, deletes, meta)
+
+    def _commit(self, puts, deletes, meta):
         try:
             with self._begin(write=True) as txn:
                 nodes = self.nodes_db

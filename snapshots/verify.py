@@ -112,8 +112,9 @@ def verify(path, data: bool = False, progress=None) -> Report:
 def verify_open_disk(disk, data: bool = False, progress=None) -> Report:
     """Verify an open :class:`~vdisk.Disk` (writable or not) in this process.
 
-    Checks its committed state, so call ``disk.flush()`` first to include
-    every write. LMDB cannot open one environment twice in a process, hence
+    Checks its committed state, so call ``disk.checkpoint()`` first to
+    include every write (a flush through the redo log is durable but not in
+    the committed metadata until the next full commit). LMDB cannot open one environment twice in a process, hence
     this variant reuses the disk's own store. It takes no lock: its view is
     its own read transaction, so other threads keep reading and writing.
     """

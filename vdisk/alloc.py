@@ -300,33 +300,6 @@ class Allocator:
         self._taken = 0
         return self._fold(pieces)
 
-    def free_pending(self) -> list[tuple[int, int]]:
-        """Fold the pending frees into the free tree, leaving what the allocator holds.
-
-        For a change made durable without a commit (a flush through the
-        redo log): its frees may be handed out from now on. The free tree
-        is committed with the next commit. Returns what prepare_commit does.
-        """
-        pieces = [p << _P | n << 3 | _FREED for p, n in self.pending]
-        self.pending = []
-        runs = self._fold(pieces)
-        held = self.held()
-        if not runs or not held:
-            return runs
-        # A run that touches an extent the allocator holds is that much
-        # longer a free run (prepare_commit would have joined them).
-        ends = {p + n: (p, n) for p, n in held}
-        starts = dict(held)
-        out = []
-        for p, n in runs:
-            if p in ends:
-                hp, hn = ends[p]
-                p, n = hp, n + hn
-            if p + n in starts:
-                n += starts[p + n]
-            out.append((p, n))
-        return out
-
     def _fold(self, pieces: list[int]) -> list[tuple[int, int]]:
         if not pieces:
             return []
@@ -392,6 +365,10 @@ class Allocator:
         free.delete_sorted([p for p in had if p not in kept])
         free.insert_sorted([(s, e - s) for s, e in zip(starts, ends) if had.get(s) != e - s])
         return [(s, e - s) for s, e, tag in zip(starts, ends, tags) if tag & _FREED]
+
+    def pending_blocks(self) -> int:
+        """Blocks released and free once the next commit is durable."""
+        return sum(n for _p, n in self.pending)
 
     def free_blocks(self) -> int:
         return (sum(n for _, n in self.free.items()) + self._spare_blocks

@@ -91,6 +91,17 @@ class Commits:
             if not self._flush_by_log():
                 self._commit()
 
+    def checkpoint(self) -> None:
+        """Commit every change in full: a flush, after which the committed
+        metadata alone holds every write (a flush through the redo log leaves
+        that to the next full commit, vdisk/journal.py), the PBAs released
+        are free again, and the log starts afresh."""
+        with self._lock:
+            self._check_open()
+            if self.readonly:
+                return
+            self._commit()
+
     def _commit(self):
         """fdatasync the data, then commit every metadata change at once.
 

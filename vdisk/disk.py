@@ -328,8 +328,9 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Journal, Commits, 
                 with self.changing(logged=True):
                     line = self._line(which)
                     count = min(step, last - b)
+                    before = len(self.alloc.pending)
                     touched = self._unmap_blocks(b, count, line)
-                    self._log_zero(line, b, count)
+                    self._log_zero(line, b, count, sum(n for _p, n in self.alloc.pending[before:]))
                     self._after_work(touched * UNMAP_EXTENT_COST)
 
     def _after_work(self, blocks: int):
@@ -540,8 +541,10 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Journal, Commits, 
                 "block_size": bs,
                 "format_version": self.config.version,
                 "allocated_bytes": self.allocated_bytes(),
-                # The blocks data takes: the redo log's few are not data.
-                "physical_bytes": (self.alloc.end - self.alloc.free_blocks() - len(self.log_blocks())) * bs,
+                # The blocks data takes: not the redo log's few, nor those
+                # released and free at the next commit.
+                "physical_bytes": (self.alloc.end - self.alloc.free_blocks() - self.alloc.pending_blocks()
+                                   - len(self.log_blocks())) * bs,
                 "file_bytes": self._data.allocated_bytes(),
                 "deferred_bytes": deferred * bs,
                 "snapshots": [s.__dict__ for s in self.snapshots(exclusive=False)],

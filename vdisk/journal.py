@@ -14,13 +14,14 @@ its log blocks are freed with it, and a new head is allocated and named in
 
 Why it is safe:
 
-* A record names PBAs that were free when it was written. A PBA a write
-  releases is handed out again only once that write is durable: after the
-  flush that logs it has synced (``Allocator.free_pending``), or the commit
-  that holds it. Replay frees the same PBAs at the same flush boundaries,
-  so every block a replayed record leaves mapped still holds what was
-  written there (and the one flush that may not have returned is checked:
-  below).
+* A record names PBAs that were free in the committed state, and a PBA a
+  write releases is handed out again only after the next full commit
+  (vdisk/alloc.py), so every block a record names, and every block the
+  committed maps name, still holds what was written there: the committed
+  state alone stays exact with its data (verify, readers beside the
+  writer), and the log only adds to it. The price is space: the blocks
+  overwrites and trims release wait for the next commit, which comes
+  sooner once they add up (LOG_MAX_RELEASED).
 * Groups are chained from the committed head, each naming the next one,
   which was allocated before it was written; each carries the epoch's
   random id, its index and a hash, so the chain ends at the first block
@@ -55,7 +56,7 @@ from vdisk.errors import IntegrityError, NoSpace
 
 from . import format as fmt
 from . import logformat as lf
-from .names import CSUM_BYTES, LOG_KEY
+from .names import CSUM_BYTES, CSUM_TREE, FREE_TREE, LOG_KEY, RUNNING_TREE, VBA_TREE
 
 # A full commit instead, once the epoch holds this many groups: bounds the
 # log's space and what replay has to redo (at 4 KiB, 16 MiB: ~400,000
@@ -63,8 +64,14 @@ from .names import CSUM_BYTES, LOG_KEY
 LOG_MAX_GROUPS = 4096
 log = logging.getLogger("vdisk")
 
-# A flush settles the recent writes (vdisk/recent.py) once this many wait.
-SETTLE_AT_FLUSH = 1024
+# What the running point's writes change: the redo log redoes these only.
+_WRITES_CHANGE = frozenset((RUNNING_TREE, VBA_TREE, CSUM_TREE, FREE_TREE))
+
+# A full commit instead, once unmaps since the last one released this many
+# blocks (1 MiB at 4 KiB): trimmed space goes back to the file system only
+# with a commit, and a client trims to get it back (on a full file system,
+# it is how space comes back).
+LOG_MAX_RELEASED = 256
 # Tests switch the log off to compare against full commits.
 LOG_ENABLED = True
 
@@ -78,6 +85,7 @@ class Journal:
     _log_prev = lf.NO_PREV      # the hash of the group before it
     _log_owned: list            # PBAs the epoch's log holds (head, written groups, the next one)
     _log_stream: list           # records of the writes since the last flush
+    _log_released = 0           # blocks unmaps released since the last commit
     _unlogged = True            # a change since the last full commit that the log cannot redo
     _replaying = False
     _log_holds_all = False      # closing: a failed commit loses nothing (see _close_commit)
@@ -114,11 +122,13 @@ class Journal:
             else:
                 self._log_stream.append(lf.blocks(lba, len(sums), pieces, sums))
 
-    def _log_zero(self, line, lba: int, count: int) -> None:
+    def _log_zero(self, line, lba: int, count: int, released: int) -> None:
+        """Record an unmap that released ``released`` blocks (they wait for a commit)."""
         if not self._logs(line):
             self._unlogged = True
         elif self._log is not None and not self._replaying:
             self._log_stream.append(lf.zero(lba, count))
+            self._log_released += released
 
     # ------------------------------------------------------------ flushing
 
@@ -130,18 +140,16 @@ class Journal:
         system has no room for it).
         """
         if (not LOG_ENABLED or self._unlogged or self._log is None
-                or self._log_index >= LOG_MAX_GROUPS):
+                or self._log_index >= LOG_MAX_GROUPS or self._log_released >= LOG_MAX_RELEASED
+                or self.forest.changed_beyond(_WRITES_CHANGE)):
+            # (The last: a layer above that changed records or trees directly
+            # and flushes to commit them, as a deletion's first step does.)
             return False
         stream = b"".join(self._log_stream)
         bs = self.block_size
         per = lf.payload_bytes(bs)
         chunks = [stream[i:i + per] for i in range(0, len(stream), per)]
         with self.changing(logged=True):
-            if len(self._recent) >= SETTLE_AT_FLUSH:
-                # The PBAs the recent writes replaced are released when they
-                # settle: settled now and then, the data file does not grow
-                # by every overwrite until the next full commit.
-                self.settle()
             if chunks:
                 written = self._append(chunks)
                 if written is None:
@@ -152,13 +160,6 @@ class Journal:
                     self._unwrite(written)
                     raise
                 self._log_stream = []
-            # Durable: what the logged writes freed is mapped by nothing that
-            # can come back, so it is free now (in memory: the free tree is
-            # committed with the next full commit; replay frees it again at
-            # the same point), and long runs go back to the file system (on a
-            # full file system, trimming is how space comes back).
-            freed = self.alloc.free_pending()
-        self._punch_free_runs(freed)
         if chunks:
             self._reserve_next()
         return True
@@ -237,12 +238,17 @@ class Journal:
     def _next_epoch(self) -> None:
         """Called by each full commit before the allocator's frees are folded in:
         the epoch's log blocks are freed with it, and the next epoch's head
-        is allocated and recorded in the same commit."""
+        is allocated and recorded in the same commit. An epoch with no group
+        yet goes on (a commit with nothing else to do then writes nothing):
+        a group of a flush that replay dropped cannot join it (hash chain)."""
+        self._log_stream = []
+        self._log_released = 0
+        self._unlogged = False
+        if LOG_ENABLED and self._anchor is None and self._log is not None and self._log_index == 0:
+            return
         for pba in self._log_owned:
             self.alloc.release(pba, 1)
         self._log_owned = []
-        self._log_stream = []
-        self._unlogged = False
         if not LOG_ENABLED or self._anchor is not None:
             if self._log is not None:
                 self.forest.meta_put(LOG_KEY, None)
@@ -341,13 +347,6 @@ class Journal:
                             self.alloc.claim(pba, 1)
                     for kind, lba, count, pieces, sums in f.records:
                         self._redo(line, kind, lba, count, pieces, sums)
-                    # Free from here on, as when the flush returned (see
-                    # _flush_by_log). The writer may have settled recent
-                    # writes before it (a read, a full batch), which released
-                    # what they replaced: settling here releases at least
-                    # that, all of it replaced by records now durable.
-                    self.settle()
-                    self.alloc.free_pending()
         finally:
             self._replaying = False
 

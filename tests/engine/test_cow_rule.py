@@ -187,7 +187,9 @@ def test_old_pba_is_reused_only_after_commit(disk):
         assert pba_of(disk, i) != old
     # The committed state still maps VBA -> old PBA, and its data is intact.
     assert read_in_child(disk.path, 0, BS) == pattern(1, BS)
-    disk.flush()
+    disk.flush()                             # through the redo log: still not reusable
+    assert (old, 1) in disk.alloc.pending
+    disk.checkpoint()
     assert disk.alloc.pending == []
     assert old in free_pbas(disk)
     assert disk.read(0, BS) == pattern(2, BS)
@@ -202,7 +204,9 @@ def test_freed_pba_is_punched_after_commit(disk):
     fd = os.open(os.path.join(disk.path, "data"), os.O_RDONLY)
     try:
         assert os.pread(fd, BS, old[0] * BS) == pattern(1, 4 * BS)[:BS]   # not yet: uncommitted
-        disk.flush()
+        disk.flush()                                # through the redo log: still not
+        assert os.pread(fd, BS, old[0] * BS) == pattern(1, 4 * BS)[:BS]
+        disk.checkpoint()
         for p in old:
             assert os.pread(fd, BS, p * BS) == bytes(BS)
     finally:
@@ -247,11 +251,7 @@ def test_isolated_freed_block_stays_in_the_file_for_reuse(disk):
     disk.flush()
     old = pba_of(disk, 10)
     disk.write(10 * BS, pattern(2, BS))
-    disk.flush()
-    # The old block is released when the recent write settles (a flush
-    # settles only a batch of them: vdisk/journal.py), and free at the
-    # next flush.
-    settled(disk).flush()
+    disk.checkpoint()                       # free with a full commit (a flush goes through the log)
     assert old in free_pbas(disk)
     fd = os.open(os.path.join(disk.path, "data"), os.O_RDONLY)
     try:

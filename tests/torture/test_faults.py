@@ -66,7 +66,9 @@ CASES = [
     # The metadata is written by full commits (a flush goes through the redo
     # log in the data file): a snapshot's creation is one.
     Case("meta-write-eio", "write", "*/meta/data.mdb", "eio", "commit", StorageError, True),
-    Case("meta-write-enospc", "write", "*/meta/data.mdb", "enospc", "commit", NoSpace, True),
+    # One ENOSPC: the commit is retried on the reserve's space (btree/store.py); two: stopped.
+    Case("meta-write-enospc-once", "write", "*/meta/data.mdb", "enospc", "commit", None, False),
+    Case("meta-write-enospc", "write", "*/meta/data.mdb", "enospc", "commit", NoSpace, True, count=2),
     Case("meta-short-write", "write", "*/meta/data.mdb", "short", "commit", StorageError, True),
     Case("meta-fsync-eio", "fsync", "*/meta/data.mdb", "eio", "commit", StorageError, True),
     # The second fsync of a commit is the meta page's (LMDB writes it O_DSYNC).

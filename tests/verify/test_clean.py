@@ -59,7 +59,7 @@ def test_later_snapshots_only_read_what_differs(template):
 def test_open_disk_and_path_give_the_same_verdict(open_copy):
     d = open_copy
     d.write(12345, b"odd offset" * 100)
-    d.flush()
+    d.checkpoint()                          # in the committed metadata, as after close
     a = verify_open_disk(d, data=True)
     _assert_clean(a)
     d.close()
