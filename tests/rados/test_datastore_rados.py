@@ -184,11 +184,12 @@ def test_a_fenced_data_store_stops_the_disk(ceph, new_client, prefix, disk_dir):
 
 def test_reads_waiting_outside_the_lock_never_see_a_reused_block(ioctx, prefix, disk_dir):
     """The served disk's reads wait for the cluster outside the disk's lock
-    (vdisk/reader.py ``_fetch``) while writes, flushes and the frees they
-    commit go on; a block such a read looked up may be freed and its PBA
-    written again before the read lands. The data store's rule (a write over
-    a read in flight waits for it) must make every read return a version
-    the block really had, never a checksum failure.
+    (vdisk/reader.py ``_fetch``) while writes, flushes and full commits
+    (which free the PBAs overwrites released) go on; a block such a read
+    looked up may be freed and its PBA written again before the read
+    lands. The data store's rule (a write over a read in flight waits for
+    it) must make every read return a version the block really had, never
+    a checksum failure.
     """
     bs, blocks, writes = 4096, 64, 4096
     store = RadosDataStore(ioctx, prefix, object_size=256 * KiB)
@@ -229,8 +230,10 @@ def test_reads_waiting_outside_the_lock_never_see_a_reused_block(ioctx, prefix, 
             lba = rnd.randrange(blocks)
             versions[lba] = i                # before the write: a read may see it at once
             d.write(lba * bs, block(lba, i))
-            if i % 8 == 0:
-                d.flush()                    # commits the frees: their PBAs are reused next
+            if i % 32 == 0:
+                d.checkpoint()               # a full commit frees the PBAs: they are reused next
+            elif i % 8 == 0:
+                d.flush()                    # through the redo log
     finally:
         stop.set()
         for t in threads:
