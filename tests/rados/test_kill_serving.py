@@ -21,11 +21,9 @@ as a host's death would. Then:
   completed flush reads back exactly, and writes after it read old or new,
   block by block; every snapshot of that commit exists and its export reads
   as when it was taken, and no snapshot exists that the stream never made;
-* ``verify(location)`` is clean beside the new writer (its metadata
-  checks; see VERIFY_DATA_EACH_ROUND for the data pass), and the data is
-  checked by reading every block of the running point and of every
-  snapshot through the new server, which checks each block against its
-  checksum as it reads it.
+* ``verify(location, data=True)`` is clean beside the new writer (and
+  every block of the running point and of every snapshot was read through
+  the new server, which checks each against its checksum as it reads it).
 
 The disk carries on from round to round under the new server, which the
 next round kills; the last one is stopped cleanly and ``vdisk verify
@@ -57,14 +55,6 @@ BS = 4096
 CHUNK = 4 << 20
 WEIGHT = 0.8
 IDENTITIES = ("serve-a", "serve-b")
-# ``verify(data=True)`` beside the new writer would report healthy blocks
-# as damaged: it reads the committed metadata only, and a flush through the
-# redo log frees, punches and reuses PBAs that metadata still maps
-# (test_verify_data_beside_a_logged_flush_finds_no_damage, xfail). Until
-# that test passes, the rounds run verify's metadata checks and read every
-# block through the server (checksummed); the data pass runs at the end,
-# after a clean stop's full commit.
-VERIFY_DATA_EACH_ROUND = False
 PLANS = ("time", "flush", "control", "burst", "time")    # taken in turn: each in every 5 rounds
 
 
@@ -293,11 +283,11 @@ def test_serving_process_group_sigkilled_at_random_moments_loses_no_flushed_writ
 
             got, names = _check(srv, tracker, where, fig)
             lap("check")
-            report = verify(loc, data=VERIFY_DATA_EACH_ROUND)
+            report = verify(loc, data=True)
             lap("verify")
             fig["verify_runs"] += 1
             assert report.ok, f"verify after the take-over: {[str(p) for p in report.problems[:5]]}; {where}"
-            assert report.data_blocks == (report.blocks if VERIFY_DATA_EACH_ROUND else 0), where
+            assert report.data_blocks == report.blocks, (report.data_blocks, report.blocks, where)
             fig["acknowledged_writes_checked"] += tracker.durable_writes
             model, snaps = got, {n: tracker.snaps[n] for n in names}
             for k, v in laps.items():
@@ -322,26 +312,20 @@ def test_serving_process_group_sigkilled_at_random_moments_loses_no_flushed_writ
     assert fig["rounds"] >= 3 and fig["takeovers_same_identity"] and fig["takeovers_other_identity"], fig
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "verify reads the committed metadata only (snapshots/verify.py, verify_data.py): since the redo log "
-    "(8cfeecf, vdisk/journal.py _flush_by_log), a flush frees the PBAs an in-place rewrite released "
-    "(Allocator.free_pending), punches runs of them and hands them out again before any full commit, so "
-    "the committed VBA -> PBA map verify reads points at blocks that no longer hold what its checksums say; "
-    "recheck_suspects' fresh view is committed-only too and confirms the false damage. The disk is "
-    "healthy: a read-only Disk.open redoes the log and reads every block right"))
 def test_verify_data_beside_a_logged_flush_finds_no_damage(ceph, prefix):
-    """The false damage the kill test met after a take-over, made certain: a
-    committed extent, rewritten in place by one write (no snapshot since, so
-    its VBAs keep their PBAs' old places in the committed map), one flush
-    through the redo log, and verify --data beside the writer."""
-    import random as _random
+    """What the kill test met after a take-over (fixed by 3a0b4f5), made
+    certain: a committed extent rewritten in place by one write (no snapshot
+    since, so the committed map keeps its VBAs at their old PBAs), one flush
+    through the redo log, and verify --data beside the writer. Verify reads
+    the committed metadata only; a logged flush that freed, punched and
+    reused those old PBAs made it report healthy blocks as damaged."""
     loc = RadosLocation(ceph.pool, prefix, ceph.conf)
-    old, new = _random.Random(1).randbytes(64 * BS), _random.Random(2).randbytes(64 * BS)
+    old, new = random.Random(1).randbytes(64 * BS), random.Random(2).randbytes(64 * BS)
     with Disk.create(loc, SIZE, BS) as d:
         d.write(0, old)                             # committed by close
     with Disk.open(RadosLocation(ceph.pool, prefix, ceph.conf, "writer")) as d:
         d.write(0, new)                             # >= 16 blocks: remapped at once, the old PBAs released
-        d.flush()                                   # logged: they are free (and punched) from here on
+        d.flush()                                   # logged: the old PBAs must stay as they are until a commit
         with Disk.open(RadosLocation(ceph.pool, prefix, ceph.conf, "reader"), readonly=True) as r:
             assert r.read(0, 64 * BS) == new        # the disk is right
         report = verify(RadosLocation(ceph.pool, prefix, ceph.conf, "verifier"), data=True)
