@@ -228,7 +228,7 @@ class RadosServer(powercut_serve.Server):
 
     def flush_then_kill(self, delay: float) -> bool:
         """An NBD flush, and ``delay`` seconds after sending it the group's SIGKILL:
-        inside the commit when the delay is shorter than it. True if the
+        inside the flush when the delay is shorter than it. True if the
         server acknowledged the flush before it died (then it is a completed
         commit: everything before it must be there)."""
         nbd = powercut_serve.import_nbd()

@@ -83,11 +83,11 @@ def _read_all(h, size: int) -> bytes:
 
 
 class Kill:
-    """When to SIGKILL the group: a plan chosen per round, and a watchdog.
+    """When to SIGKILL the group: the round's plan (PLANS in turn), and a watchdog.
 
     ``time``: after a random time; ``flush``: 0-1.5 ms after sending the
-    n-th flush (a commit takes 1-7 ms here), by the driver itself, so the
-    kill is sure to find the flush in flight; ``control``: 0-6 ms into the
+    n-th flush (one takes about 1 ms here), timed by the driver itself, so
+    the kill lands inside the flush or just after it; ``control``: 0-6 ms into the
     n-th snapshot create/delete, revert or compact; ``burst``: 0-20 ms into
     the n-th burst of aio writes.
     """
