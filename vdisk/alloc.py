@@ -244,19 +244,22 @@ class Allocator:
             self.end = stop
         else:
             low = stop
-        if pba >= low:
-            return
-        e = self.free.floor(pba)
-        if e is None or e[0] + e[1] < low:
-            raise IntegrityError(f"the redo log names PBAs {pba}+{low - pba}, which were not free: "
-                                 f"run vdisk verify")
-        start, n = e
         free = self.free
-        free.delete(start)
-        if start < pba:
-            free.insert(start, pba - start)
-        if low < start + n:
-            free.insert(low, start + n - low)
+        while pba < low:
+            # One piece can span free extents that touch: the writer took
+            # them one after the other, and its allocation joined the pieces.
+            e = free.floor(pba)
+            if e is None or e[0] + e[1] <= pba:
+                raise IntegrityError(f"the redo log names PBAs {pba}+{low - pba}, which were not free: "
+                                     f"run vdisk verify")
+            start, n = e
+            end = min(start + n, low)
+            free.delete(start)
+            if start < pba:
+                free.insert(start, pba - start)
+            if end < start + n:
+                free.insert(end, start + n - end)
+            pba = end
 
     def _add_free(self, start: int, count: int):
         """A free run the free tree did not hold, joined with a free extent just before it."""

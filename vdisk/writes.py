@@ -121,8 +121,10 @@ class WritePath:
         else:
             h = blake3.blake3
             sums = [h(data[i:i + bs]).digest(CSUM_BYTES) for i in range(0, n * bs, bs)]
-        self._map_sums(b0, n, sums, pieces, line)
+        # Recorded first: mapping it may end in the automatic commit, which
+        # holds this write and starts the next epoch without its record.
         self._log_write(line, b0, pieces, sums)
+        self._map_sums(b0, n, sums, pieces, line)
 
     def _map_sums(self, b0: int, n: int, sums: list[bytes], pieces: list[tuple[int, int]], line: "Line"):
         """Map blocks [b0, b0+n) of ``line``, written at ``pieces`` with checksums

@@ -16,6 +16,7 @@ import shutil
 import pytest
 
 from vdisk import Disk, alloc, journal
+from vdisk import disk as engine
 from vdisk import format as fmt
 from vdisk import logformat as lf
 from vdisk.errors import IntegrityError, UnsupportedVersion
@@ -93,11 +94,13 @@ def _random_ops(rng, d, model, size, n):
             data = rng.randbytes(ln)
             d.write(off, data)
             model[off:off + ln] = data
+            yield "done"
         elif r < 0.68:
             off = rng.randrange(size)
             ln = max(1, min(rng.randrange(1, 48 * BS), size - off))
             d.zero(off, ln)
             model[off:off + ln] = bytes(ln)
+            yield "zeroed"
         elif r < 0.70:
             # A read of several blocks settles the recent writes it meets,
             # and the PBAs they replaced are free at the next flush.
@@ -116,11 +119,18 @@ def test_a_crash_at_any_point_finds_the_last_flush(scratch, monkeypatch, seed):
     but nothing else); snapshots along the way commit in full. The PBA space
     grows little at a time, so that freed PBAs are soon handed out again
     after a commit, and the committed state alone stays exact (verify --data).
+    Odd seeds commit by themselves inside writes every few dozen blocks (a
+    write's record once went to the epoch after the commit that held it:
+    found by a read-only server beside a writer).
     """
     monkeypatch.setattr(alloc, "GROW_BLOCKS", 16)
+    if seed % 2:
+        monkeypatch.setattr(engine, "AUTO_COMMIT_BLOCKS", 96)
+        monkeypatch.setattr(engine, "AUTO_COMMIT_LIGHT_BLOCKS", 48)
     rng = random.Random(seed)
     size = 4 * MiB
     d = Disk.create(os.path.join(scratch, "d"), size)
+    commits = Counted(d, monkeypatch)
     model = bytearray(size)
     flushed = bytes(size)
     snaps = {}
@@ -128,25 +138,32 @@ def test_a_crash_at_any_point_finds_the_last_flush(scratch, monkeypatch, seed):
     try:
         for step in range(12):
             for event in _random_ops(rng, d, model, size, 40):
-                if event == "flushed":
-                    flushed = bytes(model)
-                if rng.random() < 0.2:
-                    crashes += 1
-                    where = crash_copy(d, os.path.join(scratch, f"c{crashes}"))
-                    # The committed state alone, the log not redone, is exact with its data.
-                    report = verify(where, data=True)
-                    assert report.ok, [str(p) for p in report.problems]
-                    with Disk.open(where) as c:
-                        got = c.read(0, size)
-                        assert got in (flushed, bytes(model)), f"seed {seed} crash {crashes}"
-                        for name, want in snaps.items():
-                            assert c.open_snapshot(name).read(0, size) == want
-                        assert_consistent(c)
-                    shutil.rmtree(where)
+                if event == "flushed" or commits.commits:
+                    # Flushed, or committed by itself inside the operation:
+                    # at its end (a write's one), or part-way (a zero writes
+                    # its edges first, each of which may commit: then what
+                    # is durable is known again at the next flush).
+                    flushed = None if event == "zeroed" and commits.commits else bytes(model)
+                    commits.commits = 0
+                if event in ("done", "zeroed") or flushed is None or rng.random() >= 0.2:
+                    continue
+                crashes += 1
+                where = crash_copy(d, os.path.join(scratch, f"c{crashes}"))
+                # The committed state alone, the log not redone, is exact with its data.
+                report = verify(where, data=True)
+                assert report.ok, [str(p) for p in report.problems]
+                with Disk.open(where) as c:
+                    got = c.read(0, size)
+                    assert got in (flushed, bytes(model)), f"seed {seed} crash {crashes}"
+                    for name, want in snaps.items():
+                        assert c.open_snapshot(name).read(0, size) == want
+                    assert_consistent(c)
+                shutil.rmtree(where)
             if rng.random() < 0.3:
                 name = f"s{step}"
                 d.create_snapshot(name)
                 snaps[name] = flushed = bytes(model)
+                commits.commits = 0
         assert crashes >= 3
     finally:
         d.close()
@@ -282,3 +299,29 @@ def test_without_the_log_every_flush_commits(make_disk, monkeypatch):
         d.flush()
     assert n.commits == 3 and d.forest.meta_get(b"disk/log") is None
     assert_consistent(d)
+
+
+def test_replay_claims_a_piece_across_free_extents_that_touch(make_disk, scratch):
+    """The allocator takes touching free extents one after the other and joins
+    what it hands out: one logged piece then spans two extents of the
+    committed free tree (found by a read-only server beside a writer)."""
+    d = make_disk(4 * MiB)
+    d.write(0, pattern(1, MiB))
+    d.checkpoint()
+    with d.lock:
+        start, n = next(iter(d.alloc.free.items()))
+        assert n > 8
+        # Two free extents that touch, as commits can leave them.
+        d.alloc.free.delete(start)
+        d.alloc.free.insert(start, 4)
+        d.alloc.free.insert(start + 4, n - 4)
+    d.checkpoint()
+    assert list(d.alloc.free.items())[:2] == [(start, 4), (start + 4, n - 4)]
+    d.write(MiB, pattern(2, 8 * BS))               # 8 blocks: one piece over both
+    with d.lock:
+        assert d._vba.pieces(d._lba.pieces(MiB // BS, 1)[0][1], 8)[0][1:] == (start, 8)
+    d.flush()
+    where = crash_copy(d, os.path.join(scratch, "c"))
+    with Disk.open(where) as c:
+        assert c.read(MiB, 8 * BS) == pattern(2, 8 * BS)
+        assert_consistent(c)
