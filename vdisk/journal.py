@@ -58,11 +58,12 @@ from . import format as fmt
 from . import logformat as lf
 from .names import CSUM_BYTES, CSUM_TREE, FREE_TREE, LOG_KEY, RUNNING_TREE, VBA_TREE
 
+log = logging.getLogger("vdisk")
+
 # A full commit instead, once the epoch holds this many groups: bounds the
 # log's space and what replay has to redo (at 4 KiB, 16 MiB: ~400,000
 # one-block records).
 LOG_MAX_GROUPS = 4096
-log = logging.getLogger("vdisk")
 
 # What the running point's writes change: the redo log redoes these only.
 _WRITES_CHANGE = frozenset((RUNNING_TREE, VBA_TREE, CSUM_TREE, FREE_TREE))
@@ -89,7 +90,7 @@ class Journal:
     _unlogged = True            # a change since the last full commit that the log cannot redo
     _replaying = False
     _log_holds_all = False      # closing: a failed commit loses nothing (see _close_commit)
-    _ro_log = None              # a reader's (epoch, next group's PBA, its index)
+    _ro_log = None              # a reader's (epoch, _Flush: the last flush it redid)
 
     def _init_journal(self):
         """Fresh journal state: at open, and each time a reader reloads the maps."""
