@@ -30,6 +30,10 @@ from vdisk.cli.main import main
 from vdisk.convert import converter
 
 mode, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+# Ctrl-C as at a terminal, whatever this process inherited: a test run in the
+# background of a shell without job control starts with SIGINT ignored, and
+# Python then never raises KeyboardInterrupt (the child converted to the end).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 converter.CHECKPOINT_BYTES = 64 << 10
 converter.CHUNK_BYTES = 64 << 10
 C = converter._Converter
