@@ -1,10 +1,12 @@
-"""What every benchmark prints about the machine it ran on."""
+"""What the benchmarks share: the machine they ran on, probes, running fio."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
+import subprocess
 
 
 def machine() -> str:
@@ -53,3 +55,19 @@ def socket_answers(path: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def fio_job(argv: list[str], timeout: float, env=None, what: str = "fio") -> dict:
+    """Run fio (``argv``, with ``--output-format=json``) and return its one job's figures.
+
+    fio may print warnings before its JSON, and reports some failures only
+    in the job's ``error`` field: both are handled here, for every bench.
+    """
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
+                       stdin=subprocess.DEVNULL)
+    if r.returncode:
+        raise RuntimeError(f"{what} failed: {r.stderr[-2000:]}")
+    job = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
+    if job.get("error"):
+        raise RuntimeError(f"{what} job error {job['error']}: {r.stderr[-2000:]}")
+    return job

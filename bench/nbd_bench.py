@@ -84,7 +84,7 @@ import time
 from vdisk.nbdplugin import nbdkit_command, nbdkit_env
 from vdisk.units import parse_size
 
-from benchlib import code_version, machine, socket_answers  # noqa: E402  (bench/ is the script's directory)
+from benchlib import code_version, fio_job, machine, socket_answers  # noqa: E402  (bench/ is the script's directory)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PASSTHROUGH = os.path.join(HERE, "passthrough_plugin.py")
@@ -308,14 +308,8 @@ def read_stats(path: str) -> dict:
 # ------------------------------------------------------------------ fio
 
 def fio(uri: str, args: list[str], timeout: float) -> dict:
-    argv = ["fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", "--output-format=json"] + args
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if r.returncode:
-        raise RuntimeError(f"fio failed: {r.stderr[-2000:]}")
-    job = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
-    if job.get("error"):
-        raise RuntimeError(f"fio job error {job['error']}: {r.stderr[-2000:]}")
-    return job
+    return fio_job(["fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", "--output-format=json"] + args,
+                   timeout)
 
 
 def fio_row(uri: str, rw: str, bs: str, depth: int, size: int, runtime: float | None) -> dict:

@@ -83,7 +83,7 @@ sys.path.insert(0, os.path.join(_ROOT, "tools"))
 import ceph_cluster  # noqa: E402
 from vdisk.units import parse_size  # noqa: E402
 
-from benchlib import code_version, machine, socket_answers  # noqa: E402  (bench/ is the script's directory)
+from benchlib import code_version, fio_job, machine, socket_answers  # noqa: E402  (bench/ is the script's directory)
 
 VDISK = [sys.executable, "-m", "vdisk.cli.main"]
 POOL = "bench"
@@ -241,15 +241,8 @@ class Bench:
             eng = ["--ioengine=nbd", f"--uri=nbd+unix:///?socket={self.sock}"]
         else:
             eng = ["--ioengine=rbd", "--clientname=admin", f"--pool={POOL}", f"--rbdname={image}"]
-        argv = ["fio", "--name=bench", *eng, "--output-format=json", *args]
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env,
-                           stdin=subprocess.DEVNULL)
-        if r.returncode:
-            raise RuntimeError(f"fio ({peer}) failed: {r.stderr[-1500:]}")
-        job = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
-        if job.get("error"):
-            raise RuntimeError(f"fio ({peer}) job error {job['error']}: {r.stderr[-1500:]}")
-        return job
+        return fio_job(["fio", "--name=bench", *eng, "--output-format=json", *args], timeout, env=self.env,
+                       what=f"fio ({peer})")
 
     def nbdkit_pid(self) -> int:
         """The serving nbdkit: the child of ``vdisk serve``."""
