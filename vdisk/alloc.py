@@ -240,7 +240,8 @@ class Allocator:
         if stop > self.end:
             low = max(pba, self.end)
             if low > self.end:
-                self._add_free(self.end, low - self.end)
+                # Joined with its neighbours like any run going back to the tree.
+                self._fold([self.end << _P | (low - self.end) << 3 | _HELD])
             self.end = stop
         else:
             low = stop
@@ -260,13 +261,6 @@ class Allocator:
             if end < start + n:
                 free.insert(end, start + n - end)
             pba = end
-
-    def _add_free(self, start: int, count: int):
-        """A free run the free tree did not hold, joined with a free extent just before it."""
-        e = self.free.floor(start - 1) if start else None
-        if e is not None and e[0] + e[1] == start:
-            start, count = e[0], e[1] + count
-        self.free.insert(start, count)
 
     def release(self, pba: int, count: int):
         """Free blocks once the change that stops using them is committed."""
