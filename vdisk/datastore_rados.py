@@ -419,7 +419,12 @@ class RadosDataStore:
             self.closed = True
 
     def remove(self) -> None:
-        """Remove every object of this store (the disk is being deleted)."""
+        """Remove every object of this store (the disk is being deleted).
+
+        The object map goes last, and only once every data object is gone:
+        it is what finds them, so a remove that failed (raising the first
+        failure) is finished by removing again.
+        """
         self._check()
         self._wait_reads()
         for index, exists in enumerate(self._map):
@@ -428,10 +433,15 @@ class RadosDataStore:
                 self._submit(oid, lambda cb, oid=oid: self.ioctx.aio_remove(oid, oncomplete=cb),
                              tolerate=errno.ENOENT)
         self._wait()
+        with self._lock:
+            if self._error is not None:
+                raise self._error
         try:
             self.ioctx.remove_object(self.map_oid)
         except self._rados.ObjectNotFound:
             pass
+        except self._rados.Error as e:
+            raise _oserror(e, f"cannot remove the object map of {self.name}") from None
         self.closed = True
 
 

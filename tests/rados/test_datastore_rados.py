@@ -105,6 +105,25 @@ def test_after_a_failed_write_every_sync_fails(ceph, new_client, prefix):
     assert again.value is first.value
 
 
+def test_a_remove_whose_data_objects_fail_keeps_the_map_and_removing_again_finishes(
+        ceph, ioctx, new_client, prefix):
+    """The object map is what finds the data objects: it goes only after all of them."""
+    w = RadosDataStore(ioctx, prefix, object_size=64 * KiB)
+    w.write(memoryview(pattern(1, 256 * KiB)), 0)
+    w.sync()
+    w.close()
+    victim = new_client()
+    s = RadosDataStore(victim.open_ioctx(ceph.pool), prefix, create=False)
+    vceph.fence(new_client(), victim.get_addrs(), expire_seconds=600)
+    with pytest.raises(OSError) as e:
+        s.remove()                                  # every removal fails in flight
+    assert e.value.errno == errno.ESHUTDOWN
+    left = {o.key for o in ioctx.list_objects() if o.key.startswith(prefix + ".")}
+    assert f"{prefix}.data.map" in left and len(left) == 5, left
+    RadosDataStore(ioctx, prefix, create=False).remove()
+    assert not any(o.key.startswith(prefix + ".") for o in ioctx.list_objects())
+
+
 def test_seek_and_allocation_follow_whole_objects(store):
     store.write(memoryview(pattern(1, 64 * KiB)), 128 * KiB)          # object 2 only
     store.write(memoryview(pattern(2, 4 * KiB)), 300 * KiB)           # object 4
