@@ -53,18 +53,18 @@ class AnchorView(Reader):
     def _lba_map(self) -> ExtentMap:
         lba = self.disk._anchor_lba
         if lba is None:
-            raise InvalidArgument(f"disk {self.disk.path} has no conversion anchor")
+            raise InvalidArgument(f"disk {self.disk.location} has no conversion anchor")
         return lba
 
 
 class _MissingOrigin:
     """Stands for an origin nobody attached: only a read that needs it fails."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, location: str):
+        self.location = location
 
     def read(self, offset: int, length: int) -> bytes:
-        raise Busy(f"disk {self.path} is being converted online and its running point reads through "
+        raise Busy(f"disk {self.location} is being converted online and its running point reads through "
                    f"the source chain, which is not open here: serve or mount the disk "
                    f"(or vdisk convert --resume) to use it")
 
@@ -80,12 +80,12 @@ class Anchor:
         buf = self.forest.meta_get(ANCHOR_KEY)
         if buf is None:
             if self.forest.has_tree(ANCHOR_TREE):
-                raise IntegrityError(f"disk {self.path}: tree {ANCHOR_TREE!r} has no record; run vdisk verify")
+                raise IntegrityError(f"disk {self.location}: tree {ANCHOR_TREE!r} has no record; run vdisk verify")
             self._anchor = self._anchor_lba = None
             return
         self._anchor = fmt.decode_anchor(buf)
         if not self.forest.has_tree(ANCHOR_TREE):
-            raise IntegrityError(f"disk {self.path}: the conversion anchor's tree is missing; run vdisk verify")
+            raise IntegrityError(f"disk {self.location}: the conversion anchor's tree is missing; run vdisk verify")
         self._anchor_lba = ExtentMap(self.forest.tree(ANCHOR_TREE))
 
     def _stage_anchor(self):
@@ -118,7 +118,7 @@ class Anchor:
     def check_not_converting(self, what: str):
         """Refuse ``what`` while an online conversion runs (see the module docstring)."""
         if self._anchor is not None:
-            raise Busy(f"cannot {what}: disk {self.path} is being converted online; "
+            raise Busy(f"cannot {what}: disk {self.location} is being converted online; "
                        f"this works once the conversion is done (vdisk info shows its progress)")
 
     # ------------------------------------------------------------ the origin
@@ -146,7 +146,7 @@ class Anchor:
     def _origin_of_running_point(self):
         if self._anchor is None:
             return None
-        return self._origin if self._origin is not None else _MissingOrigin(self.path)
+        return self._origin if self._origin is not None else _MissingOrigin(self.location)
 
     def _read_origin(self):
         return self._origin_of_running_point()
@@ -154,7 +154,7 @@ class Anchor:
     def _line(self, which: str | None) -> Line:
         if which == ANCHOR_TREE:
             if self._anchor is None:
-                raise InvalidArgument(f"disk {self.path} has no conversion anchor")
+                raise InvalidArgument(f"disk {self.location} has no conversion anchor")
             return Line(self._anchor_lba, self._anchor, self._anchor.vba_limit, None)
         return super()._line(which)
 
@@ -170,9 +170,9 @@ class Anchor:
         with self._settled():
             self._check_open()
             if self._anchor is not None:
-                raise AlreadyExists(f"disk {self.path} already has a conversion anchor")
+                raise AlreadyExists(f"disk {self.location} already has a conversion anchor")
             if self.snapshot_records() or self._lba.tree.first() is not None:
-                raise InvalidArgument(f"an online conversion needs a new, empty disk; {self.path} is not")
+                raise InvalidArgument(f"an online conversion needs a new, empty disk; {self.location} is not")
             st = self.state
             limit = st.vba_next + vba_reserve
             if limit >= MAX_TARGET // 2:
@@ -202,7 +202,7 @@ class Anchor:
             self._check_open()
             a = self._anchor
             if a is None:
-                raise InvalidArgument(f"disk {self.path} has no conversion anchor")
+                raise InvalidArgument(f"disk {self.location} has no conversion anchor")
             key = SNAP_META_PREFIX + name.encode()
             if self.forest.meta_get(key) is not None:
                 raise AlreadyExists(f"snapshot {name!r} already exists")

@@ -30,7 +30,7 @@ class Commits:
         if self._closed:
             raise InvalidArgument("disk is closed")
         if self._failed is not None:
-            raise DiskFailed(self.path, self._failed)
+            raise DiskFailed(self.location, self._failed)
 
     def _stop(self, e: BaseException) -> BaseException:
         """Stop the disk after ``e`` left unflushed writes lost or half-applied.
@@ -44,8 +44,8 @@ class Commits:
         successful flush. Returns the exception to raise now.
         """
         if isinstance(e, OSError):
-            what = f"I/O error on {self.path}: {e.strerror or e}"
-            e = (NoSpace(f"no space left on the file system holding {self.path}")
+            what = f"I/O error on {self.location}: {e.strerror or e}"
+            e = (NoSpace(f"no space left where {self.location} is stored")
                  if e.errno == errno.ENOSPC else StorageError(what))
         if self._failed is not None or self.readonly:
             return e
@@ -54,7 +54,7 @@ class Commits:
             # Closing, with every write in the redo log (vdisk/journal.py).
             return e
         log.error("disk %s stopped: %s; writes since the last flush may be lost; reopen it",
-                  self.path, self._failed)
+                  self.location, self._failed)
         if isinstance(e, NoSpace):
             return NoSpace(f"{e}; writes since the last successful flush are lost, the disk is "
                            f"consistent: free space, then reopen it")
@@ -115,7 +115,7 @@ class Commits:
             try:
                 self._data.sync()
             except OSError as e:
-                raise StorageError(f"writing back {self.path}/data failed: {e.strerror or e}") \
+                raise StorageError(f"writing back the data of {self.location} failed: {e.strerror or e}") \
                     if e.errno != errno.ENOSPC else e
             self._next_epoch()
             freed = self.alloc.prepare_commit()
@@ -155,6 +155,6 @@ class Commits:
             self._data.sync()
         except OSError as e:
             with self._lock:
-                err = self._stop(StorageError(f"writing back {self.path}/data failed: {e.strerror or e}")
+                err = self._stop(StorageError(f"writing back the data of {self.location} failed: {e.strerror or e}")
                                  if e.errno != errno.ENOSPC else e)
             raise err from None

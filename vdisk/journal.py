@@ -234,7 +234,7 @@ class Journal:
             self._commit()
         except NoSpace:
             log.warning("disk %s: no space to commit its metadata at close; every write is in its "
-                        "redo log, which the next writable open replays (free space first)", self.path)
+                        "redo log, which the next writable open replays (free space first)", self.location)
 
     def _next_epoch(self) -> None:
         """Called by each full commit before the allocator's frees are folded in:

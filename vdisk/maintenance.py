@@ -35,7 +35,7 @@ class Maintenance:
         with self._jobs_done:
             self._check_open()
             if self._closing:
-                raise Cancelled(f"disk {self.path} is closing")
+                raise Cancelled(f"disk {self.location} is closing")
             self._jobs += 1
         try:
             yield
@@ -46,7 +46,7 @@ class Maintenance:
 
     def check_cancelled(self):
         if self._closing:
-            raise Cancelled(f"disk {self.path} is closing; the work resumes at the next open")
+            raise Cancelled(f"disk {self.location} is closing; the work resumes at the next open")
         self._check_open()
 
     def compact(self, stall: float = 0.02, progress=None) -> int:

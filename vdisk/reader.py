@@ -383,7 +383,7 @@ class ReadPath:
     def _read_error(self, e: OSError, pba: int) -> StorageError:
         # A failed read loses nothing acknowledged: the disk goes on, the
         # request fails with the device's error.
-        return StorageError(f"reading {self.path}/data at PBA {pba} failed: {e.strerror or e}")
+        return StorageError(f"reading the data of {self.location} at PBA {pba} failed: {e.strerror or e}")
 
     def _wanted_sums(self, vba: int, count: int, lba: int) -> list[bytes]:
         """The checksums of VBAs ``vba..`` (LBAs ``lba..``); fails if one is missing."""
@@ -401,7 +401,7 @@ class ReadPath:
         got = [h(data[i:i + bs]).digest(CSUM_BYTES) for i in range(0, count * bs, bs)]
         if got != want:
             i = next(i for i in range(count) if got[i] != want[i])
-            log.error("checksum mismatch at LBA %d (VBA %d) of %s", lba + i, vba + i, self.path)
+            log.error("checksum mismatch at LBA %d (VBA %d) of %s", lba + i, vba + i, self.location)
             raise ChecksumMismatch(f"data at LBA {lba + i} (byte {(lba + i) * bs}) does not match its "
                                    f"checksum: refusing to return wrong data; run vdisk verify --data")
 

@@ -136,6 +136,26 @@ def test_snapshots_delete_revert_and_verify_on_rados(loc):
     assert_verified(loc)
 
 
+def test_messages_name_the_rados_disk_not_its_local_state_directory(loc):
+    """What a user of rados:POOL/NAME reads names that, never the state directory on this host."""
+    def says_location(call, error):
+        with pytest.raises(error) as e:
+            call()
+        assert str(loc) in str(e.value) and d.path not in str(e.value), str(e.value)
+
+    with Disk.create(loc, 4 * MiB) as d:
+        says_location(lambda: d.anchor_view().read(0, 4096), InvalidArgument)
+        d.begin_anchor(64)
+        says_location(lambda: d.begin_anchor(64), AlreadyExists)
+        says_location(lambda: d.create_snapshot("s"), Busy)
+        says_location(lambda: d.read(0, 4096), Busy)          # the running point reads through no origin
+        d.finish_anchor()
+        d.write(0, pattern(1, 4096))
+        d._failed = "a test's failure"                 # stopped: every request says which disk
+        says_location(lambda: d.read(0, 4096), DiskFailed)
+        d._failed = None
+
+
 # ---------------------------------------------------------------- failover and fencing
 
 class Child:
