@@ -17,12 +17,13 @@ import errno
 import os
 import struct
 import threading
-from typing import Iterable, Iterator, Protocol
+from typing import Iterable, Iterator, Mapping, Protocol
 
 import lmdb
 
 from vdisk.errors import IntegrityError, NoSpace, ReadOnly, StorageError, VdiskError
 
+from . import mapped
 from .lmdbfile import check_pages
 
 _NODE_KEY = struct.Struct(">Q")  # big-endian: LMDB keeps node ids in numeric order
@@ -37,7 +38,9 @@ class NodeStore(Protocol):
 
     def meta_items(self, prefix: bytes) -> list[tuple[bytes, bytes]]: ...
 
-    def commit(self, puts: dict[int, bytes], deletes: Iterable[int],
+    # ``puts`` may encode each node only when asked for it (Forest.commit):
+    # look each one up as it is written, and again on a retry.
+    def commit(self, puts: Mapping[int, bytes], deletes: Iterable[int],
                meta: dict[bytes, bytes | None]) -> None: ...
 
     def node_ids(self) -> Iterator[int]: ...
@@ -46,6 +49,12 @@ class NodeStore(Protocol):
 
     def close(self) -> None: ...
 
+
+# Every this many node loads (and after each commit) the pages of LMDB's map
+# that the loads faulted in are dropped from the process (btree/mapped.py):
+# the forest holds the decoded nodes, and 4 MiB of mapped copies is the most
+# a process keeps beside them.
+SHED_EVERY_LOADS = 1024
 
 # Allocated blocks kept beside the database for a commit on a full file system.
 RESERVE_FILE = "reserve"
@@ -63,6 +72,16 @@ class _Shared:
         # until the environment is closed; this keeps the I/O error behind it.
         self.failure: str | None = None
         self.panicked = False
+        self.file = ""
+        self.loads = 0
+        self.mapped: list[tuple[int, int]] | None = None
+
+    def shed(self):
+        """Drop the map's pages this process touched (see SHED_EVERY_LOADS)."""
+        self.loads = 0
+        if self.mapped is None or not mapped.drop_resident(self.mapped):
+            self.mapped = mapped.mappings(self.file)
+            mapped.drop_resident(self.mapped)
 
 
 _ENVS: dict[str, _Shared] = {}     # realpath -> the one environment of that directory
@@ -104,6 +123,7 @@ def _open_env(key: str, path: str, readonly: bool, create: bool, map_size: int) 
             env.close()
             raise
         shared = _ENVS[key] = _Shared(env, nodes_db, meta_db, not readonly, psize)
+        shared.file = file
         return shared
 
 
@@ -319,7 +339,16 @@ class LmdbNodeStore:
             raise self._error(e) from None
 
     def load(self, node_id):
+        shared = self._shared
+        shared.loads += 1
+        if shared.loads >= SHED_EVERY_LOADS:
+            shared.shed()
         return self._read(_NODE_KEY.pack(node_id), self.nodes_db)
+
+    def shed(self):
+        """Drop the pages of LMDB's map that reads faulted into this process
+        (they stay in the page cache); reads go on as before."""
+        self._shared.shed()
 
     def meta_get(self, key):
         return self._read(key, self.meta_db)
@@ -401,6 +430,7 @@ class LmdbNodeStore:
         except lmdb.Error as e:
             raise self._commit_error(e, puts) from None
         self._cover_last_page()
+        self._shared.shed()
 
     def _cover_last_page(self):
         """Keep data.mdb reaching its last page, so a short file is damage.
