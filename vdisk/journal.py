@@ -353,67 +353,113 @@ class Journal:
 
     def _read_chain(self, rec: lf.LogRecord, after: "_Flush") -> list["_Flush"]:
         """The epoch's complete flushes after the flush ``after`` (or the start)."""
-        bs = self.block_size
-        flushes = []
-        at, parts = [], []
-        pba, index, prev = after.next_pba, after.next_index, after.digest
-        while index < 2 * LOG_MAX_GROUPS:
-            try:
-                buf = self._data.read(bs, pba * bs)
-            except OSError as e:
-                raise IntegrityError(f"disk {self.path}: reading its redo log at PBA {pba} failed: "
-                                     f"{e.strerror or e}") from None
-            group = lf.decode_group(buf, rec.log_id, index, prev)
-            if group is None:
-                break
-            at.append(pba)
-            parts.append(group.payload)
-            pba, index, prev = group.next_pba, index + 1, group.digest
-            if group.last:
-                flushes.append(_Flush(at, list(lf.parse(b"".join(parts))), pba, index, prev))
-                at, parts = [], []
-        # Groups of a flush whose last group is missing: that flush never returned.
-        return flushes
+        return _chain(self._data.read, self.block_size, rec, after, self.location)[0]
 
     def _landed(self, records) -> bool:
-        """Whether every block the last flush's records leave mapped holds its checksum.
-
-        The one flush that may not have returned before the crash: its
-        records can be durable while some of its data is not. A block a
-        later record of the same flush replaced is not looked at: once the
-        flush returned it was free, and may hold anything since.
-        """
-        covered = set()
-        for _kind, lba, count, pieces, sums in reversed(records):
-            blocks = range(lba, lba + count)
-            if pieces:
-                i = 0
-                for pba, n in pieces:
-                    for j in range(n):
-                        if lba + i + j not in covered and not self._holds(pba + j, sums[i + j]):
-                            return False
-                    i += n
-            covered.update(blocks)
-        return True
-
-    def _holds(self, pba: int, csum: bytes) -> bool:
-        bs = self.block_size
-        try:
-            buf = self._data.read(bs, pba * bs)
-        except OSError:
-            return False
-        return len(buf) == bs and blake3.blake3(buf).digest(CSUM_BYTES) == csum
+        return _all_landed(self._data.read, self.block_size, records)
 
     def _redo(self, line, kind, lba: int, count: int, pieces, sums) -> None:
-        if count <= 0 or lba + count > self.size // self.block_size:
-            raise IntegrityError(f"disk {self.path}: its redo log names blocks {lba}+{count} "
-                                 f"outside the disk: the disk is damaged")
+        _check_inside(lba, count, self.size // self.block_size, self.location)
         if kind == lf.ZERO:
             self._unmap_blocks(lba, count, line)
             return
         for pba, n in pieces:
             self.alloc.claim(pba, n)
         self._map_sums(lba, count, sums, pieces, line)
+
+
+# ------------------------------------------------------------ reading a log
+
+class Pending(NamedTuple):
+    """What an epoch's redo log holds beyond the full commit that began it (:func:`pending`)."""
+
+    flushes: int        # complete flushes a writable open redoes
+    groups: int         # their groups
+    dropped: int        # groups a writable open drops: of a last flush cut short, or whose data did not land
+
+
+def pending(read, block_size: int, rec: lf.LogRecord, blocks: int, name: str) -> Pending:
+    """Count what the log of epoch ``rec`` holds as replay finds it, without replaying it.
+
+    For a checker of the committed state (``vdisk verify``): the flushes
+    there are durable but not in the maps yet. ``read(length, offset)``
+    reads the data store (OSError on failure); ``blocks`` is the disk's
+    size in blocks; ``name`` names the disk in messages. Raises
+    IntegrityError (UnsupportedVersion for a newer group) where replay
+    would fail: a group that cannot be read, records that do not parse or
+    that name blocks outside the disk. A chain that simply ends (a flush
+    cut short, a writer that committed meanwhile) is no error.
+    """
+    flushes, cut = _chain(read, block_size, rec, _Flush([], [], rec.head, 0, lf.NO_PREV), name)
+    dropped = cut
+    if flushes and not _all_landed(read, block_size, flushes[-1].records):
+        dropped += len(flushes.pop().at)
+    for f in flushes:
+        for _kind, lba, count, _pieces, _sums in f.records:
+            _check_inside(lba, count, blocks, name)
+    return Pending(len(flushes), sum(len(f.at) for f in flushes), dropped)
+
+
+def _chain(read, bs: int, rec: lf.LogRecord, after: "_Flush", name: str) -> tuple[list["_Flush"], int]:
+    """The epoch's complete flushes after the flush ``after`` (or the start), and
+    how many groups follow them without the last group of their flush."""
+    flushes = []
+    at, parts = [], []
+    pba, index, prev = after.next_pba, after.next_index, after.digest
+    while index < 2 * LOG_MAX_GROUPS:
+        try:
+            buf = read(bs, pba * bs)
+        except OSError as e:
+            raise IntegrityError(f"disk {name}: reading its redo log at PBA {pba} failed: "
+                                 f"{e.strerror or e}") from None
+        group = lf.decode_group(buf, rec.log_id, index, prev)
+        if group is None:
+            break
+        at.append(pba)
+        parts.append(group.payload)
+        pba, index, prev = group.next_pba, index + 1, group.digest
+        if group.last:
+            flushes.append(_Flush(at, list(lf.parse(b"".join(parts))), pba, index, prev))
+            at, parts = [], []
+    # Groups of a flush whose last group is missing: that flush never returned.
+    return flushes, len(at)
+
+
+def _all_landed(read, bs: int, records) -> bool:
+    """Whether every block the last flush's records leave mapped holds its checksum.
+
+    The one flush that may not have returned before the crash: its
+    records can be durable while some of its data is not. A block a
+    later record of the same flush replaced is not looked at: once the
+    flush returned it was free, and may hold anything since.
+    """
+    covered = set()
+    for _kind, lba, count, pieces, sums in reversed(records):
+        blocks = range(lba, lba + count)
+        if pieces:
+            i = 0
+            for pba, n in pieces:
+                for j in range(n):
+                    if lba + i + j not in covered and not _holds(read, bs, pba + j, sums[i + j]):
+                        return False
+                i += n
+        covered.update(blocks)
+    return True
+
+
+def _holds(read, bs: int, pba: int, csum: bytes) -> bool:
+    try:
+        buf = read(bs, pba * bs)
+    except OSError:
+        return False
+    return len(buf) == bs and blake3.blake3(buf).digest(CSUM_BYTES) == csum
+
+
+def _check_inside(lba: int, count: int, blocks: int, name: str) -> None:
+    """A record's blocks ``lba..lba+count`` must lie inside a disk of ``blocks`` blocks."""
+    if count <= 0 or lba + count > blocks:
+        raise IntegrityError(f"disk {name}: its redo log names blocks {lba}+{count} "
+                             f"outside the disk: the disk is damaged")
 
 
 class _Flush(NamedTuple):
