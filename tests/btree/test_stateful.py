@@ -21,7 +21,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from hypothesis import event, note
+from hypothesis import event, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -361,7 +361,16 @@ def _machine(store: str, layout_name: str, cache_nodes: int = ForestMachine.CACH
     suffix = "" if cache_nodes == ForestMachine.CACHE_NODES else f"_cache{cache_nodes}"
     cls = type(f"Forest_{store}_{layout_name}{suffix}", (ForestMachine,),
                {"STORE": store, "LAYOUT": LAYOUTS[layout_name], "CACHE_NODES": cache_nodes})
-    return cls.TestCase
+    case = cls.TestCase
+    case.settings = _settings
+    return case
+
+
+# Nine machines: at the profile's full count they were the suite's largest
+# hypothesis share (~35 s), so each runs half the profile's examples (50 in
+# the default and ci profiles); HYPOTHESIS_PROFILE=nightly runs 500 each.
+_base = settings()
+_settings = settings(_base, max_examples=max(10, _base.max_examples // 2))
 
 
 TestMemoryWide = _machine("memory", "wide")
