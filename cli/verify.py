@@ -33,6 +33,19 @@ def summary_line(report) -> str:
     return f"{report.disk}: " + ", ".join(parts) + f" in {report.seconds:.2f} s"
 
 
+def log_line(report) -> str | None:
+    """The redo log's flushes beyond the committed maps verify checked, or None when there are none."""
+    n, groups, dropped = report.log_flushes, report.log_groups, report.log_dropped_groups
+    cut = f"a last flush that did not complete ({dropped} group{'s' if dropped != 1 else ''}) is dropped"
+    if n:
+        return (f"redo log: {n} flush{'es' if n != 1 else ''} ({groups} group{'s' if groups != 1 else ''}) "
+                f"not yet committed to the maps; they are replayed when the disk is opened for writing"
+                + (f", and {cut}" if dropped else ""))
+    if dropped:
+        return f"redo log: {cut} when the disk is opened for writing; every other flush is in the maps"
+    return None
+
+
 @click.command()
 @disk_argument
 @click.option("--data", is_flag=True, help="Also read every live block back and check its checksum.")
@@ -45,8 +58,10 @@ def verify(disk, data, quiet, as_json):
     metadata and never pauses the writer. Snapshots are walked oldest first
     and subtrees shared with an older one are not read again, so many
     snapshots cost little more than one. Each problem is one line naming the
-    snapshot, node or extent and what is wrong. A progress bar is drawn on
-    stderr when it is a terminal.
+    snapshot, node or extent and what is wrong. Flushes that the redo log
+    holds and the maps do not yet (a writer beside it, or a crash) are one
+    line, no problem: opening the disk for writing replays them. A progress
+    bar is drawn on stderr when it is a terminal.
 
     Exit status: 0 clean, 1 problems found; a disk that cannot be opened
     gives the code of the reason (3 not found, 8 damaged, ...).
@@ -65,6 +80,9 @@ def verify(disk, data, quiet, as_json):
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         click.echo(summary_line(report))
+        pending = log_line(report)
+        if pending:
+            click.echo(pending)
         for note in report.notes:
             click.echo(f"note: {note}")
         for p in report.problems:

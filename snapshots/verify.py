@@ -38,11 +38,14 @@ Phases:
    :mod:`.delete`) owns the nodes it lists and may still hold the VBAs their
    leaves map: those are neither leaks nor missing, but its nodes must still
    be stored and no live tree may reach them (they are freed when it ends).
-4. With ``data``: every mapped block is read back and checked against its
-   blake3. A writer may move or free a block after the view was taken, so a
-   mismatch is reported only when a fresh view, taken before and again after
-   reading the block once more, still maps that VBA to the same PBA and
-   checksum and the bytes still do not match.
+4. The data file holds the blocks the VBA -> PBA map places in it; the
+   redo log's flushes not yet committed to the maps are counted (without
+   replaying them: :func:`vdisk.journal.pending`), and what replay would
+   fail on is a problem. With ``data``: every mapped block is read back
+   and checked against its blake3. A writer may move or free a block after
+   the view was taken, so a mismatch is reported only when a fresh view,
+   taken before and again after reading the block once more, still maps
+   that VBA to the same PBA and checksum and the bytes still do not match.
 
 Problem kinds: :mod:`.verify_report`. Each phase has its module: records
 (:mod:`.verify_records`), the walk (:mod:`.verify_walk`, whose per-map
@@ -139,6 +142,7 @@ def _run(v: Verification, data: bool) -> Report:
         verify_cross.check_nodes_stored(v, results, deleting)
         verify_cross.cross_check(v)
         verify_data.check_file(v)
+        verify_data.check_log(v)
         if data:
             verify_data.data_pass(v)
     # Outside the first view: each suspect is looked up again in fresh ones.

@@ -27,6 +27,9 @@ data-file     the data file is missing, not a regular file, cannot be opened,
               or ends before blocks the VBA -> PBA map places in it
 deletion      the record of a deletion in progress is damaged, or lists a
               node that is missing or that a live tree still reaches
+log           a redo log group cannot be read, or its records do not parse
+              or name blocks outside the disk (flushes in the log and not
+              yet in the maps are no problem: ``log_flushes``)
 ============  ================================================================
 
 ``vdisk verify --json`` prints :meth:`Report.to_dict`; its schema is in
@@ -66,6 +69,11 @@ class Report:
     blocks: int = 0             # VBAs mapped to PBAs
     data_blocks: int = 0        # blocks read back with ``data``
     data_moved: int = 0         # of those, rewritten or freed by a writer during the check
+    # The redo log (vdisk/journal.py): flushes durable in it but not yet in the
+    # committed maps checked here; a writable open replays them.
+    log_flushes: int = 0
+    log_groups: int = 0         # their groups (blocks)
+    log_dropped_groups: int = 0  # groups of a last flush that never completed: replay drops them
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)   # checks skipped, and why
     # Per tree, in walk order: {"tree", "nodes_checked", "nodes_shared", "entries"}.

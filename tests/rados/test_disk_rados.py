@@ -156,6 +156,18 @@ def test_messages_name_the_rados_disk_not_its_local_state_directory(loc):
         d._failed = None
 
 
+def test_verify_beside_the_writer_counts_the_flushes_its_redo_log_holds(loc):
+    with Disk.create(loc, 4 * MiB) as w:
+        for i in range(3):
+            w.write(i * MiB, pattern(i + 1, 64 * KiB))
+            w.flush()
+        report = verify(loc, data=True)
+        assert report.ok, [str(p) for p in report.problems]
+        assert (report.log_flushes, report.log_groups, report.log_dropped_groups) == (w._log_index, w._log_index, 0)
+        assert report.log_flushes >= 2
+    assert verify(loc).log_flushes == 0         # closing committed them
+
+
 # ---------------------------------------------------------------- failover and fencing
 
 class Child:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
 
 from click.testing import CliRunner
 
+from vdisk import logformat as lf
 from vdisk.cli.main import main
 
 from .util import lba_extents
@@ -135,3 +138,69 @@ def test_progress_bar_only_on_a_terminal(template):
             os.close(slave)
     text = out.decode(errors="replace")
     assert "metadata trees" in text and "data blocks" in text and "no problems found" in text
+
+
+# ---------------------------------------------------------------- the redo log
+
+def _flushed_beside_the_maps(d, scratch: str) -> str:
+    """Three flushes through the redo log and no commit after them; a crash copy
+    (what SIGKILL leaves) to verify in this process."""
+    for i in range(3):
+        d.write(i * 7000, bytes([i + 1]) * 3000)
+        d.flush()
+    assert d._log_index == 3                    # one group each, none committed
+    where = os.path.join(scratch, "crashed")
+    shutil.copytree(d.path, where, ignore=shutil.ignore_patterns("lock"))
+    return where
+
+
+def test_flushes_the_maps_do_not_hold_yet_are_one_line_and_no_problem(open_copy, scratch):
+    where = _flushed_beside_the_maps(open_copy, scratch)
+    r = _run(where)
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[1] == ("redo log: 3 flushes (3 groups) not yet committed to the maps; they are replayed "
+                        "when the disk is opened for writing")
+    assert lines[-1] == "no problems found"
+    report = json.loads(_run(where, "--json").output)
+    assert (report["log_flushes"], report["log_groups"], report["log_dropped_groups"]) == (3, 3, 0)
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "CLI.md")) as f:
+        documented = re.search(r"```json-fields verify-log\n(.*?)```", f.read(), re.S).group(1)
+    assert {ln.split()[0] for ln in documented.splitlines() if ln.strip()} == {k for k in report if k.startswith("log_")}
+    open_copy.checkpoint()                      # a full commit: the maps hold them all
+    committed = os.path.join(scratch, "committed")
+    shutil.copytree(open_copy.path, committed, ignore=shutil.ignore_patterns("lock"))
+    r = _run(committed)
+    assert r.exit_code == 0 and "redo log" not in r.output, r.output
+
+
+def _append_group(d, where: str, payload: bytes, last: bool):
+    """A valid next group of the writer's chain, written into the copy ``where``."""
+    rec = lf.decode_log(d.forest.meta_get(b"disk/log"))
+    bs = d.block_size
+    group, _digest = lf.encode_group(bs, rec.log_id, d._log_index, d._log_next + 1, 7, d._log_prev,
+                                     payload, last)
+    with open(os.path.join(where, "data"), "r+b") as f:
+        f.seek(d._log_next * bs)
+        f.write(group)
+
+
+def test_a_flush_cut_short_is_said_to_be_dropped_and_is_no_problem(open_copy, scratch):
+    where = _flushed_beside_the_maps(open_copy, scratch)
+    _append_group(open_copy, where, lf.zero(0, 1), last=False)
+    r = _run(where)
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[1].endswith(
+        "replayed when the disk is opened for writing, and a last flush that did not complete "
+        "(1 group) is dropped"), r.output
+
+
+def test_a_log_record_outside_the_disk_is_a_problem(open_copy, scratch):
+    where = _flushed_beside_the_maps(open_copy, scratch)
+    _append_group(open_copy, where, lf.zero(open_copy.size // open_copy.block_size, 1), last=True)
+    r = _run(where, "--json")
+    assert r.exit_code == 1, r.output
+    report = json.loads(r.output)
+    assert [(p["kind"], p["where"]) for p in report["problems"]] == [("log", "redo log")]
+    assert "outside the disk" in report["problems"][0]["what"]
+    assert report["log_flushes"] == 0           # not counted: replay would refuse the log
