@@ -61,16 +61,7 @@ class _Encoded(Mapping):
         if node_id not in self._set:
             raise KeyError(node_id)
         n = self._cache[node_id]
-        packed = None
-        if n.leaf:
-            vt, vw = n.layout.value_type
-            if vt == fmt.T_BYTES:
-                packed = n.packed_vals
-                # (Checking the values themselves would cost as much as
-                # joining them: their objects are all over memory.)
-                if packed is None or len(packed) != len(n.vals) * vw:
-                    packed = n.packed_vals = bytearray(b"".join(n.vals))
-        return fmt.encode_node(node_id, n.seq, n.leaf, n.layout, n.keys, n.vals, packed_vals=packed)
+        return fmt.encode_node(node_id, n.seq, n.leaf, n.layout, n.keys, n.vals)
 
 
 class Forest:
@@ -94,7 +85,15 @@ class Forest:
       store.
     """
 
-    def __init__(self, store, cache_nodes: int = 250_000):
+    # A decoded node costs about a page (4-5 KiB: leaves keep arrays and
+    # packed bytes; an inner node's lists more, but they are few), so the
+    # default holds ~280 MiB at most: every node of a 4 GiB disk with dozens
+    # of snapshots, with room above the dirty nodes a writer may hold until
+    # its next commit (vdisk's AUTO_COMMIT_DIRTY_NODES, 32,768), which are
+    # never evicted.
+    CACHE_NODES = 65_536
+
+    def __init__(self, store, cache_nodes: int = CACHE_NODES):
         self.store = store
         # Changes in memory only, on a read-only store: they are never
         # committed and die with the forest (a reader replaying a redo log).
@@ -203,10 +202,9 @@ class Forest:
         for node_id in drop:
             del self.cache[node_id]
 
-    def new_node(self, seq: int, leaf: bool, keys: list, vals: list, layout: Layout,
-                 packed_vals: bytearray | None = None) -> Node:
+    def new_node(self, seq: int, leaf: bool, keys: list, vals: list, layout: Layout) -> Node:
         """A node under a fresh id, dirty: the next commit writes it."""
-        n = Node(self._next_id, seq, leaf, keys, vals, layout, packed_vals)
+        n = Node(self._next_id, seq, leaf, keys, vals, layout)
         self._next_id += 1
         self.cache[n.id] = n
         self._dirty.add(n.id)
@@ -214,9 +212,7 @@ class Forest:
 
     def copy_node(self, node: Node, seq: int) -> Node:
         """A dirty copy of ``node`` under a fresh id, stamped ``seq`` (a shadow)."""
-        packed = node.packed_vals
-        return self.new_node(seq, node.leaf, node.keys[:], node.vals[:], node.layout,
-                             None if packed is None else bytearray(packed))
+        return self.new_node(seq, node.leaf, node.keys[:], node.vals[:], node.layout)
 
     def mark_dirty(self, node: Node):
         """Have the next commit write a clean node that is being changed in place."""

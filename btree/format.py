@@ -62,6 +62,8 @@ import blake3
 
 from vdisk.errors import CorruptNode, IntegrityError, UnsupportedVersion
 
+from .packed import PackedBytes
+
 NODE_MAGIC = b"VBTN"
 NODE_VERSION = 1
 NODE_BYTES = 4080
@@ -175,6 +177,8 @@ def _pack_field(ftype: int, width: int, items) -> bytes:
         if not _LITTLE:
             a.byteswap()
         return a.tobytes()
+    if type(items) is PackedBytes:
+        return bytes(items.buf)
     return b"".join(items)
 
 
@@ -184,7 +188,7 @@ _BYTES_STRUCTS: dict[tuple[int, int], struct.Struct] = {}
 def _unpack_field(ftype: int, width: int, buf, off: int, n: int, leaf: bool):
     """u64 fields: array('Q') in a leaf, a list in an inner node (whose
     bisect on a list is faster; an inner node is rarely written). Bytes
-    fields: a list of bytes."""
+    fields (keys; a leaf's bytes values are PackedBytes): a list of bytes."""
     if ftype == T_U64:
         a = array(U64_ARRAY)
         a.frombytes(memoryview(buf)[off:off + n * 8])
@@ -207,13 +211,11 @@ def _checksum(head: bytes, body: bytes) -> bytes:
     return blake3.blake3(head[:32] + body).digest(CHECKSUM_BYTES)
 
 
-def encode_node(node_id: int, seq: int, leaf: bool, layout: Layout, keys, vals,
-                packed_vals=None) -> bytes:
+def encode_node(node_id: int, seq: int, leaf: bool, layout: Layout, keys, vals) -> bytes:
     """Encode one node; ``vals`` are values (leaf) or child ids (inner).
 
-    ``keys`` and ``vals`` are sequences: lists, or array('Q') for u64 fields.
-    ``packed_vals``, when given, is the value field already encoded (the
-    values joined) and is written instead of encoding ``vals``.
+    ``keys`` and ``vals`` are sequences: lists, array('Q') for u64 fields,
+    or PackedBytes for bytes values (written as they are).
     """
     n = len(keys)
     kt, kw = layout.key_type
@@ -225,7 +227,7 @@ def encode_node(node_id: int, seq: int, leaf: bool, layout: Layout, keys, vals,
         kind = INNER
     if HEADER_BYTES + n * (kw + vw) > NODE_BYTES:
         raise ValueError(f"node {node_id} with {n} entries does not fit in {NODE_BYTES} bytes")
-    body = _pack_field(kt, kw, keys) + (_pack_field(vt, vw, vals) if packed_vals is None else packed_vals)
+    body = _pack_field(kt, kw, keys) + _pack_field(vt, vw, vals)
     if len(body) != n * (kw + vw) or len(vals) != n:
         # Wrong-width bytes fields would shift every entry after them.
         raise ValueError(f"node {node_id}: {n} keys and {len(vals)} values do not make "
@@ -283,7 +285,11 @@ def decode_node(node_id: int, buf) -> DecodedNode:
         raise CorruptNode(node_id, f"holds node {stored_id}'s content")
     leaf = kind == LEAF
     keys = _unpack_field(kt, kw, buf, HEADER_BYTES, n, leaf)
-    vals = _unpack_field(vt, vw, buf, HEADER_BYTES + n * kw, n, leaf)
+    off = HEADER_BYTES + n * kw
+    if leaf and vt == T_BYTES:
+        vals = PackedBytes(vw, buf=bytearray(memoryview(buf)[off:off + n * vw]))
+    else:
+        vals = _unpack_field(vt, vw, buf, off, n, leaf)
     return DecodedNode(node_id, seq, leaf, layout, keys, vals)
 
 

@@ -91,13 +91,9 @@ class TreeWrites:
         f.seq = seq = f.seq + 1
         leaf = self._make_path_writable(path, node, seq)
         # A bad u64 leaves the leaf as it was.
-        packed = leaf.packed_vals
         try:
             if exists:
                 leaf.vals[j] = value
-                if packed is not None:
-                    w = self._val_bytes
-                    packed[j * w:j * w + w] = value
                 return
             leaf.keys.insert(j, key)
             try:
@@ -108,9 +104,6 @@ class TreeWrites:
         except (TypeError, OverflowError):
             raise InvalidArgument(f"bad B+tree entry {key!r} -> {value!r}: {self.layout.key} keys and "
                                   f"{self.layout.value} values expected") from None
-        if packed is not None:
-            w = self._val_bytes
-            packed[j * w:j * w] = value
         rec.count += 1
         f.dirty_trees.add(self.name)
         if len(leaf.keys) > self.leaf_cap:
@@ -154,7 +147,6 @@ class TreeWrites:
             end = _run_end(path, keys, pos)
             leaf = self._make_path_writable(path, leaf, seq)
             run_k, run_v = keys[pos:end], vals[pos:end]
-            leaf.packed_vals = None
             if not leaf.keys or run_k[0] > leaf.keys[-1]:
                 leaf.keys.extend(run_k)
                 leaf.vals.extend(run_v)
@@ -195,7 +187,6 @@ class TreeWrites:
             out.append(f.new_node(seq, node.leaf, node.keys[a:b], node.vals[a:b], self.layout))
         del node.keys[bounds[1]:]
         del node.vals[bounds[1]:]
-        node.packed_vals = None
         return out
 
     def _split_up(self, path: list, node: Node, seq: int):
@@ -229,9 +220,6 @@ class TreeWrites:
         leaf = self._make_path_writable(path, leaf, seq)
         del leaf.keys[j]
         del leaf.vals[j]
-        if leaf.packed_vals is not None:
-            w = self._val_bytes
-            del leaf.packed_vals[j * w:j * w + w]
         self.rec.count -= 1
         self._rebalance(path, leaf, seq)
         return True
@@ -285,14 +273,10 @@ class TreeWrites:
                 seq = self.forest.next_seq()
                 self._touch()
             leaf = self._make_path_writable(path, leaf, seq)
-            packed = leaf.packed_vals
-            w = self._val_bytes
             gone = 0
             for a, b in reversed(spans):
                 del leaf.keys[a:b]
                 del leaf.vals[a:b]
-                if packed is not None:
-                    del packed[a * w:b * w]
                 gone += b - a
             removed += gone
             self.rec.count -= gone
@@ -321,7 +305,6 @@ class TreeWrites:
                     left, right = node, sib
                 left.keys.extend(right.keys)
                 left.vals.extend(right.vals)
-                left.packed_vals = None
                 del parent.keys[li + 1]
                 del parent.vals[li + 1]
                 self._free(right)
@@ -333,7 +316,6 @@ class TreeWrites:
                 half = len(keys) // 2
                 left.keys, left.vals = keys[:half], vals[:half]
                 right.keys, right.vals = keys[half:], vals[half:]
-                left.packed_vals = right.packed_vals = None
                 parent.keys[li + 1] = right.keys[0]
                 return
             node = parent

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from vdisk.btree import Layout
 from vdisk.btree import format as fmt
+from vdisk.btree.packed import PackedBytes
 from vdisk.errors import IntegrityError, UnsupportedVersion
 
 # ----------------------------------------------------------------- layouts
@@ -90,9 +91,13 @@ def test_node_round_trips(node):
     if leaf:
         assert d.layout == layout
     assert list(fmt.decode_node(node_id, memoryview(buf)).keys) == keys   # LMDB may hand out buffers
-    # The tree relies on these types: arrays for a leaf's u64 fields, else lists.
-    for spec, field in ((layout.key, d.keys), (layout.value if leaf else None, d.vals)):
-        assert type(field) is (array if leaf and spec == "u64" else list)
+    # The tree relies on these types: arrays for a leaf's u64 fields, packed
+    # bytes for a leaf's bytes values, else lists.
+    assert type(d.keys) is (array if leaf and layout.key == "u64" else list)
+    if leaf:
+        assert type(d.vals) is (array if layout.value == "u64" else PackedBytes)
+    else:
+        assert type(d.vals) is list
     # Encoding from the decoded form (arrays) gives the same bytes as from lists.
     assert fmt.encode_node(node_id, seq, leaf, layout, d.keys, d.vals) == buf
 

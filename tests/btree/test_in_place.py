@@ -15,6 +15,8 @@ import pytest
 
 from btree_util import DEEP, U64, WIDE_VALUES, KeyCodec, assert_forest_ok, build_tree, node_state, path_ids, reachable
 from vdisk.btree import Forest, Layout, LmdbNodeStore, MemoryNodeStore
+from vdisk.btree import format as fmt
+from vdisk.btree.packed import PackedBytes
 from vdisk.errors import InvalidArgument
 
 
@@ -178,9 +180,13 @@ def test_a_tiny_node_cache_never_loses_an_in_place_write(store_kind, scratch):
 
 
 def _assert_packed_in_step(forest):
+    # Every change keeps a leaf's bytes values packed at the layout's width,
+    # one per key: what a commit writes as it is.
     for node in forest._cache.values():
-        if node.packed_vals is not None:
-            assert bytes(node.packed_vals) == b"".join(node.vals), f"node {node.id} packed values drifted"
+        if node.leaf and node.layout.value_type[0] == fmt.T_BYTES:
+            assert type(node.vals) is PackedBytes, f"node {node.id}: {type(node.vals).__name__}"
+            assert node.vals.width == node.layout.value_type[1], f"node {node.id}"
+            assert len(node.vals.buf) == len(node.keys) * node.vals.width, f"node {node.id} values drifted"
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -27,6 +27,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from btree_util import LAYOUTS, KeyCodec, assert_forest_ok, scratch_dir
 from vdisk.btree import Forest, LmdbNodeStore, MemoryNodeStore
+from vdisk.btree import format as fmt
+from vdisk.btree.packed import PackedBytes
 from vdisk.errors import InvalidArgument, ReadOnly
 
 KEY_SPACE = 700
@@ -346,10 +348,11 @@ class ForestMachine(RuleBasedStateMachine):
 
     @invariant()
     def packed_values_are_the_values(self):
-        """A leaf's packed_vals (what a commit writes) never drifts from its vals."""
+        """A leaf's bytes values stay packed (what a commit writes), one per key."""
         for node in self.forest._cache.values():
-            if node.packed_vals is not None:
-                assert bytes(node.packed_vals) == b"".join(node.vals), f"node {node.id}"
+            if node.leaf and node.layout.value_type[0] == fmt.T_BYTES:
+                assert type(node.vals) is PackedBytes, f"node {node.id}"
+                assert len(node.vals.buf) == len(node.keys) * node.vals.width, f"node {node.id}"
 
     @invariant()
     def checker_finds_nothing(self):
