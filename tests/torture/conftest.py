@@ -11,11 +11,20 @@ Every torture test is bounded twice, by a count and by time, and is seeded:
 * ``VDISK_TORTURE_REPORT`` - a file that collects each test's figures as JSON
   lines (power cuts, faults injected, operations, bytes checked, losses);
   ``./dev torture`` turns them into the table of docs/RELIABILITY.md.
+
+The suite version: a plain run (``./dev test``, CI, pytest: neither
+``VDISK_TORTURE_MINUTES`` nor ``VDISK_TORTURE_REPORT`` set) runs only the
+first ``suite_share`` of the short version of the few longest tests (the
+same seeds and rounds, cut: so a failure there reproduces in the short
+version), to keep the whole suite's wall time in hand. ``./dev torture``
+(it always sets ``VDISK_TORTURE_REPORT``) runs the short version whole, as
+does any run with ``VDISK_TORTURE_FULL=1``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -51,14 +60,20 @@ class Budget:
 
 @pytest.fixture
 def torture_budget(request):
-    """``torture_budget(short_seconds, short_rounds, weight=1)`` -> Budget."""
+    """``torture_budget(short_seconds, short_rounds, weight=1, suite_share=1)`` -> Budget.
+
+    ``suite_share``: the part of the short version (its seconds and its
+    rounds, rounded up) a plain run takes (see the module's docstring)."""
     minutes = os.environ.get("VDISK_TORTURE_MINUTES")
     seed = int(os.environ.get("VDISK_TORTURE_SEED", "1"))
+    whole = bool(os.environ.get("VDISK_TORTURE_REPORT") or os.environ.get("VDISK_TORTURE_FULL"))
 
-    def make(short_seconds: float, short_rounds: int, weight: float = 1) -> Budget:
+    def make(short_seconds: float, short_rounds: int, weight: float = 1, suite_share: float = 1) -> Budget:
         if minutes:
             seconds = float(minutes) * 60 * weight / TOTAL_WEIGHT
             return Budget(seconds, 10**9, seed, True)
+        if not whole and suite_share < 1:
+            return Budget(short_seconds * suite_share, max(1, math.ceil(short_rounds * suite_share)), seed, False)
         return Budget(short_seconds, short_rounds, seed, False)
     return make
 

@@ -126,7 +126,7 @@ def _revert(disk: str, name: str):
 
 
 def test_load_multi_conn_with_snapshot_churn(tmp_path, torture_budget, torture_figures):
-    budget = torture_budget(25, 8, weight=1.5)
+    budget = torture_budget(25, 8, weight=1.5, suite_share=0.5)
     rng = random.Random(budget.seed)
     disk = str(tmp_path / "d.vdisk")
     run_vdisk("create", disk, "--size", str(SIZE))
@@ -283,7 +283,7 @@ def test_readonly_server_beside_the_writer(tmp_path, torture_budget, torture_fig
     committed write of each stripe (never torn, never an error), and after
     a flush the read-only export shows exactly the writer's state."""
     from load_model import pattern
-    budget = torture_budget(8, 3, weight=0.5)
+    budget = torture_budget(8, 3, weight=0.5, suite_share=0.5)
     disk = str(tmp_path / "d.vdisk")
     run_vdisk("create", disk, "--size", str(SIZE))
     figures = dict(operations=0, bytes_checked=0, rounds=0, errors=0, torn_reads=0, losses=0, seed=budget.seed)
