@@ -314,8 +314,11 @@ class DiskMachine(RuleBasedStateMachine):
             assert 0 <= s.exclusive_bytes <= self.disk.open_snapshot(s.name).allocated_bytes()
 
 
+# Two fifths of the profile's examples (40 by default and in ci, 400 with
+# HYPOTHESIS_PROFILE=nightly; it was three fifths until the suite's wall
+# time needed the room: the two machines took ~19 s of it).
 _base = settings()
-_settings = settings(_base, max_examples=max(6, _base.max_examples * 3 // 5),
+_settings = settings(_base, max_examples=max(6, _base.max_examples * 2 // 5),
                      stateful_step_count=max(30, _base.stateful_step_count))
 
 
