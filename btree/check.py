@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from vdisk.errors import IntegrityError, UnsupportedVersion
 
@@ -62,9 +63,12 @@ from .forest import Forest
 from .tree import BTree
 
 
-@dataclass(frozen=True)
-class Summary:
-    """What a verified subtree looks like from above."""
+class Summary(NamedTuple):
+    """What a verified subtree looks like from above.
+
+    A tuple (a verify keeps one per node it read): no per-instance dict for
+    the garbage collector to walk.
+    """
 
     seq: int
     level: int        # 0 for a leaf, parent = child + 1
@@ -104,8 +108,16 @@ class TreeCheck:
         return not self.problems
 
 
-def check_tree(forest: Forest, name: str, known: dict | None = None, visit=None) -> TreeCheck:
-    """Check one tree; record each verified node's summary in ``known``."""
+def check_tree(forest: Forest, name: str, known: dict | None = None, visit=None,
+               keep_leaves: bool = True) -> TreeCheck:
+    """Check one tree; record each verified node's summary in ``known``.
+
+    With ``keep_leaves`` false, a leaf the walk loads is dropped from the
+    forest's cache again once checked (a leaf that was cached before stays):
+    for a big map that nothing looks up afterwards, so that its ten thousand
+    decoded leaves neither push more useful nodes out of the cache nor sit in
+    memory for the garbage collector to traverse.
+    """
     if known is None:
         known = {}
     result = TreeCheck(name)
@@ -117,7 +129,8 @@ def check_tree(forest: Forest, name: str, known: dict | None = None, visit=None)
         return result
     rec = tree.rec
     limit_seq = rec.snap_seq if rec.frozen else None
-    summary = _walk(forest, tree, rec.root, None, None, 0, (rec.root,), None, limit_seq, known, result, visit)
+    walk = _walker(forest, tree, limit_seq, known, result, visit, keep_leaves)
+    summary = walk(rec.root, None, None, 0, (rec.root,), None)
     if summary is not None:
         if summary.level != rec.height - 1 and not any(p.kind == "depth" for p in result.problems):
             result.problems.append(Problem(name, rec.root, (rec.root,), "depth",
@@ -143,103 +156,145 @@ def _node_failure_kind(forest, node_id, error) -> str:
     return "corrupt"
 
 
-def _walk(forest, tree: BTree, node_id, lo, hi, depth, path, parent_seq, limit_seq, known, result, visit=None):
-    """Verify the subtree at node_id; return its Summary or None if unreadable."""
+def _walker(forest: Forest, tree: BTree, limit_seq, known: dict, result: TreeCheck, visit, keep_leaves: bool):
+    """The walk of one tree: ``walk(node_id, lo, hi, depth, path, parent_seq)``
+    verifies the subtree at node_id and returns its :class:`Summary`, or None
+    if it cannot be read.
+
+    A closure over what every node of the tree is held against, so each node
+    costs its own checks and not a dozen arguments and look-ups: a metadata
+    verify reads ten thousand leaves of one map, and this is its loop.
+    """
     name = tree.name
-    if node_id in result.reached:
-        result.problems.append(Problem(name, node_id, path, "shape", "node is reached twice in one tree"))
-        return None
-    result.reached.add(node_id)
+    height = tree.rec.height
+    layout = tree.layout
+    key_layout = layout.key
+    leaf_cap, inner_cap = tree.leaf_cap, tree.inner_cap
+    leaf_min, inner_min = tree.leaf_min, tree.inner_min
+    reached = result.reached
+    problems = result.problems
+    known_get = known.get
+    cache_get = forest.cache.get
+    uncache = forest.cache.pop
+    load = forest.load
+    lt = operator.lt
 
-    def problem(kind, msg):
-        result.problems.append(Problem(name, node_id, path, kind, msg))
+    def problem(node_id, path, kind, msg):
+        problems.append(Problem(name, node_id, path, kind, msg))
 
-    s = known.get(node_id)
-    if s is not None:
-        result.nodes_shared += 1
-        _check_summary_fits(s, lo, hi, parent_seq, limit_seq, tree, depth, problem)
+    def walk(node_id, lo, hi, depth, path, parent_seq):
+        if node_id in reached:
+            problem(node_id, path, "shape", "node is reached twice in one tree")
+            return None
+        reached.add(node_id)
+
+        s = known_get(node_id)
+        if s is not None:
+            result.nodes_shared += 1
+            seq, level, _n, smin, smax = s
+            # What _check_summary_fits checks, asked at once: it runs (and
+            # says what is wrong) only when something is.
+            if (level != height - 1 - depth or (parent_seq is not None and seq > parent_seq)
+                    or (limit_seq is not None and seq > limit_seq)
+                    or (smin is not None and ((lo is not None and smin < lo) or (hi is not None and smax >= hi)))):
+                _check_summary_fits(s, lo, hi, parent_seq, limit_seq, height, depth,
+                                    lambda kind, msg: problem(node_id, path, kind, msg))
+            return s
+
+        node = cache_get(node_id)
+        if node is None:
+            try:
+                node = load(node_id)
+            except IntegrityError as e:
+                problem(node_id, path, _node_failure_kind(forest, node_id, e), str(e))
+                return None
+            if not keep_leaves and node.leaf:
+                uncache(node_id, None)      # just loaded, so clean: nothing is lost
+        result.nodes_checked += 1
+        leaf = node.leaf
+        level = height - 1 - depth
+        if leaf != (level == 0):
+            problem(node_id, path, "depth", f"{'leaf' if leaf else 'inner node'} at depth {depth} of a tree "
+                    f"of height {height}")
+        node_layout = node.layout
+        same_layout = node_layout is layout or node_layout == layout
+        if not same_layout and (node_layout.key != key_layout or leaf):
+            problem(node_id, path, "layout", f"layout {node_layout} does not match the tree's {layout}")
+            if node_layout.key != key_layout:
+                return None  # its keys do not even compare with the tree's
+        seq = node.seq
+        if parent_seq is not None and seq > parent_seq:
+            problem(node_id, path, "seq", f"seq {seq} is newer than its parent's {parent_seq}")
+        if limit_seq is not None and seq > limit_seq:
+            problem(node_id, path, "seq", f"seq {seq} is newer than the snapshot's {limit_seq}")
+
+        keys = node.keys
+        n = len(keys)
+        if leaf:
+            cap = leaf_cap
+            minimum = 0 if depth == 0 else leaf_min
+            # map() compares in C; the index is looked for only when something is wrong.
+            ordered = all(map(lt, keys, keys[1:]))
+            first = 0
+        else:
+            cap = inner_cap
+            minimum = 2 if depth == 0 else inner_min
+            # Key 0 of an inner node carries no meaning (see format.py).
+            tail = keys[1:]
+            ordered = all(map(lt, tail, tail[1:]))
+            first = 1
+        if n > cap:
+            problem(node_id, path, "fanout", f"{n} entries, more than the limit {cap}")
+        if n < minimum:
+            problem(node_id, path, "fanout", f"{n} entries, fewer than the minimum {minimum}")
+        if not ordered:
+            for a in range(first, n - 1):
+                if not keys[a] < keys[a + 1]:
+                    problem(node_id, path, "key-order", f"key {keys[a + 1]!r} at index {a + 1} is not above "
+                            f"{keys[a]!r}")
+                    break
+        if n > first:
+            if lo is not None and keys[first] < lo:
+                problem(node_id, path, "bounds", f"key {keys[first]!r} is below the separator {lo!r}")
+            if hi is not None and keys[-1] >= hi:
+                problem(node_id, path, "bounds", f"key {keys[-1]!r} is not below the next separator {hi!r}")
+
+        # A leaf whose values are not the tree's layout would hand the visitor garbage.
+        if visit is not None and (same_layout or not leaf):
+            visit(tree, node, lo, hi)
+
+        if leaf:
+            s = Summary(seq, 0, n, keys[0] if n else None, keys[-1] if n else None)
+        else:
+            entries = 0
+            child_min = child_max = None
+            child_level = None
+            bounds = list(keys[1:])
+            for child, clo, chi in zip(node.vals, [lo, *bounds], [*bounds, hi]):
+                cs = walk(child, clo, chi, depth + 1, path + (child,), seq)
+                if cs is None:
+                    continue
+                entries += cs.entries
+                if cs.min_key is not None:
+                    if child_min is None:
+                        child_min = cs.min_key
+                    child_max = cs.max_key
+                if child_level is None:
+                    child_level = cs.level
+                elif cs.level != child_level:
+                    problem(node_id, path, "depth", f"child {child} has leaves at another depth than its siblings")
+            s = Summary(seq, (child_level if child_level is not None else level - 1) + 1,
+                        entries, child_min, child_max)
+        known[node_id] = s
         return s
 
-    try:
-        node = forest.node(node_id)
-    except IntegrityError as e:
-        problem(_node_failure_kind(forest, node_id, e), str(e))
-        return None
-    result.nodes_checked += 1
-    rec = tree.rec
-    is_root = depth == 0
-    level = rec.height - 1 - depth
-    if node.leaf != (level == 0):
-        problem("depth", f"{'leaf' if node.leaf else 'inner node'} at depth {depth} of a tree of height {rec.height}")
-    if node.layout.key != tree.layout.key or (node.leaf and node.layout != tree.layout):
-        problem("layout", f"layout {node.layout} does not match the tree's {tree.layout}")
-        if node.layout.key != tree.layout.key:
-            return None  # its keys do not even compare with the tree's
-    if parent_seq is not None and node.seq > parent_seq:
-        problem("seq", f"seq {node.seq} is newer than its parent's {parent_seq}")
-    if limit_seq is not None and node.seq > limit_seq:
-        problem("seq", f"seq {node.seq} is newer than the snapshot's {limit_seq}")
-
-    keys, vals = node.keys, node.vals
-    n = len(keys)
-    cap = tree.leaf_cap if node.leaf else tree.inner_cap
-    minimum = 0 if is_root and node.leaf else 2 if is_root else tree.leaf_min if node.leaf else tree.inner_min
-    if n > cap:
-        problem("fanout", f"{n} entries, more than the limit {cap}")
-    if n < minimum:
-        problem("fanout", f"{n} entries, fewer than the minimum {minimum}")
-
-    # Key 0 of an inner node carries no meaning (see format.py).
-    first = 0 if node.leaf else 1
-    ordered = keys[first:]
-    # map() compares in C; the index is looked for only when something is wrong.
-    if not all(map(operator.lt, ordered, ordered[1:])):
-        for a in range(first, n - 1):
-            if not keys[a] < keys[a + 1]:
-                problem("key-order", f"key {keys[a + 1]!r} at index {a + 1} is not above {keys[a]!r}")
-                break
-    if n > first:
-        if lo is not None and keys[first] < lo:
-            problem("bounds", f"key {keys[first]!r} is below the separator {lo!r}")
-        if hi is not None and keys[-1] >= hi:
-            problem("bounds", f"key {keys[-1]!r} is not below the next separator {hi!r}")
-
-    # A leaf whose values are not the tree's layout would hand the visitor garbage.
-    if visit is not None and (not node.leaf or node.layout == tree.layout):
-        visit(tree, node, lo, hi)
-
-    if node.leaf:
-        s = Summary(node.seq, 0, n, keys[0] if n else None, keys[-1] if n else None)
-    else:
-        entries = 0
-        child_min = child_max = None
-        child_level = None
-        for i, child in enumerate(vals):
-            clo = lo if i == 0 else keys[i]
-            chi = keys[i + 1] if i + 1 < n else hi
-            cs = _walk(forest, tree, child, clo, chi, depth + 1, path + (child,), node.seq, limit_seq, known,
-                       result, visit)
-            if cs is None:
-                continue
-            entries += cs.entries
-            if cs.min_key is not None:
-                if child_min is None:
-                    child_min = cs.min_key
-                child_max = cs.max_key
-            if child_level is None:
-                child_level = cs.level
-            elif cs.level != child_level:
-                problem("depth", f"child {child} has leaves at another depth than its siblings")
-        s = Summary(node.seq, (child_level if child_level is not None else level - 1) + 1,
-                    entries, child_min, child_max)
-    known[node_id] = s
-    return s
+    return walk
 
 
-def _check_summary_fits(s: Summary, lo, hi, parent_seq, limit_seq, tree, depth, problem):
-    level = tree.rec.height - 1 - depth
+def _check_summary_fits(s: Summary, lo, hi, parent_seq, limit_seq, height, depth, problem):
+    level = height - 1 - depth
     if s.level != level:
-        problem("depth", f"shared subtree of height {s.level + 1} at depth {depth} of a tree of height {tree.rec.height}")
+        problem("depth", f"shared subtree of height {s.level + 1} at depth {depth} of a tree of height {height}")
     if parent_seq is not None and s.seq > parent_seq:
         problem("seq", f"seq {s.seq} is newer than its parent's {parent_seq}")
     if limit_seq is not None and s.seq > limit_seq:
@@ -281,17 +336,24 @@ def check_sharing(forest: Forest, results: list[TreeCheck], known: dict):
     old (the seq check), so a subtree first met through a shared node is safe
     when that node is.
     """
-    sharers: dict = {}
+    # Set operations in C find the nodes more than one tree reaches (a few
+    # hundred, where the trees reach tens of thousands between them).
+    seen: set = set()
+    several: set = set()
     for r in results:
-        for node_id in r.reached:
-            sharers.setdefault(node_id, []).append(r)
-    for node_id, checks in sharers.items():
-        if len(checks) < 2 or node_id not in known:
+        several |= r.reached & seen
+        seen |= r.reached
+    records = {}
+    for node_id in sorted(several):
+        if node_id not in known:
             continue
         seq = known[node_id].seq
+        checks = [r for r in results if node_id in r.reached]
         names = [c.tree for c in checks]
         for c in checks:
-            rec = forest.tree(c.tree).rec
+            rec = records.get(c.tree)
+            if rec is None:
+                rec = records[c.tree] = forest.tree(c.tree).rec
             if not rec.frozen and seq > rec.snap_seq:
                 others = ", ".join(repr(n) for n in names if n != c.tree)
                 c.problems.append(Problem(
