@@ -19,6 +19,8 @@ since comparing against part of a map would report false leaks.
 from __future__ import annotations
 
 import bisect
+from itertools import accumulate, repeat
+from operator import add, and_, itemgetter, lt, rshift
 
 from vdisk.names import ANCHOR_TREE, CSUM_TREE, FREE_TREE, RUNNING_TREE, SNAP_TREE_PREFIX, VBA_TREE
 from vdisk.errors import IntegrityError, VdiskError
@@ -26,7 +28,7 @@ from vdisk.extents import LEN_BITS, MAX_LEN, ExtentMap
 
 from .delete import DELETING_KEY
 from .verify_report import tree_label
-from .verify_runs import intersect, merge, span, subtract
+from .verify_runs import intersect, merge, merge_sorted, span, subtract
 from .verify_state import EXTENT
 
 
@@ -70,7 +72,7 @@ def check_nodes_stored(v, results, deleting: set[int]):
     for r in results:
         reached |= r.reached
     limit = f.next_node_id
-    beyond = sorted(i for i in reached if i >= limit)
+    beyond = sorted(i for i in reached if i >= limit) if reached and max(reached) >= limit else []
     for i in beyond[:20]:
         v.problem("counter", f"node {i}", f"is in use but the node counter is at {limit}: a new node "
                   f"would overwrite it")
@@ -80,8 +82,8 @@ def check_nodes_stored(v, results, deleting: set[int]):
         return
     # node_ids() may list a newer commit than the view; ids at or above the
     # view's counter were born after it and are not this view's business.
-    stored = [i for i in v.store.node_ids() if i < limit]
-    runs = merge((i, i + 1) for i in stored if i not in reached)
+    unreached = set(v.store.node_ids()) - reached
+    runs = merge((i, i + 1) for i in unreached if i < limit)
     for s, e in runs:
         v.problem("leak", f"node store nodes {s}" + (f"-{e - 1}" if e - s > 1 else ""),
                   f"{e - s} stored node{'s' if e - s > 1 else ''} that no tree reaches")
@@ -97,8 +99,8 @@ def cross_check(v):
     vba_complete = VBA_TREE not in v.incomplete
     csum_complete = CSUM_TREE not in v.incomplete
     free_complete = FREE_TREE not in v.incomplete and v.state is not None
-    referenced = merge((s, e) for s, e, _l, _k in v.refs)
-    mapped = merge((s, e) for s, e, _p in v.mapped)
+    referenced = _packed_runs(v.ref_packed)
+    mapped = merge(zip(map(itemgetter(0), v.mapped), map(itemgetter(1), v.mapped)))
     v.report.blocks = sum(e - s for s, e in mapped)
 
     if vba_complete:
@@ -122,6 +124,18 @@ def cross_check(v):
     if vba_complete:
         _check_pbas(v, free_complete)
     _check_running_point_ownership(v)
+
+
+def _packed_runs(packed) -> list[tuple[int, int]]:
+    """The merged runs of extents packed as ``start << LEN_BITS | length``.
+
+    Packed values sort as their ``(start, length)`` pairs do, so the runs
+    come sorted from plain ints; duplicates (a snapshot's leaf repeats most
+    of its parent's entries) go first.
+    """
+    xs = sorted(set(packed))
+    starts = list(map(rshift, xs, repeat(LEN_BITS)))
+    return merge_sorted(starts, list(map(add, starts, map(and_, xs, repeat(MAX_LEN)))))
 
 
 def _pbas_of(v, s: int, e: int) -> str:
@@ -158,21 +172,19 @@ def _report_unmapped(v, holes):
 
 def _check_pbas(v, free_complete: bool):
     state = v.state
-    by_pba = sorted((p, p + (e - vba), vba) for vba, e, p in v.mapped)
-    reach_end, reach_p, reach_vba = -1, 0, None
-    for p, pe, vba in by_pba:
-        if p < reach_end:
-            a, b = p, min(pe, reach_end)
-            v.problem("pba-double", f"PBA {span(a, b)}", f"is mapped by VBA {span(vba, vba + b - a)} and by "
-                      f"VBA {span(reach_vba + a - reach_p, reach_vba + b - reach_p)}: a write to one "
-                      f"changes the other")
-        if pe > reach_end:
-            reach_end, reach_p, reach_vba = pe, p, vba
+    # The VBA -> PBA extents by PBA, as packed (pba, length) ints: sorting
+    # those costs what sorting tuples would not.
+    xs = sorted(v.pba_packed)
+    starts = list(map(rshift, xs, repeat(LEN_BITS)))
+    ends = list(map(add, starts, map(and_, xs, repeat(MAX_LEN))))
+    reach = list(accumulate(ends, max))
+    if any(map(lt, starts[1:], reach)):
+        _report_pba_doubles(v)
+    used = merge_sorted(starts, ends)
     if not free_complete:
         v.note("PBAs both mapped and free, and allocator totals: not checked, the free map or the "
                "running point record cannot be read")
         return
-    used = merge((p, pe) for p, pe, _v in by_pba)
     free = merge(v.free_runs)
     if v.log is not None:
         # The redo log's head: the one block the committed state holds outside the maps.
@@ -197,6 +209,20 @@ def _check_pbas(v, free_complete: bool):
     if past and not any(p.kind == "alloc" and "past the end" in p.what for p in v.problems):
         v.problem("alloc", "PBA space", f"{sum(e - s for s, e in past)} blocks lie past pba_end "
                   f"{state.pba_end}")
+
+
+def _report_pba_doubles(v):
+    """PBAs mapped by more than one VBA, each overlap named."""
+    by_pba = sorted((p, p + (e - vba), vba) for vba, e, p in v.mapped)
+    reach_end, reach_p, reach_vba = -1, 0, None
+    for p, pe, vba in by_pba:
+        if p < reach_end:
+            a, b = p, min(pe, reach_end)
+            v.problem("pba-double", f"PBA {span(a, b)}", f"is mapped by VBA {span(vba, vba + b - a)} and by "
+                      f"VBA {span(reach_vba + a - reach_p, reach_vba + b - reach_p)}: a write to one "
+                      f"changes the other")
+        if pe > reach_end:
+            reach_end, reach_p, reach_vba = pe, p, vba
 
 
 def _check_running_point_ownership(v):

@@ -8,19 +8,33 @@ number of extents, not the size of the disk.
 
 from __future__ import annotations
 
+from itertools import accumulate, compress, repeat
+from operator import gt, itemgetter, lt, sub
+
 
 def merge(runs) -> list[tuple[int, int]]:
     """Sorted, disjoint union; touching runs are joined."""
-    out: list[list[int]] = []
-    for s, e in sorted(runs):
-        if e <= s:
-            continue
-        if out and s <= out[-1][1]:
-            if e > out[-1][1]:
-                out[-1][1] = e
-        else:
-            out.append([s, e])
-    return [(s, e) for s, e in out]
+    pairs = sorted(runs)
+    return merge_sorted(list(map(itemgetter(0), pairs)), list(map(itemgetter(1), pairs)))
+
+
+def merge_sorted(starts: list[int], ends: list[int]) -> list[tuple[int, int]]:
+    """:func:`merge` of the runs ``zip(starts, ends)``, ``starts`` ascending.
+
+    One pass of C loops, no Python loop per run (the LBA trees' extents
+    are tens of thousands): a run begins wherever a start lies beyond the
+    furthest end so far, and ends at the furthest end before the next.
+    """
+    if not all(map(lt, starts, ends)):
+        keep = list(map(lt, starts, ends))          # empty runs take no part
+        starts, ends = list(compress(starts, keep)), list(compress(ends, keep))
+    if not starts:
+        return []
+    reach = list(accumulate(ends, max))
+    cuts = list(compress(range(1, len(starts)), map(gt, starts[1:], reach)))
+    firsts = [0, *cuts]
+    lasts = [*map(sub, cuts, repeat(1)), len(starts) - 1]
+    return list(zip(map(starts.__getitem__, firsts), map(reach.__getitem__, lasts)))
 
 
 def subtract(a, b) -> list[tuple[int, int]]:

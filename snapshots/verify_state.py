@@ -10,13 +10,16 @@ phases importing each other.
 from __future__ import annotations
 
 import os
+from array import array
 
 from vdisk import format as fmt
 from vdisk.btree import Layout
+from vdisk.extents import LEN_BITS, MAX_LEN
 from vdisk.names import CSUM_BYTES, CSUM_TREE, FREE_TREE, RUNNING_TREE, VBA_TREE
 
 from .verify_report import Problem, Report
 
+U64_ARRAY = "Q"
 EXTENT = Layout("u64", "u64")
 CSUM = Layout("u64", f"bytes:{CSUM_BYTES}")
 CORE_TREES = {RUNNING_TREE: EXTENT, VBA_TREE: EXTENT, CSUM_TREE: CSUM, FREE_TREE: EXTENT}
@@ -39,8 +42,15 @@ class Verification:
         self.config = self.state = None
         self.log = None                                          # the redo log's epoch (disk/log)
         self.records: dict[str, fmt.SnapshotRecord] = {}
-        self.refs: list[tuple[int, int, str, int]] = []          # (vba, end, tree label, lba)
+        # The LBA leaves the walk read, (tree label, keys, values): their
+        # values (packed VBA and length) also all in one array, which is what
+        # the cross-checks merge; ``refs`` lists them one by one when a
+        # problem is to be named.
+        self.lba_leaves: list[tuple[str, object, object]] = []
+        self.ref_packed = array(U64_ARRAY)
+        self._refs = None
         self.mapped: list[tuple[int, int, int]] = []             # (vba, end, pba)
+        self.pba_packed = array(U64_ARRAY)                       # the same, as packed (pba, length)
         self._mapped_sorted = None
         self.csum_runs: list[tuple[int, int]] = []
         self.free_runs: list[tuple[int, int]] = []
@@ -63,6 +73,15 @@ class Verification:
     def advance(self, phase, done, total):
         if self.progress is not None:
             self.progress(phase, done, total)
+
+    @property
+    def refs(self) -> list[tuple[int, int, str, int]]:
+        """Every extent of the LBA leaves read, as ``(vba, end, tree label, lba)``."""
+        if self._refs is None:
+            self._refs = [(vba, vba + (packed & MAX_LEN), label, k)
+                          for label, keys, vals in self.lba_leaves
+                          for k, packed in zip(keys, vals) for vba in (packed >> LEN_BITS,)]
+        return self._refs
 
     @property
     def mapped_sorted(self):

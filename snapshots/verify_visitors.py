@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import add, and_, le, lt, rshift
 
 from vdisk.errors import VdiskError
 from vdisk.extents import LEN_BITS, MAX_LEN, ExtentMap
@@ -64,35 +66,49 @@ def lba_visitor(v, ctx: LbaTree | None):
         return node_visitor(v, None)
     state = v.state
     rp_wm = state.vba_watermark if state is not None else None
+    leaves = v.lba_leaves
+    ref_packed = v.ref_packed
 
     def leaf(tree, node):
-        label = ctx.label
         keys, vals = node.keys, node.vals
-        v.report.extents += len(keys)
-        size, born, parent_map, parent_wm = ctx.size_blocks, ctx.born_before, ctx.parent_map, ctx.parent_wm
-        refs = v.refs
-        prev_end = None
-        prev_key = None
-        clipped = []
-        for k, packed in zip(keys, vals):
-            vba, n = packed >> LEN_BITS, packed & MAX_LEN
-            refs.append((vba, vba + n, label, k))
-            if parent_map is not None and vba < parent_wm:
-                clipped.append((k, vba, min(n, parent_wm - vba)))
-            if ctx.is_snapshot and rp_wm is not None and vba + n > rp_wm:
-                head = max(0, rp_wm - vba)
-                v.rp_shared.append((label, k + head, vba + head, n - head))
-            # Everything below is rare: the message is built only for a problem.
-            if (n == 0 or vba == 0 or (prev_end is not None and k < prev_end)
-                    or (size is not None and k + n > size) or (born is not None and vba + n > born)):
-                _lba_extent_problems(v, ctx, node, k, vba, n, prev_end, prev_key)
-            prev_end, prev_key = k + n, k
-        if clipped:
-            _check_parent_holds(v, ctx, node, clipped)
-        if keys:
-            _check_neighbours(v, ctx, tree, keys, vals)
+        n = len(keys)
+        v.report.extents += n
+        if not n:
+            return
+        leaves.append((ctx.label, keys, vals))
+        ref_packed.extend(vals)
+        size, born, parent_map = ctx.size_blocks, ctx.born_before, ctx.parent_map
+        # The whole leaf at once, in C loops (map, min, max, all): a healthy
+        # leaf costs no Python loop per entry. Anything wrong and the loop
+        # over its entries says what and where.
+        lens = list(map(and_, vals, repeat(MAX_LEN, n)))
+        vbas = list(map(rshift, vals, repeat(LEN_BITS, n)))
+        ends = list(map(add, keys, lens))
+        top = max(map(add, vbas, lens))              # the highest VBA end
+        low = min(vbas)
+        if (0 in lens or low == 0 or not all(map(le, ends, keys[1:]))
+                or (size is not None and max(ends) > size) or (born is not None and top > born)):
+            _lba_leaf_problems(v, ctx, node, keys, vbas, lens)
+        if ctx.is_snapshot and rp_wm is not None and top > rp_wm:
+            for k, vba, m in zip(keys, vbas, lens):
+                if vba + m > rp_wm:
+                    head = max(0, rp_wm - vba)
+                    v.rp_shared.append((ctx.label, k + head, vba + head, m - head))
+        if parent_map is not None and low < ctx.parent_wm:
+            _check_parent_holds(v, ctx, node, keys, vals)
+        _check_neighbours(v, ctx, tree, keys, vals)
 
     return node_visitor(v, leaf)
+
+
+def _lba_leaf_problems(v, ctx: LbaTree, node, keys, vbas, lens):
+    prev_end = prev_key = None
+    size, born = ctx.size_blocks, ctx.born_before
+    for k, vba, n in zip(keys, vbas, lens):
+        if (n == 0 or vba == 0 or (prev_end is not None and k < prev_end)
+                or (size is not None and k + n > size) or (born is not None and vba + n > born)):
+            _lba_extent_problems(v, ctx, node, k, vba, n, prev_end, prev_key)
+        prev_end, prev_key = k + n, k
 
 
 def _lba_extent_problems(v, ctx: LbaTree, node, k, vba, n, prev_end, prev_key):
@@ -114,11 +130,23 @@ def _lba_extent_problems(v, ctx: LbaTree, node, k, vba, n, prev_end, prev_key):
             v.problem("counter", where, f"maps VBA {span(vba, vba + n)}, not below vba_next {ctx.born_before}")
 
 
-def _check_parent_holds(v, ctx: LbaTree, node, runs):
-    """VBAs below the parent's watermark were born before it: it maps them too."""
-    lo = runs[0][0]
-    hi = max(k + m for k, _v, m in runs)
+def _check_parent_holds(v, ctx: LbaTree, node, keys, vals):
+    """VBAs below the parent's watermark were born before it: it maps them too.
+
+    A snapshot's leaf is mostly a copy of its parent's: an entry the parent
+    holds exactly as it is maps the same blocks the same way, so only the
+    others are held against the parent's extents piece by piece.
+    """
+    wm = ctx.parent_wm
+    below = wm << LEN_BITS          # a packed value under it has its VBA below the watermark
+    entries = set(compress(zip(keys, vals), map(lt, vals, repeat(below))))
     try:
+        entries -= set(ctx.parent_map.tree.items_from_floor(keys[0], keys[-1] + 1))
+        if not entries:
+            return
+        runs = [(k, p >> LEN_BITS, min(p & MAX_LEN, wm - (p >> LEN_BITS))) for k, p in sorted(entries)]
+        lo = runs[0][0]
+        hi = max(k + m for k, _v, m in runs)
         pieces = ctx.parent_map.pieces(lo, hi - lo)
     except VdiskError:
         ctx.parent_map = None
@@ -190,18 +218,41 @@ def vba_visitor(v):
     pba_end = state.pba_end if state is not None else None
     prev_end = [0]
     mapped = v.mapped
+    pba_packed = v.pba_packed
 
     def leaf(tree, node):
-        v.report.extents += len(node.keys)
-        for vba, packed in zip(node.keys, node.vals):
-            p, n = packed >> LEN_BITS, packed & MAX_LEN
-            if n == 0 or vba < prev_end[0] or (state is not None and (vba + n > vba_next or p + n > pba_end)):
-                _vba_extent_problems(v, node, vba, p, n, prev_end[0])
-                if n == 0:
-                    continue
-            prev_end[0] = vba + n
-            mapped.append((vba, vba + n, p))
+        keys, vals = node.keys, node.vals
+        n = len(keys)
+        v.report.extents += n
+        if not n:
+            return
+        # As for the LBA leaves: the whole leaf in C loops, the entries one
+        # by one only when something is wrong.
+        lens = list(map(and_, vals, repeat(MAX_LEN, n)))
+        ends = list(map(add, keys, lens))
+        pbas = list(map(rshift, vals, repeat(LEN_BITS, n)))
+        if (0 in lens or keys[0] < prev_end[0] or not all(map(le, ends, keys[1:]))
+                or (state is not None and (max(ends) > vba_next or max(map(add, pbas, lens)) > pba_end))):
+            _vba_leaf(v, node, keys, vals, prev_end)
+            return
+        prev_end[0] = ends[-1]
+        mapped.extend(zip(keys, ends, pbas))
+        pba_packed.extend(vals)
     return node_visitor(v, leaf)
+
+
+def _vba_leaf(v, node, keys, vals, prev_end):
+    state = v.state
+    for vba, packed in zip(keys, vals):
+        p, n = packed >> LEN_BITS, packed & MAX_LEN
+        if n == 0 or vba < prev_end[0] or (state is not None and (vba + n > state.vba_next
+                                                                  or p + n > state.pba_end)):
+            _vba_extent_problems(v, node, vba, p, n, prev_end[0])
+            if n == 0:
+                continue
+        prev_end[0] = vba + n
+        v.mapped.append((vba, vba + n, p))
+        v.pba_packed.append(packed)
 
 
 def _vba_extent_problems(v, node, vba, p, n, prev_end):

@@ -96,7 +96,11 @@ def walk_trees(v) -> list:
             visit = visitors.free_visitor(v)
         else:
             visit = visitors.node_visitor(v, None)
-        r = check_tree(f, name, known, visit=visit)
+        # Nothing looks up the VBA, checksum or free maps after their walk,
+        # and the checksum map is most of the disk's nodes: its leaves are
+        # not kept in the cache (the LBA trees' are, for the lookups into a
+        # parent and the neighbours of a leaf).
+        r = check_tree(f, name, known, visit=visit, keep_leaves=name not in (VBA_TREE, CSUM_TREE, FREE_TREE))
         results.append(r)
         if any(p.kind in UNREADABLE for p in r.problems):
             v.incomplete.add(name)
