@@ -46,6 +46,7 @@ class Budget:
     seed: int
     long_run: bool
     started: float = field(default_factory=time.monotonic)
+    share: float = 1.0      # of the short version this run takes (the suite version: suite_share)
 
     def rounds(self):
         """Round numbers until the count or the time runs out (at least one)."""
@@ -63,7 +64,8 @@ def torture_budget(request):
     """``torture_budget(short_seconds, short_rounds, weight=1, suite_share=1)`` -> Budget.
 
     ``suite_share``: the part of the short version (its seconds and its
-    rounds, rounded up) a plain run takes (see the module's docstring)."""
+    rounds, rounded up) a plain run takes (see the module's docstring);
+    the Budget's ``share`` says what it got, for counts other than rounds."""
     minutes = os.environ.get("VDISK_TORTURE_MINUTES")
     seed = int(os.environ.get("VDISK_TORTURE_SEED", "1"))
     whole = bool(os.environ.get("VDISK_TORTURE_REPORT") or os.environ.get("VDISK_TORTURE_FULL"))
@@ -73,7 +75,8 @@ def torture_budget(request):
             seconds = float(minutes) * 60 * weight / TOTAL_WEIGHT
             return Budget(seconds, 10**9, seed, True)
         if not whole and suite_share < 1:
-            return Budget(short_seconds * suite_share, max(1, math.ceil(short_rounds * suite_share)), seed, False)
+            return Budget(short_seconds * suite_share, max(1, math.ceil(short_rounds * suite_share)), seed, False,
+                          share=suite_share)
         return Budget(short_seconds, short_rounds, seed, False)
     return make
 

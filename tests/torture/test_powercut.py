@@ -352,7 +352,8 @@ def test_power_cuts_through_serve(lazyfs, processes, torture_budget, torture_fig
     if lacking:
         (pytest.fail if os.environ.get("CI") else pytest.skip)(f"needs {', '.join(lacking)}")
     nbd = powercut_serve.import_nbd()
-    budget = torture_budget(14, 8, weight=1.0)
+    # The suite version: 6 rounds, which cut every way (time, commit, data) for seed 1.
+    budget = torture_budget(14, 8, weight=1.0, suite_share=0.75)
     fig = torture_figures
     fig.update(new_figures())
     path = os.path.join(lazyfs.mountpoint, "s.vdisk")
