@@ -26,10 +26,9 @@ from vdisk.names import ANCHOR_TREE, CSUM_TREE, FREE_TREE, RUNNING_TREE, SNAP_TR
 from vdisk.errors import IntegrityError, VdiskError
 from vdisk.extents import LEN_BITS, MAX_LEN, ExtentMap
 
-from .delete import DELETING_KEY
 from .verify_report import tree_label
 from .verify_runs import intersect, merge, merge_sorted, span, subtract
-from .verify_state import EXTENT
+from .verify_state import DELETING_KEY, EXTENT
 
 
 # ------------------------------------------------------------------ nodes

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import stat
 
-from vdisk import journal
 from vdisk.btree import Forest
 from vdisk.names import CSUM_TREE, VBA_TREE, checksum
 from vdisk.errors import IntegrityError, UnsupportedVersion, VdiskError
@@ -116,6 +115,9 @@ def check_log(v):
     if v.config is None or v.data_file_blocks is None:
         v.note("redo log: not read, the configuration or the data file cannot be read")
         return
+    # Imported here: only a disk with a redo log needs it, and the command's
+    # start-up pays for every import.
+    from vdisk import journal
     try:
         blocks = _blocks(v)
     except OSError as e:

@@ -15,9 +15,8 @@ from vdisk import logformat
 from vdisk.names import ANCHOR_KEY, ANCHOR_TREE, LOG_KEY, SNAP_META_PREFIX, SNAP_TREE_PREFIX
 from vdisk.errors import IntegrityError, UnsupportedVersion
 
-from .delete import DELETING_KEY
 from .verify_report import tree_label
-from .verify_state import CORE_TREES, EXTENT
+from .verify_state import CORE_TREES, DELETING_KEY, EXTENT
 
 
 def _decode(v, where: str, decode, *args):

@@ -20,6 +20,11 @@ from vdisk.names import CSUM_BYTES, CSUM_TREE, FREE_TREE, RUNNING_TREE, VBA_TREE
 from .verify_report import Problem, Report
 
 U64_ARRAY = "Q"
+# The record of a snapshot deletion in progress, as snapshots/delete.py writes
+# it (tests/verify/test_deletion.py holds the two equal). Named here so that
+# verify does not import the deletion, and with it the whole engine
+# (vdisk.disk), only for this key: the command's start-up pays for imports.
+DELETING_KEY = b"disk/deleting"
 EXTENT = Layout("u64", "u64")
 CSUM = Layout("u64", f"bytes:{CSUM_BYTES}")
 CORE_TREES = {RUNNING_TREE: EXTENT, VBA_TREE: EXTENT, CSUM_TREE: CSUM, FREE_TREE: EXTENT}

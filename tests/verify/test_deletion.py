@@ -60,3 +60,18 @@ def test_damaged_deletion_record_is_named(open_copy):
     with d._lock:
         d.forest.meta_put(deletion.DELETING_KEY, None)
         d.forest.commit()
+
+
+def test_verify_reads_the_deletion_record_under_the_key_deletion_writes():
+    from vdisk.snapshots import verify_state
+    assert verify_state.DELETING_KEY == deletion.DELETING_KEY
+
+
+def test_verify_imports_neither_the_deletion_nor_the_engine():
+    """``vdisk verify`` is a command run at boot: its start-up pays for every import."""
+    import subprocess
+    import sys
+    code = ("import sys, vdisk.snapshots.verify; "
+            "print(sorted(m for m in ('vdisk.snapshots.delete', 'vdisk.disk', 'vdisk.journal') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
