@@ -54,6 +54,7 @@ trees is seen once, by the first tree that reaches it.
 from __future__ import annotations
 
 import operator
+from array import array
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -178,6 +179,7 @@ def _walker(forest: Forest, tree: BTree, limit_seq, known: dict, result: TreeChe
     uncache = forest.cache.pop
     load = forest.load
     lt = operator.lt
+    int_keys = key_layout == "u64"
 
     def problem(node_id, path, kind, msg):
         problems.append(Problem(name, node_id, path, kind, msg))
@@ -233,8 +235,14 @@ def _walker(forest: Forest, tree: BTree, limit_seq, known: dict, result: TreeChe
         if leaf:
             cap = leaf_cap
             minimum = 0 if depth == 0 else leaf_min
-            # map() compares in C; the index is looked for only when something is wrong.
-            ordered = all(map(lt, keys, keys[1:]))
+            if int_keys and n > 1 and keys[-1] - keys[0] == n - 1:
+                # n integer keys from k to k + n - 1 ascend strictly exactly
+                # when they are k, k + 1, ...: one list compare, the common
+                # case of a checksum leaf (a run of VBAs).
+                ordered = (keys.tolist() if type(keys) is array else list(keys)) == list(range(keys[0], keys[0] + n))
+            else:
+                # map() compares in C; the index is looked for only when something is wrong.
+                ordered = all(map(lt, keys, keys[1:]))
             first = 0
         else:
             cap = inner_cap
