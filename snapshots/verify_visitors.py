@@ -31,6 +31,8 @@ from vdisk.extents import LEN_BITS, MAX_LEN, ExtentMap
 from .verify_report import tree_label
 from .verify_runs import span
 
+ONE_VBA = 1 << LEN_BITS      # the lowest packed value whose VBA is not 0
+
 
 @dataclass
 class LbaTree:
@@ -80,21 +82,27 @@ def lba_visitor(v, ctx: LbaTree | None):
         size, born, parent_map = ctx.size_blocks, ctx.born_before, ctx.parent_map
         # The whole leaf at once, in C loops (map, min, max, all): a healthy
         # leaf costs no Python loop per entry. Anything wrong and the loop
-        # over its entries says what and where.
+        # over its entries says what and where. Packed values order as
+        # their VBAs do, so the lowest VBA is the lowest value's.
         lens = list(map(and_, vals, repeat(MAX_LEN, n)))
-        vbas = list(map(rshift, vals, repeat(LEN_BITS, n)))
         ends = list(map(add, keys, lens))
-        top = max(map(add, vbas, lens))              # the highest VBA end
-        low = min(vbas)
-        if (0 in lens or low == 0 or not all(map(le, ends, keys[1:]))
-                or (size is not None and max(ends) > size) or (born is not None and top > born)):
-            _lba_leaf_problems(v, ctx, node, keys, vbas, lens)
+        low = min(vals)
+        # The highest VBA end is at most the highest VBA plus the longest
+        # extent; only when that passes a limit is the exact one needed.
+        top = (max(vals) >> LEN_BITS) + max(lens)
+        if (born is not None and top > born) or (rp_wm is not None and top > rp_wm):
+            top = max(map(add, map(rshift, vals, repeat(LEN_BITS, n)), lens))
+        # With no empty extent and none overlapping the next, ends ascend.
+        if (0 in lens or low < ONE_VBA or not all(map(le, ends, keys[1:]))
+                or (size is not None and ends[-1] > size) or (born is not None and top > born)):
+            _lba_leaf_problems(v, ctx, node, keys, list(map(rshift, vals, repeat(LEN_BITS, n))), lens)
         if ctx.is_snapshot and rp_wm is not None and top > rp_wm:
-            for k, vba, m in zip(keys, vbas, lens):
+            for k, packed, m in zip(keys, vals, lens):
+                vba = packed >> LEN_BITS
                 if vba + m > rp_wm:
                     head = max(0, rp_wm - vba)
                     v.rp_shared.append((ctx.label, k + head, vba + head, m - head))
-        if parent_map is not None and low < ctx.parent_wm:
+        if parent_map is not None and low < ctx.parent_wm << LEN_BITS:
             _check_parent_holds(v, ctx, node, keys, vals)
         _check_neighbours(v, ctx, tree, keys, vals)
 
@@ -273,27 +281,40 @@ def _vba_extent_problems(v, node, vba, p, n, prev_end):
 
 def csum_visitor(v):
     runs = v.csum_runs
+    seq = v.forest.seq
 
-    def leaf(tree, node):
+    # node_visitor's seq check and the leaf's runs in one call: this map is
+    # most of the nodes a verify reads.
+    def visit(tree, node, lo, hi):
+        if node.seq > seq:
+            v.problem("counter", f"{tree_label(tree.name)} node {node.id}",
+                      f"seq {node.seq} is above the seq counter {seq}")
+        if not node.leaf:
+            return
         keys = node.keys
         if not keys:
             return
-        if keys[-1] - keys[0] == len(keys) - 1:
-            spans = [(keys[0], keys[-1] + 1)]     # one contiguous run: the common case
-        else:
-            spans = []
-            start = prev = keys[0]
-            for k in keys[1:]:
-                if k != prev + 1:
-                    spans.append((start, prev + 1))
-                    start = k
-                prev = k
-            spans.append((start, prev + 1))
+        first, last = keys[0], keys[-1]
+        if last - first == len(keys) - 1:
+            # One contiguous run: the common case.
+            if runs and first == runs[-1][1]:
+                runs[-1] = (runs[-1][0], last + 1)
+            else:
+                runs.append((first, last + 1))
+            return
+        spans = []
+        start = prev = first
+        for k in keys[1:]:
+            if k != prev + 1:
+                spans.append((start, prev + 1))
+                start = k
+            prev = k
+        spans.append((start, prev + 1))
         if runs and spans[0][0] == runs[-1][1]:
             runs[-1] = (runs[-1][0], spans[0][1])
             spans = spans[1:]
         runs.extend(spans)
-    return node_visitor(v, leaf)
+    return visit
 
 
 def free_visitor(v):

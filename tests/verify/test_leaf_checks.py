@@ -283,6 +283,54 @@ def test_vba_leaf_checks_match_the_per_entry_loop(seed):
     assert list(new.pba_packed) == packed
 
 
+# ------------------------------------------------------------------ checksum leaves
+
+def ref_csum_runs(nodes):
+    runs = []
+    for node in nodes:
+        keys = node.keys
+        if not keys:
+            continue
+        if keys[-1] - keys[0] == len(keys) - 1:
+            spans = [(keys[0], keys[-1] + 1)]
+        else:
+            spans = []
+            start = prev = keys[0]
+            for k in keys[1:]:
+                if k != prev + 1:
+                    spans.append((start, prev + 1))
+                    start = k
+                prev = k
+            spans.append((start, prev + 1))
+        if runs and spans[0][0] == runs[-1][1]:
+            runs[-1] = (runs[-1][0], spans[0][1])
+            spans = spans[1:]
+        runs.extend(spans)
+    return runs
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_checksum_leaf_runs_match_the_old_visitor(seed):
+    rng = random.Random(seed)
+    nodes = []
+    k = rng.randrange(0, 5)
+    for node_id in range(rng.randrange(1, 6)):
+        keys = []
+        for _ in range(rng.randrange(0, 20)):
+            keys.append(k)
+            k += 1 if rng.random() < 0.8 else rng.randrange(2, 5)
+        node = _leaf(node_id, [(key, 0) for key in keys])
+        node.seq = rng.choice([1, 11])               # 11: above the counter (10)
+        nodes.append(node)
+    v = _verification()
+    visit = verify_visitors.csum_visitor(v)
+    tree = SimpleNamespace(name="csum")
+    for node in nodes:
+        visit(tree, node, None, None)
+    assert v.csum_runs == ref_csum_runs(nodes)
+    assert [p.kind for p in v.problems] == ["counter"] * sum(node.seq > 10 for node in nodes)
+
+
 # ------------------------------------------------------------------ runs
 
 @pytest.mark.parametrize("seed", SEEDS)
