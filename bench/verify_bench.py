@@ -27,6 +27,15 @@ and its ratio printed too.
 Figures are medians of ``--runs`` runs, from the page cache (both tools).
 ``--quick`` uses a 512 MiB disk (about 4,000 extents) for a first look.
 Scratch space: about 1.35 x the disk size for each of vdisk and qcow2.
+
+``--against CHECKOUT`` also times the verify of another checkout of vdisk
+(a ``git worktree`` of an older commit, say) on the same disk, in the same
+turns: each turn runs one child process per tree (this one and the other),
+which verifies once to warm up and then ``--child-runs`` times, timed
+inside the child (imports excluded); the row is the median of those, and
+the ratio new / old is printed. The children map the checkout's folders
+onto the ``vdisk`` package as pyproject.toml's package-dir does, so the
+checkout needs no install.
 """
 
 from __future__ import annotations
@@ -88,6 +97,48 @@ def verify_command(path):
     p = subprocess.run(VDISK + ["verify", path], capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"vdisk verify {path} failed: {p.stdout.strip()} {p.stderr.strip()}")
+
+
+# A child process that verifies with the vdisk of a given checkout (argv[1],
+# "" for the installed one): once to warm up, then argv[3] times, printing
+# [wall, CPU] of each as JSON.
+_CHILD = r"""
+import importlib.machinery, importlib.util, json, os, sys, time, tomllib
+root, path, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if root:
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        dirs = tomllib.load(f)["tool"]["setuptools"]["package-dir"]
+    where = {name: os.path.join(root, d) for name, d in dirs.items()}
+
+    class Checkout:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name in where:
+                return importlib.util.spec_from_file_location(
+                    name, os.path.join(where[name], "__init__.py"), submodule_search_locations=[where[name]])
+            return None
+    sys.meta_path.insert(0, Checkout)
+from vdisk.snapshots.verify import verify
+assert not root or verify.__code__.co_filename.startswith(root), verify.__code__.co_filename
+out = []
+for i in range(runs + 1):
+    c, t = time.process_time(), time.perf_counter()
+    r = verify(path)
+    out.append((time.perf_counter() - t, time.process_time() - c))
+    if not r.ok:
+        raise SystemExit("verify found problems: " + "; ".join(str(p) for p in r.problems[:5]))
+print(json.dumps(out[1:]))
+"""
+
+
+def verify_child(root: str, path: str, runs: int) -> list[tuple[float, float]]:
+    """(wall, CPU) of ``runs`` verifies of ``path`` by the checkout at ``root`` ("" for this one)."""
+    import json
+    p = subprocess.run([sys.executable, "-c", _CHILD, root, path, str(runs)], capture_output=True, text=True,
+                       cwd="/")
+    if p.returncode != 0:
+        raise RuntimeError(f"verify in a child ({root or 'this tree'}) failed: {p.stderr.strip()[-2000:]}")
+    return [tuple(x) for x in json.loads(p.stdout)]
 
 
 def verdict(ok: bool) -> str:
@@ -162,7 +213,13 @@ def main(argv=None):
     ap.add_argument("--data", action="store_true", help="also time verify --data at the last snapshot")
     ap.add_argument("--no-qemu", action="store_true", help="skip the qcow2 peer")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--against", metavar="CHECKOUT", help="also time the verify of another checkout of vdisk "
+                    "(its root directory), alternated with this tree's in child processes")
+    ap.add_argument("--child-runs", type=int, default=3, help="timed verifies per child process (--against)")
     args = ap.parse_args(argv)
+    against = os.path.abspath(args.against) if args.against else None
+    if against and not os.path.isfile(os.path.join(against, "pyproject.toml")):
+        ap.error(f"--against {args.against}: no pyproject.toml there, not a vdisk checkout")
     size = 512 * MIB if args.quick else 4 * GIB
     chunks, rewrites = plan(size, args.snapshots, args.seed)
     pool = random.Random(args.seed).randbytes(1061 * BS)      # slices of it are the data written
@@ -197,13 +254,25 @@ def main(argv=None):
         extents[n] = lba_extents(path)
         samples = {1: [], n: []}
         command = []
-        for _ in range(args.runs):
+        children = {"this": [], "against": []}
+        for turn in range(args.runs):
             for k, where in ((1, one), (n, path)):
                 w, c, r = timed(lambda: verify(where))
                 if not r.ok:
                     raise RuntimeError("verify found problems: " + "; ".join(str(p) for p in r.problems[:5]))
                 samples[k].append((w, c, r))
             command.append(timed(lambda: verify_command(path)))
+            if against:
+                # Which tree goes first alternates from turn to turn.
+                for which in (("this", "against") if turn % 2 == 0 else ("against", "this")):
+                    children[which] += verify_child("" if which == "this" else against, path, args.child_runs)
+        if against:
+            for which in ("this", "against"):
+                rows[("child", which)] = medians(children[which]) + (None,)
+            (tw, tc, _), (aw, ac, _) = rows[("child", "this")], rows[("child", "against")]
+            print(f"  in child processes, {n} snapshots, alternated: this tree {tw:.3f} s wall, {tc:.3f} s CPU; "
+                  f"{against} {aw:.3f} s wall, {ac:.3f} s CPU (medians of {len(children['this'])} each)",
+                  flush=True)
         rows[("vdisk-command", n)] = medians(command) + (None,)
         print(f"  vdisk verify as a command, {n} snapshots: {rows[('vdisk-command', n)][0]:.3f} s wall, "
               f"{rows[('vdisk-command', n)][1]:.3f} s CPU", flush=True)
@@ -257,6 +326,15 @@ def main(argv=None):
         print(f"| vdisk / qemu-img, CPU | {c1 / max(qc1, 1e-9):.1f} | {cn / max(qcn, 1e-9):.1f} | | - |")
         wc, cc, _ = rows[("vdisk-command", n)]
         print(f"| `vdisk verify` command (new process) / qemu-img, wall | | {wc / qn:.1f} ({wc:.3f} s) | | - |")
+    if ("child", "this") in rows:
+        (tw, tc, _), (aw, ac, _) = rows[("child", "this")], rows[("child", "against")]
+        print(f"| vdisk verify, {against} (child processes), wall | | {aw:.3f} s | | - |")
+        print(f"| vdisk verify, this tree (child processes), wall | | {tw:.3f} s | | - |")
+        print(f"| this tree / {os.path.basename(against)}, wall (CPU) | | {tw / aw:.2f} ({tc / ac:.2f}) | | - |")
+        if ("qemu", n) in rows:
+            qn = rows[("qemu", n)][0]
+            print(f"| vdisk / qemu-img, wall: this tree, {os.path.basename(against)} (child processes) | | "
+                  f"{tw / qn:.1f}, {aw / qn:.1f} | | - |")
     if ("vdisk-data", n) in rows:
         td, _c, rd = rows[("vdisk-data", n)]
         print(f"| vdisk verify --data | | {td:.2f} s ({rd.data_blocks * BS / MIB / td:.0f} MiB/s) | | - |")
