@@ -55,7 +55,7 @@ class PackedBytes:
                 raise ValueError(f"values of {items.width} bytes into {self.width}-byte values")
             return items.buf
         items = list(items)
-        if any(len(v) != self.width for v in items):
+        if items and set(map(len, items)) != {self.width}:
             raise ValueError(f"values must be {self.width} bytes each")
         return b"".join(items)
 
