@@ -146,6 +146,7 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Journal, Commits, 
         self._view_id = None
         self._blocks_since_commit = 0
         self._recent = {}
+        self._recent_lba = {}
         self._init_journal()
         self.store = stores.node_store
         self._data: DataStore | None = stores.data_store

@@ -30,6 +30,13 @@ def unpack(value: int) -> tuple[int, int]:
     return value >> LEN_BITS, value & MAX_LEN
 
 
+def _continues(pk: int, pv: int, key: int, value: int) -> bool:
+    """Whether extent ``value`` at ``key`` continues extent ``pv`` at ``pk``
+    in both source and target, within MAX_LEN."""
+    pn = pv & MAX_LEN
+    return pk + pn == key and (pv >> LEN_BITS) + pn == value >> LEN_BITS and pn + (value & MAX_LEN) <= MAX_LEN
+
+
 class ExtentMap:
     """``start -> (target, length)`` extents on one B+tree."""
 
@@ -95,6 +102,82 @@ class ExtentMap:
             tree.insert(start + 1, pack(t + start + 1 - k, k + n - start - 1))
         tree.insert(start, pack(target, 1))
         return t + start - k
+
+    def assign_blocks(self, items: list[tuple[int, int]], runs_only: bool = False) -> list[int]:
+        """Point each block ``source`` of ``items`` (``(source, target)``
+        pairs in ascending source order, each source once) at its target,
+        whatever it mapped before; returns the old targets of those that
+        were mapped, in order.
+
+        The batch form of a punch and a one-block map per item, with the
+        same result (extents joined as :meth:`map` joins them): the entries
+        the change needs - the old extents' pieces before and after each
+        block, the blocks, and an untouched neighbour a block continues -
+        are computed from the tree as it is, joined, and written with one
+        ``insert_sorted``; keys a join swallowed go with one
+        ``delete_sorted``. For the recent writes (vdisk/recent.py): the
+        running point's new VBAs after a snapshot, and the rewritten blocks'
+        new PBAs. With ``runs_only`` a lone block is not joined with an
+        untouched entry beside it (like :meth:`remap_block`: a rewritten
+        block's new target rarely continues theirs, and looking costs two
+        descents); a run of blocks in the batch still is (like :meth:`map`).
+        """
+        if not items:
+            return []
+        tree = self.tree
+        old: list[int] = []
+        ups: dict[int, int] = {}
+        cut_before = set()       # sources with an old extent's piece right before them
+        tail = None              # (start, target, length): the old piece after the last item
+        for src, target in items:
+            if target < 0 or target + 1 > MAX_TARGET:
+                raise IntegrityError(f"extent target {target}+1 is past the limit {MAX_TARGET}")
+            if tail is None or not tail[0] <= src < tail[0] + tail[2]:
+                tail = None
+                e = tree.floor(src)
+                if e is not None:
+                    k, v = e
+                    n = v & MAX_LEN
+                    if src < k + n:
+                        tail = (k, v >> LEN_BITS, n)
+            if tail is not None:
+                k, t, n = tail
+                old.append(t + src - k)
+                if k < src:
+                    ups[k] = pack(t, src - k)
+                    cut_before.add(src)
+                end = k + n
+                tail = (src + 1, t + src + 1 - k, end - src - 1) if src + 1 < end else None
+                if tail is not None:
+                    ups[src + 1] = pack(tail[1], tail[2])
+            ups[src] = pack(target, 1)
+        # An old piece's outer neighbour is its extent's, joined already; a
+        # block may continue the untouched entry before or after it.
+        new = dict(items)
+        for src, target in items:
+            if runs_only and new.get(src - 1) != target - 1 and new.get(src + 1) != target + 1:
+                continue
+            if src > 0 and src not in cut_before and src - 1 not in new:
+                e = tree.floor(src - 1)
+                if e is not None and e[0] not in ups and _continues(e[0], e[1], src, pack(target, 1)):
+                    ups[e[0]] = e[1]
+            if src + 1 not in ups:
+                nv = tree.get(src + 1)
+                if nv is not None and _continues(src, pack(target, 1), src + 1, nv):
+                    ups[src + 1] = nv
+        out: list[list[int]] = []
+        gone: list[int] = []
+        for k in sorted(ups):
+            v = ups[k]
+            if out and _continues(out[-1][0], out[-1][1], k, v):
+                out[-1][1] += v & MAX_LEN
+                gone.append(k)
+            else:
+                out.append([k, v])
+        tree.insert_sorted([(k, v) for k, v in out])
+        if gone:
+            tree.delete_sorted(gone)
+        return old
 
     def map(self, start: int, target: int, count: int):
         """Map [start, start+count) -> [target, ...); the range must be unmapped."""

@@ -97,6 +97,7 @@ class Journal:
         self._log_owned = []
         self._log_stream = []
         self._recent = {}
+        self._recent_lba = {}
         self._ro_log = None
         self._log_writer = int.from_bytes(os.urandom(8), "little")
 

@@ -281,6 +281,10 @@ class ReadPath:
             finish = self._start_read_one(lba_map, b0)
             if finish is not None:
                 return finish
+        if self._lba_recent_in(lba_map, b0, n):
+            # The general path reads the trees (vdisk/recent.py).
+            with self.changing(logged=True):
+                self.settle()
         pieces = lba_map.pieces(b0, n)
         if self._recent and self._recent_in(pieces):
             # The general path reads the trees (vdisk/recent.py).
@@ -342,13 +346,15 @@ class ReadPath:
         block again and answers it as it always has, so every error keeps
         its message.
         """
-        e = lba_map.tree.floor(lba)
-        if e is None:
-            return None
-        k, v = e
-        if k + (v & MAX_LEN) <= lba:
-            return None
-        vba = (v >> LEN_BITS) + lba - k
+        vba = self._recent_lba.get(lba) if self._recent_lba and lba_map is self._lba else None
+        if vba is None:
+            e = lba_map.tree.floor(lba)
+            if e is None:
+                return None
+            k, v = e
+            if k + (v & MAX_LEN) <= lba:
+                return None
+            vba = (v >> LEN_BITS) + lba - k
         bs = self.block_size
         recent = self._recent.get(vba)
         if recent is not None:

@@ -110,6 +110,9 @@ class WritePath:
     def _fits(self, line: "Line", b0: int, n: int) -> bool:
         """Whether the new VBAs a write of [b0, b0+n) needs fit below the line's
         limit: blocks born after its newest snapshot keep theirs."""
+        if self._lba_recent_in(line.lba, b0, n):
+            with self.changing(logged=True):
+                self.settle()
         wm = line.counters.vba_watermark
         kept = sum(ln for _s, vba, ln in split_at_watermark(line.lba.pieces(b0, n), wm) if vba >= wm)
         return line.counters.vba_next + n - kept <= line.vba_limit
@@ -135,6 +138,8 @@ class WritePath:
         counters, lba = line.counters, line.lba
         wm = counters.vba_watermark
         csum_items = []
+        if self._lba_recent_in(lba, b0, n):
+            self.settle()
         current = list(split_at_watermark(lba.pieces(b0, n), wm))
         if self._recent and self._recent_in([p for p in current if p[1] >= wm]):
             # The VBAs below are remapped in the trees: their recent writes go there first.
@@ -172,15 +177,17 @@ class WritePath:
 
     def _map_one(self, lba: int, pba: int, csum: bytes, line: "Line"):
         """The common NBD write, one block: the VBA -> PBA and checksum go
-        to the recent table (vdisk/recent.py); only a new VBA changes the
-        line's LBA tree now."""
+        to the recent table (vdisk/recent.py), and so does a new VBA of the
+        running point's (other lines map it in their LBA tree now)."""
         counters, lba_map = line.counters, line.lba
-        vba = None
-        e = lba_map.tree.floor(lba)
-        if e is not None:
-            k, v = e
-            if lba < k + (v & MAX_LEN):
-                vba = (v >> LEN_BITS) + lba - k
+        deferred = self._recent_lba if lba_map is self._lba and self._anchor is None else None
+        vba = deferred.get(lba) if deferred else None
+        if vba is None:
+            e = lba_map.tree.floor(lba)
+            if e is not None:
+                k, v = e
+                if lba < k + (v & MAX_LEN):
+                    vba = (v >> LEN_BITS) + lba - k
         recent = self._recent
         if vba is not None and vba >= counters.vba_watermark:
             # Born after the line's newest snapshot: it keeps its VBA.
@@ -191,8 +198,11 @@ class WritePath:
         else:
             vba = counters.vba_next
             counters.vba_next += 1
-            lba_map.punch(lba, 1)
-            lba_map.map(lba, vba, 1)
+            if deferred is not None:
+                deferred[lba] = vba
+            else:
+                lba_map.punch(lba, 1)
+                lba_map.map(lba, vba, 1)
         recent[vba] = (pba, csum)
         self._after_work(1)
 
@@ -206,6 +216,8 @@ class WritePath:
         returns the number of extents it touched."""
         line = line or self._line(None)
         wm = line.counters.vba_watermark
+        if self._lba_recent_in(line.lba, b0, n):
+            self.settle()
         pieces = line.lba.punch(b0, n)
         for _s, vba, ln in split_at_watermark(pieces, wm):
             if vba >= wm:

@@ -33,7 +33,7 @@ from vdisk.errors import (AlreadyExists, Busy, ChecksumMismatch, DiskFailed, Inv
                           ReadOnly)
 
 from .accounting import assert_consistent, consistency
-from .util import pattern, run_child
+from .util import pattern, run_child, settled
 
 BS = 4096
 MiB = 1 << 20
@@ -41,7 +41,7 @@ MiB = 1 << 20
 
 def fingerprint(disk):
     """Everything a failed request must leave unchanged."""
-    return (disk.read(0, disk.size), disk.state.vba_next, disk.alloc.end, len(disk._lba.tree),
+    return (disk.read(0, disk.size), disk.state.vba_next, disk.alloc.end, len(settled(disk)._lba.tree),
             len(disk._vba.tree), os.path.getsize(os.path.join(disk.path, "data")), disk.size,
             [s.name for s in disk.snapshots(exclusive=False)])
 
@@ -492,7 +492,7 @@ def test_checksum_mismatch_names_the_block(make_disk, disk_path):
     d = make_disk(MiB)
     d.write(0, pattern(1, 16 * BS))
     d.flush()
-    (_, vba, _), = d._lba.pieces(5, 1)
+    (_, vba, _), = settled(d)._lba.pieces(5, 1)
     (_, pba, _), = d._vba.pieces(vba, 1)
     d.close()
     fd = os.open(os.path.join(disk_path, "data"), os.O_RDWR)

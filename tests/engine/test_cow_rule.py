@@ -14,13 +14,13 @@ import os
 import pytest
 
 from .accounting import assert_consistent
-from .util import pattern, read_in_child
+from .util import pattern, read_in_child, settled
 
 BS = 4096
 
 
 def vba_of(disk, lba):
-    (piece,) = disk._lba.pieces(lba, 1)
+    (piece,) = settled(disk)._lba.pieces(lba, 1)
     return piece[1]
 
 
@@ -28,12 +28,6 @@ def pba_of(disk, lba):
     with disk.lock:             # one-block writes wait in the recent table (vdisk/recent.py)
         (piece,) = disk._vba.pieces(vba_of(disk, lba), 1)
     return piece[1]
-
-
-def settled(disk):
-    """The disk with its recent writes in the VBA and csum trees."""
-    with disk.lock:
-        return disk
 
 
 def free_pbas(disk):
@@ -48,7 +42,7 @@ def test_rewrites_without_snapshot_keep_one_vba(disk):
     for i in range(1000):
         disk.write(3 * BS, pattern(i, BS))
     assert disk.state.vba_next == start + 1
-    assert len(disk._lba.tree) == 1
+    assert len(settled(disk)._lba.tree) == 1
     assert len(settled(disk)._vba.tree) == 1
     assert len(disk._csum) == 1
     assert disk.read(3 * BS, BS) == pattern(999, BS)
@@ -115,9 +109,9 @@ def test_partial_rewrite_follows_the_rule(disk):
 def test_sequential_write_costs_one_extent_per_map(disk):
     data = pattern(7, 1 << 20)
     disk.write(0, data)
-    assert len(disk._lba.tree) == 1
+    assert len(settled(disk)._lba.tree) == 1
     assert len(disk._vba.tree) == 1
-    (_, vba, n), = disk._lba.extents()
+    (_, vba, n), = settled(disk)._lba.extents()
     assert n == 256
     (v, pba, m), = disk._vba.extents()
     assert (v, m) == (vba, 256)
@@ -128,7 +122,7 @@ def test_sequential_small_writes_coalesce_and_get_contiguous_pbas(make_disk):
     d = make_disk(4 << 20)
     for i in range(512):
         d.write(i * BS, pattern(i, BS))
-    assert len(d._lba.tree) == 1
+    assert len(settled(d)._lba.tree) == 1
     assert len(settled(d)._vba.tree) == 1
     pbas = [pba_of(d, i) for i in range(512)]
     assert pbas == list(range(pbas[0], pbas[0] + 512))
@@ -138,7 +132,7 @@ def test_sequential_small_writes_coalesce_and_get_contiguous_pbas(make_disk):
         d.write(i * BS, pattern(i, BS))
     pbas = [pba_of(d, i) for i in range(1024)]
     assert pbas == list(range(pbas[0], pbas[0] + 1024))
-    assert len(d._lba.tree) == 1 and len(settled(d)._vba.tree) == 1
+    assert len(settled(d)._lba.tree) == 1 and len(settled(d)._vba.tree) == 1
     d.flush()
     assert_consistent(d)
 
@@ -159,7 +153,7 @@ def test_snapshot_creation_creates_no_nodes(make_disk, scratch):
     buf = pattern(2, BS)
     for b in range(16383, -1, -1):
         big.write(b * BS, buf)
-    assert len(big._lba.tree) == 16384
+    assert len(settled(big)._lba.tree) == 16384
     assert big.forest.tree("lba").height >= 2
     assert _snapshot_node_cost(small) == (0, 0)
     assert _snapshot_node_cost(big) == (0, 0)
@@ -221,7 +215,7 @@ def _straddling_extent(disk):
     disk.create_snapshot("s")
     disk.write(BS, pattern(2, BS))
     wm = disk.state.vba_watermark
-    (_, vba, n), = disk._lba.extents()
+    (_, vba, n), = settled(disk)._lba.extents()
     assert n == 2 and vba < wm < vba + n        # joined: LBAs and VBAs are contiguous
     return vba
 
@@ -238,7 +232,7 @@ def test_extent_across_the_watermark_is_rewritten_in_place(disk):
     vba = _straddling_extent(disk)
     disk.write(0, pattern(3, 2 * BS))
     # Block 1's VBA was born after the snapshot: it must be kept (in place).
-    assert [p[1] for p in disk._lba.pieces(1, 1)] == [vba + 1]
+    assert [p[1] for p in settled(disk)._lba.pieces(1, 1)] == [vba + 1]
     disk.flush()
     assert_consistent(disk)
     assert disk.info()["physical_bytes"] == 3 * BS

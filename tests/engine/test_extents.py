@@ -73,6 +73,33 @@ class ExtentMachine(RuleBasedStateMachine):
         for i in range(count):
             self.model[start + i] = target + i
 
+    @rule(srcs=st.lists(st.integers(0, SPACE), min_size=1, max_size=40, unique=True),
+          follow=st.lists(st.booleans(), min_size=40, max_size=40))
+    def assign_blocks(self, srcs, follow):
+        # The batch of one-block writes after a snapshot (vdisk/recent.py):
+        # each block gets a new target; ``follow`` makes one continue the
+        # block before it (sequential writes, or a neighbour's extent), so
+        # the joins inside the batch and with untouched entries are tried.
+        srcs.sort()
+        used = set(self.model.values())
+        items = []
+        for i, src in enumerate(srcs):
+            prev = self.model.get(src - 1) if src > 0 else None
+            if items and items[-1][0] == src - 1:
+                prev = items[-1][1]
+            if follow[i] and prev is not None and prev + 1 not in used:
+                target = prev + 1
+            else:
+                target = self.next_target
+                self.next_target += 3
+            used.discard(self.model.get(src))
+            used.add(target)
+            items.append((src, target))
+        note(f"assign {items}")
+        self.map.assign_blocks(items)
+        for src, target in items:
+            self.model[src] = target
+
     @rule(start=st.integers(0, SPACE), count=st.integers(1, 200))
     def punch(self, start, count):
         note(f"punch {start}+{count}")

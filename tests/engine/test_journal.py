@@ -23,7 +23,7 @@ from vdisk.errors import IntegrityError, UnsupportedVersion
 from vdisk.snapshots.verify import verify
 
 from .accounting import assert_consistent
-from .util import pattern
+from .util import pattern, settled
 
 BS = 4096
 MiB = 1 << 20
@@ -213,7 +213,7 @@ def test_a_last_flush_whose_data_did_not_land_is_dropped_whole(make_disk, scratc
     # The crash left the last flush's records but not one of its blocks.
     lba = sorted(last)[17]
     with d.lock:
-        (_l, vba, _n), = d._lba.pieces(lba, 1)
+        (_l, vba, _n), = settled(d)._lba.pieces(lba, 1)
         pba = d._recent[vba][0] if vba in d._recent else d._vba.pieces(vba, 1)[0][1]
     _zero_block(where, pba)
     with Disk.open(where) as c:
@@ -319,7 +319,7 @@ def test_replay_claims_a_piece_across_free_extents_that_touch(make_disk, scratch
     assert list(d.alloc.free.items())[:2] == [(start, 4), (start + 4, n - 4)]
     d.write(MiB, pattern(2, 8 * BS))               # 8 blocks: one piece over both
     with d.lock:
-        assert d._vba.pieces(d._lba.pieces(MiB // BS, 1)[0][1], 8)[0][1:] == (start, 8)
+        assert d._vba.pieces(settled(d)._lba.pieces(MiB // BS, 1)[0][1], 8)[0][1:] == (start, 8)
     d.flush()
     where = crash_copy(d, os.path.join(scratch, "c"))
     with Disk.open(where) as c:

@@ -14,7 +14,7 @@ import pytest
 
 from vdisk.errors import IntegrityError
 
-from .util import pattern
+from .util import pattern, settled
 
 BS = 4096
 
@@ -45,7 +45,7 @@ def test_single_block_reads_match_a_model_across_many_leaves(make_disk):
 def test_a_missing_checksum_is_reported_by_the_general_path(make_disk):
     d = make_disk(1 << 20)
     d.write(0, pattern(1, 4 * BS))
-    (_, vba, _), = d._lba.pieces(2, 1)
+    (_, vba, _), = settled(d)._lba.pieces(2, 1)
     d._csum.delete(vba + 0)
     with pytest.raises(IntegrityError, match=f"LBA 2: checksum of VBA {vba} is missing"):
         d.read(2 * BS, BS)

@@ -47,3 +47,10 @@ def read_in_child(path: str, offset: int, length: int) -> bytes:
     r = run_child(READ_CODE, path, offset, length)
     assert r.returncode == 0, r.stderr
     return bytes.fromhex(r.stdout)
+
+
+def settled(disk):
+    """The disk with its recent writes in the LBA, VBA and csum trees
+    (vdisk/recent.py): what a test that looks at the trees themselves needs."""
+    with disk.lock:
+        return disk

@@ -90,8 +90,9 @@ def _run_and_check(path, ops):
 
 
 def test_a_small_change_reads_few_nodes_of_a_big_tree(tmp_path):
-    """20,000 extents (two levels, about 100 leaves); one block changed: the walk reads
-    the changed path of each tree, not the tree."""
+    """20,000 extents (two levels, 80 full leaves: the one-block writes reach
+    the LBA tree in one sorted batch); one block changed: the walk reads the
+    changed path of each tree, not the tree."""
     with Disk.create(tmp_path / "d", 40_000 * BS, BS) as d:
         for blk in range(0, 40_000, 2):          # every other block: one extent each
             d.write(blk * BS, b"x" * BS)
@@ -105,7 +106,7 @@ def test_a_small_change_reads_few_nodes_of_a_big_tree(tmp_path):
         assert r.nodes_read <= 2 * height + 2, r.nodes_read
         assert r.shared_skipped > 0
         full = diff(d, EVERYTHING, "b")
-        assert full.nodes_read > 30 * r.nodes_read
+        assert full.nodes_read >= 20 * r.nodes_read
         assert full.data_bytes == 20_000 * BS
         check_pair(d, "a", "b")
         check_pair(d, "b", "a")
