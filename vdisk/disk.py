@@ -222,7 +222,7 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Journal, Commits, 
         st = self.state
 
         def damaged(what):
-            raise IntegrityError(f"disk {self.path}: {what}: the running point's record is damaged; "
+            raise IntegrityError(f"disk {self.location}: {what}: the running point's record is damaged; "
                                  f"run vdisk verify")
         last = self._vba.tree.last()
         if last is not None and st.vba_next < last[0] + unpack(last[1])[1]:
@@ -286,7 +286,7 @@ class Disk(Anchor, Reader, ReadPath, WritePath, RecentWrites, Journal, Commits, 
     def check_writable(self):
         self._check_open()
         if self.readonly:
-            raise ReadOnly(f"disk {self.path} is open read-only")
+            raise ReadOnly(f"disk {self.location} is open read-only")
 
     # ----------------------------------------------------------- unmapping and pacing
 

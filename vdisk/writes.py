@@ -83,8 +83,8 @@ class WritePath:
         n = len(data) // bs
         if line.counters.vba_next + n > line.vba_limit and not self._fits(line, b0, n):
             if line.vba_limit == MAX_TARGET:
-                raise NoSpace(f"disk {self.path} has used up its {MAX_TARGET} virtual block addresses")
-            raise NoSpace(f"disk {self.path}: the conversion has used up the virtual block addresses "
+                raise NoSpace(f"disk {self.location} has used up its {MAX_TARGET} virtual block addresses")
+            raise NoSpace(f"disk {self.location}: the conversion has used up the virtual block addresses "
                           f"reserved for it ({line.vba_limit})")
         with self.changing(logged=True):
             pieces = self.alloc.allocate(n)
@@ -102,8 +102,8 @@ class WritePath:
             for pba, count in pieces:
                 self.alloc.release(pba, count)
             if e.errno == errno.ENOSPC:
-                raise NoSpace(f"no space left on the file system holding {self.path}") from None
-            raise StorageError(f"writing to {self.path}/data failed: {e.strerror or e}") from None
+                raise NoSpace(f"no space left where {self.location} is stored") from None
+            raise StorageError(f"writing the data of {self.location} failed: {e.strerror or e}") from None
         with self.changing(logged=True):
             self._map_written(b0, n, data, pieces, line)
 

@@ -21,7 +21,7 @@ from hypothesis import settings
 from engine.test_model import DiskMachine
 from engine.util import pattern
 from vdisk import Disk
-from vdisk.errors import AlreadyExists, Busy, DiskFailed, InvalidArgument, NotFound, StorageError
+from vdisk.errors import AlreadyExists, Busy, DiskFailed, InvalidArgument, NotFound, ReadOnly, StorageError
 from vdisk.location import RadosLocation, parse
 from vdisk.snapshots.verify import verify, verify_open_disk
 
@@ -154,6 +154,10 @@ def test_messages_name_the_rados_disk_not_its_local_state_directory(loc):
         d._failed = "a test's failure"                 # stopped: every request says which disk
         says_location(lambda: d.read(0, 4096), DiskFailed)
         d._failed = None
+    with Disk.open(loc, readonly=True) as r:
+        with pytest.raises(ReadOnly) as e:
+            r.write(0, b"x")
+        assert str(loc) in str(e.value) and r.path not in str(e.value), str(e.value)
 
 
 def test_verify_beside_the_writer_counts_the_flushes_its_redo_log_holds(loc):
