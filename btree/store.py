@@ -64,15 +64,14 @@ RESERVE_BYTES = 4 << 20
 # would break its locking), so stores of one directory in one process share
 # it: a read-only view of a disk can be opened beside its writer.
 class _Shared:
-    def __init__(self, env, nodes_db, meta_db, writable: bool, psize: int):
+    def __init__(self, env, nodes_db, meta_db, writable: bool, psize: int, file: str):
         self.env, self.nodes_db, self.meta_db, self.writable = env, nodes_db, meta_db, writable
-        self.psize = psize
+        self.psize, self.file = psize, file
         self.users = 1
         # After a failed meta-page write LMDB answers MDB_PANIC to every call
         # until the environment is closed; this keeps the I/O error behind it.
         self.failure: str | None = None
         self.panicked = False
-        self.file = ""
         self.loads = 0
         self.mapped: list[tuple[int, int]] | None = None
 
@@ -122,8 +121,7 @@ def _open_env(key: str, path: str, readonly: bool, create: bool, map_size: int) 
         except BaseException:
             env.close()
             raise
-        shared = _ENVS[key] = _Shared(env, nodes_db, meta_db, not readonly, psize)
-        shared.file = file
+        shared = _ENVS[key] = _Shared(env, nodes_db, meta_db, not readonly, psize, file)
         return shared
 
 

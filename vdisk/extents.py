@@ -77,32 +77,6 @@ class ExtentMap:
                 tree.insert(end, pack(t + end - k, k + n - end))
         return removed
 
-    def remap_block(self, start: int, target: int) -> int | None:
-        """Point the one mapped block ``start`` at ``target``; returns its old
-        target, or None (and changes nothing) if ``start`` is unmapped.
-
-        A block that is an extent of its own changes its value in place; one
-        inside a longer extent splits it. Unlike :meth:`map` it joins no
-        neighbours: a rewritten block's new target rarely continues theirs,
-        and looking costs two more descents.
-        """
-        if target < 0 or target + 1 > MAX_TARGET:
-            raise IntegrityError(f"extent target {target}+1 is past the limit {MAX_TARGET}")
-        tree = self.tree
-        e = tree.floor(start)
-        if e is None:
-            return None
-        k, v = e
-        t, n = v >> LEN_BITS, v & MAX_LEN
-        if start >= k + n:
-            return None
-        if k < start:
-            tree.insert(k, pack(t, start - k))
-        if start + 1 < k + n:
-            tree.insert(start + 1, pack(t + start + 1 - k, k + n - start - 1))
-        tree.insert(start, pack(target, 1))
-        return t + start - k
-
     def assign_blocks(self, items: list[tuple[int, int]], runs_only: bool = False) -> list[int]:
         """Point each block ``source`` of ``items`` (``(source, target)``
         pairs in ascending source order, each source once) at its target,
@@ -118,9 +92,8 @@ class ExtentMap:
         ``delete_sorted``. For the recent writes (vdisk/recent.py): the
         running point's new VBAs after a snapshot, and the rewritten blocks'
         new PBAs. With ``runs_only`` a lone block is not joined with an
-        untouched entry beside it (like :meth:`remap_block`: a rewritten
-        block's new target rarely continues theirs, and looking costs two
-        descents); a run of blocks in the batch still is (like :meth:`map`).
+        untouched entry beside it (a rewritten block's new target rarely
+        continues theirs, and looking costs two descents); a run of blocks in the batch still is (like :meth:`map`).
         """
         if not items:
             return []

@@ -173,17 +173,3 @@ def test_long_runs_split_at_max_len():
     m.map(0, 0, MAX_LEN)
     m.map(MAX_LEN, MAX_LEN, 1)
     assert list(m.extents()) == [(0, 0, MAX_LEN), (MAX_LEN, MAX_LEN, 1)]
-
-
-def test_remap_block_splits_or_replaces_and_skips_holes():
-    _, m = new_map()
-    m.map(10, 100, 5)                               # 10..14 -> 100..104
-    assert m.remap_block(12, 500) == 102            # inside: split in three
-    assert list(m.extents()) == [(10, 100, 2), (12, 500, 1), (13, 103, 2)]
-    assert m.remap_block(12, 600) == 500            # an extent of its own: in place
-    assert m.remap_block(10, 700) == 100            # the first block of an extent
-    assert m.remap_block(14, 800) == 104            # the last
-    assert list(m.extents()) == [(10, 700, 1), (11, 101, 1), (12, 600, 1), (13, 103, 1), (14, 800, 1)]
-    assert m.remap_block(20, 900) is None           # a hole: nothing changes
-    assert m.remap_block(9, 900) is None
-    assert len(list(m.extents())) == 5
