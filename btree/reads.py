@@ -149,6 +149,40 @@ class TreeReads:
             return node.keys[j - 1], node.vals[j - 1]
         return self._floor_before_leaf(key)
 
+    def floors(self, keys) -> list:
+        """``floor(key)`` of each of ``keys``, given in ascending order.
+
+        A batch of block changes (vdisk/extents.py ``assign_blocks``) asks
+        for thousands of floors at once, most of them in a leaf the one
+        before found: one descent per leaf they fall in, then a bisect
+        each. A leaf's range ends at the separator right of its path; a key
+        past it descends again.
+        """
+        cache = self.forest.cache
+        load = self.forest.load
+        root = self.rec.root
+        out = []
+        append = out.append
+        lkeys = lvals = None
+        hi = None                       # the current leaf holds keys below this (None: no bound)
+        for key in keys:
+            if lkeys is None or (hi is not None and key >= hi):
+                hi = None
+                node = cache.get(root) or load(root)
+                while not node.leaf:
+                    nkeys = node.keys
+                    i = bisect_right(nkeys, key) - 1
+                    if i < 0:
+                        i = 0
+                    if i + 1 < len(nkeys):
+                        hi = nkeys[i + 1]
+                    node_id = node.vals[i]
+                    node = cache.get(node_id) or load(node_id)
+                lkeys, lvals = node.keys, node.vals
+            j = bisect_right(lkeys, key)
+            append((lkeys[j - 1], lvals[j - 1]) if j else self._floor_before_leaf(key))
+        return out
+
     def _floor_before_leaf(self, key):
         """floor() when ``key`` is below its leaf's first key: the floor ends an earlier leaf."""
         # items_reverse without the generator; _prev_leaf moves the path's

@@ -30,13 +30,6 @@ def unpack(value: int) -> tuple[int, int]:
     return value >> LEN_BITS, value & MAX_LEN
 
 
-def _continues(pk: int, pv: int, key: int, value: int) -> bool:
-    """Whether extent ``value`` at ``key`` continues extent ``pv`` at ``pk``
-    in both source and target, within MAX_LEN."""
-    pn = pv & MAX_LEN
-    return pk + pn == key and (pv >> LEN_BITS) + pn == value >> LEN_BITS and pn + (value & MAX_LEN) <= MAX_LEN
-
-
 class ExtentMap:
     """``start -> (target, length)`` extents on one B+tree."""
 
@@ -97,56 +90,78 @@ class ExtentMap:
         """
         if not items:
             return []
+        targets = [t for _s, t in items]
+        if min(targets) < 0 or max(targets) + 1 > MAX_TARGET:
+            bad = next(t for t in targets if t < 0 or t + 1 > MAX_TARGET)
+            raise IntegrityError(f"extent target {bad}+1 is past the limit {MAX_TARGET}")
         tree = self.tree
+        srcs = [s for s, _t in items]
         old: list[int] = []
         ups: dict[int, int] = {}
         cut_before = set()       # sources with an old extent's piece right before them
-        tail = None              # (start, target, length): the old piece after the last item
-        for src, target in items:
-            if target < 0 or target + 1 > MAX_TARGET:
-                raise IntegrityError(f"extent target {target}+1 is past the limit {MAX_TARGET}")
-            if tail is None or not tail[0] <= src < tail[0] + tail[2]:
-                tail = None
-                e = tree.floor(src)
+        # (start, end, target of start): what is left of the old extent after the last item.
+        tk = tend = tt = -1
+        for (src, target), e in zip(items, tree.floors(srcs)):
+            if not tk <= src < tend:
+                tk = tend = -1
                 if e is not None:
                     k, v = e
                     n = v & MAX_LEN
                     if src < k + n:
-                        tail = (k, v >> LEN_BITS, n)
-            if tail is not None:
-                k, t, n = tail
-                old.append(t + src - k)
-                if k < src:
-                    ups[k] = pack(t, src - k)
+                        tk, tend, tt = k, k + n, v >> LEN_BITS
+            if tk >= 0:
+                old.append(tt + src - tk)
+                if tk < src:
+                    ups[tk] = tt << LEN_BITS | (src - tk)
                     cut_before.add(src)
-                end = k + n
-                tail = (src + 1, t + src + 1 - k, end - src - 1) if src + 1 < end else None
-                if tail is not None:
-                    ups[src + 1] = pack(tail[1], tail[2])
-            ups[src] = pack(target, 1)
+                if src + 1 < tend:
+                    tt += src + 1 - tk
+                    tk = src + 1
+                    ups[tk] = tt << LEN_BITS | (tend - tk)
+                else:
+                    tk = tend = -1
+            ups[src] = target << LEN_BITS | 1
         # An old piece's outer neighbour is its extent's, joined already; a
-        # block may continue the untouched entry before or after it.
+        # block may continue the untouched entry before or after it. Both
+        # look-ups go to the tree as two batches of floors.
         new = dict(items)
+        before, after = [], []
         for src, target in items:
             if runs_only and new.get(src - 1) != target - 1 and new.get(src + 1) != target + 1:
                 continue
             if src > 0 and src not in cut_before and src - 1 not in new:
-                e = tree.floor(src - 1)
-                if e is not None and e[0] not in ups and _continues(e[0], e[1], src, pack(target, 1)):
-                    ups[e[0]] = e[1]
+                before.append((src, target))
             if src + 1 not in ups:
-                nv = tree.get(src + 1)
-                if nv is not None and _continues(src, pack(target, 1), src + 1, nv):
-                    ups[src + 1] = nv
+                after.append((src, target))
+        if before:
+            for (src, target), e in zip(before, tree.floors([s - 1 for s, _t in before])):
+                if e is not None and e[0] not in ups:
+                    k, v = e
+                    n = v & MAX_LEN
+                    if k + n == src and (v >> LEN_BITS) + n == target and n < MAX_LEN:
+                        ups[k] = v
+        if after:
+            for (src, target), e in zip(after, tree.floors([s + 1 for s, _t in after])):
+                if e is not None and e[0] == src + 1:
+                    nv = e[1]
+                    if nv >> LEN_BITS == target + 1 and (nv & MAX_LEN) < MAX_LEN:
+                        ups[src + 1] = nv
+        # Joined in key order: an entry continuing the one before it in both
+        # source and target (within MAX_LEN) is swallowed by it, as map() does.
         out: list[list[int]] = []
         gone: list[int] = []
+        pk = pv = -1
         for k in sorted(ups):
             v = ups[k]
-            if out and _continues(out[-1][0], out[-1][1], k, v):
-                out[-1][1] += v & MAX_LEN
-                gone.append(k)
-            else:
-                out.append([k, v])
+            if out:
+                pn = pv & MAX_LEN
+                if pk + pn == k and (pv >> LEN_BITS) + pn == v >> LEN_BITS and pn + (v & MAX_LEN) <= MAX_LEN:
+                    pv += v & MAX_LEN
+                    out[-1][1] = pv
+                    gone.append(k)
+                    continue
+            pk, pv = k, v
+            out.append([k, v])
         tree.insert_sorted([(k, v) for k, v in out])
         if gone:
             tree.delete_sorted(gone)

@@ -322,6 +322,17 @@ class ForestMachine(RuleBasedStateMachine):
         want = (max(below), self._all_models()[name][max(below)]) if below else None
         assert self._tree(name).floor(k) == want
 
+    @rule(data=st.data(), picks=st.lists(keys, max_size=60))
+    def floors(self, data, picks):
+        # Ascending keys, repeats allowed: the batch form must answer each as floor() does.
+        name = data.draw(st.sampled_from(sorted(self._all_models())), label="tree")
+        model = self._all_models()[name]
+        want = []
+        for key in sorted(picks):
+            below = [kk for kk in model if kk <= self.k(key)]
+            want.append((max(below), model[max(below)]) if below else None)
+        assert self._tree(name).floors([self.k(key) for key in sorted(picks)]) == want
+
     @rule(data=st.data(), key=keys, span=st.integers(-2, 80))
     def items_from_floor(self, data, key, span):
         name = data.draw(st.sampled_from(sorted(self._all_models())), label="tree")
