@@ -59,6 +59,10 @@ class Reader:
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``; unmapped ranges read as zeros."""
         bs = self.block_size
+        if length == bs and not offset % bs:
+            data = self.disk._read_one(self, offset // bs)
+            if data is not None:
+                return data
         b0 = offset // bs
         b1 = -(-(offset + length) // bs)
 
@@ -262,6 +266,23 @@ class ReadPath:
                 finish = issue(False)
             data = finish()
         return data
+
+    def _read_one(self, view: Reader, lba: int) -> bytes | None:
+        """Block ``lba`` of ``view`` for the writer, if the one-block path has it; None otherwise.
+
+        The common NBD request (issue 13) without the general path's
+        closures: the look-up of :meth:`_start_read_one` under the lock, the
+        wait and check outside it, as :meth:`_fetch` does. None (a hole, a
+        read-only opener, anything the one-block path declines) sends the
+        caller down the general path, which answers it as it always has.
+        """
+        if self.readonly:
+            return None
+        with self._lock:
+            self._check_open()
+            view._check_range(lba * self.block_size, self.block_size)
+            finish = self._start_read_one(view._lba_map(), lba)
+        return None if finish is None else finish()
 
     def _read_blocks(self, lba_map: ExtentMap, b0: int, n: int, origin=None) -> bytes:
         """Blocks ``[b0, b0 + n)`` of ``lba_map``, verified, all under the caller's lock."""
