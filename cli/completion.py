@@ -24,6 +24,9 @@ def completion(shell):
     """
     from click.shell_completion import get_completion_class
 
-    from .main import main
-    comp = get_completion_class(shell)(main, {}, "vdisk", "_VDISK_COMPLETE")
+    # The root group from the context, not by importing vdisk.cli.main, which
+    # imports this module (no cycle; and under python -m vdisk.cli.main that
+    # import would run main.py a second time).
+    root = click.get_current_context().find_root().command
+    comp = get_completion_class(shell)(root, {}, "vdisk", "_VDISK_COMPLETE")
     click.echo(comp.source())

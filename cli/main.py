@@ -7,10 +7,15 @@ and the exit code of :data:`vdisk.errors.EXIT_CODES`, never a traceback
 unless ``--debug``. The commands live in modules by subject: ``disk``
 (create, info, resize, compact, delete), ``snapshot``, ``serve``, ``mount``,
 ``verify``, ``replicate`` (diff, send, receive), ``completion``.
+
+A command's module is imported only when that command runs (or its help or
+completion is asked): :data:`COMMANDS` names each one, so ``vdisk verify
+DISK`` loads verify's code and not serve's, mount's or convert's.
 """
 
 from __future__ import annotations
 
+import importlib
 
 import click
 
@@ -25,10 +30,76 @@ def _set_debug(ctx, param, value):
         failures.STATE.debug = True
 
 
+# Every command: name -> ("module:attribute" in vdisk.cli, its one-line help).
+# The line is what `vdisk --help` lists, kept here so that listing imports no
+# command; it must be the command's own (the first sentence of its
+# docstring): tests/cli/test_lazy.py checks each against the command.
+COMMANDS = {
+    "create": ("disk:create", "Create a new, empty disk."),
+    "info": ("disk:info", "Show size, space used, snapshots and format version."),
+    "resize": ("disk:resize", "Grow the disk to SIZE (shrinking is refused)."),
+    "compact": ("disk:compact", "Give free space in the data file back to the file system."),
+    "delete": ("disk:delete", "Delete a disk with all its snapshots, for good."),
+    "snapshot": ("snapshot:snapshot", "Create, list, show, rename, delete and revert to snapshots."),
+    "serve": ("serve:serve", "Serve DISK over NBD until Ctrl-C or SIGTERM."),
+    "mount": ("mount:mount", "Mount DISK at MOUNTPOINT as image files."),
+    "umount": ("mount:umount", "Unmount a vdisk mount: flush the disk and release it."),
+    "verify": ("verify:verify", "Check every snapshot, map and the allocator of DISK."),
+    "convert": ("convert:convert", "Convert a qemu chain into a new DISK, layers as snapshots."),
+    "import": ("convert:import_", "Make a new DISK from one image qemu reads."),
+    "export": ("convert:export", "Write DISK (or one snapshot) to an image file OUT, sparse."),
+    "diff": ("replicate:diff", "List the ranges that differ between two snapshots."),
+    "send": ("replicate:send", "Write snapshot NAME as a stream, in full or from BASE."),
+    "receive": ("replicate:receive", "Recreate a snapshot from a stream of vdisk send."),
+    "completion": ("completion:completion", "Print the shell completion script for bash, zsh or fish."),
+}
+
+
+class LazyGroup(VdiskGroup):
+    """A group whose commands are imported on first use, from a table
+    name -> ("module:attribute", one-line help) (click's "lazy loading
+    subcommands" pattern). Its help and the completion of command names come
+    from the table's lines and import nothing."""
+
+    def __init__(self, *args, lazy: dict[str, tuple[str, str]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx):
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in self.lazy:
+            module, attr = self.lazy[name][0].split(":")
+            self.add_command(getattr(importlib.import_module(f"vdisk.cli.{module}"), attr), name)
+        return self.commands.get(name)
+
+    def summary(self, name: str, limit: int = 45) -> str:
+        """The one-line help of command ``name`` cut to ``limit`` as click cuts it, without importing it."""
+        if name not in self.lazy:
+            return self.commands[name].get_short_help_str(limit)
+        return click.Command(name, help=self.lazy[name][1]).get_short_help_str(limit)
+
+    def format_commands(self, ctx, formatter):
+        # click's Group.format_commands, with the lines from the table.
+        names = [n for n in self.list_commands(ctx) if n in self.lazy or not self.commands[n].hidden]
+        if names:
+            limit = formatter.width - 6 - max(len(n) for n in names)
+            with formatter.section("Commands"):
+                formatter.write_dl([(n, self.summary(n, limit)) for n in names])
+
+    def shell_complete(self, ctx, incomplete):
+        # click's Group.shell_complete, with the lines from the table.
+        from click.shell_completion import CompletionItem
+        items = [CompletionItem(n, help=self.summary(n)) for n in self.list_commands(ctx)
+                 if n.startswith(incomplete) and (n in self.lazy or not self.commands[n].hidden)]
+        return items + click.Command.shell_complete(self, ctx, incomplete)
+
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group("vdisk", cls=VdiskGroup, context_settings=CONTEXT, invoke_without_command=True)
+@click.group("vdisk", cls=LazyGroup, lazy=COMMANDS, context_settings=CONTEXT, invoke_without_command=True)
 @click.version_option(__version__, "-V", "--version", prog_name="vdisk", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
               help="Show the traceback of an error (for bug reports).")
@@ -60,20 +131,6 @@ def main(ctx, ceph_conf, ceph_id, ceph_timeout):
     from vdisk.location import hold_connections
     ctx.with_resource(hold_connections())
     help_when_bare(ctx)
-
-
-def _register():
-    from . import completion, convert, disk, mount, serve, snapshot, verify
-    for cmd in (disk.create, disk.info, disk.resize, disk.compact, disk.delete, snapshot.snapshot, serve.serve,
-                mount.mount, mount.umount, verify.verify, convert.convert, convert.import_, convert.export,
-                completion.completion):
-        main.add_command(cmd)
-    from . import replicate
-    for cmd in (replicate.diff, replicate.send, replicate.receive):
-        main.add_command(cmd)
-
-
-_register()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import pytest
 from vdisk.cli.main import main
 
 from .test_json import commands
-from .util import ROOT, run
+from .util import ROOT, run, subcommands
 
 GUIDE = os.path.join(ROOT, "docs", "GUIDE.md")
 TOOLS = ("nbdkit", "nbdinfo", "qemu-img", "qemu-io", "fusermount3", "truncate", "cmp", "dd")
@@ -109,7 +109,7 @@ def test_every_command_appears_in_the_guide():
 
 def _all(group=main, prefix=("vdisk",)):
     yield prefix, group
-    for name, cmd in sorted(group.commands.items()):
+    for name, cmd in subcommands(group):
         if isinstance(cmd, click.Group):
             yield from _all(cmd, prefix + (name,))
         else:

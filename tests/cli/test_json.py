@@ -16,7 +16,7 @@ import pytest
 from vdisk import Disk
 from vdisk.cli.main import main
 
-from .util import ROOT, run, run_proc, vdisk_cmd
+from .util import ROOT, run, run_proc, subcommands, vdisk_cmd
 
 BS = 4096
 # Commands that neither report on a disk nor change one.
@@ -24,7 +24,7 @@ NO_JSON = {"completion"}
 
 
 def commands(group=main, prefix=()):
-    for name, cmd in sorted(group.commands.items()):
+    for name, cmd in subcommands(group):
         if isinstance(cmd, click.Group):
             yield from commands(cmd, prefix + (name,))
         else:

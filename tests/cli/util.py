@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import click
 from click.testing import CliRunner
 
 from vdisk.cli.main import main
@@ -19,6 +20,14 @@ MiB = 1 << 20
 def run(*args, input=None, env=None):
     """``vdisk ARGS`` in this process: a click Result with stdout, stderr, exit_code."""
     return CliRunner(catch_exceptions=False).invoke(main, [str(a) for a in args], input=input, env=env)
+
+
+def subcommands(group):
+    """(name, command) of every command of ``group``, sorted; the top group loads its commands lazily,
+    so ``group.commands`` holds only the ones used so far."""
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        yield name, group.get_command(ctx, name)
 
 
 def vdisk_cmd(*args) -> list[str]:
