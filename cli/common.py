@@ -10,15 +10,13 @@ errors themselves; :mod:`vdisk.cli.failures` turns them into one line.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import sys
 import unicodedata
 
 import click
 
-from vdisk.errors import Busy, Interrupted, VdiskError
-from vdisk.units import parse_size
+from vdisk.errors import Busy, Interrupted
 
 from . import failures
 
@@ -59,20 +57,6 @@ def help_when_bare(ctx: click.Context):
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
         ctx.exit(0)
-
-
-class SizeType(click.ParamType):
-    """A size as :func:`vdisk.units.parse_size` reads it (10G, 1.5TiB, 4096)."""
-
-    name = "SIZE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(value)
-        except VdiskError as e:
-            self.fail(str(e), param, ctx)
 
 
 def _complete_snapshot(ctx, param, incomplete):
@@ -193,6 +177,7 @@ def is_local(d) -> bool:
 
 
 def emit_json(obj):
+    import json
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
 
 

@@ -11,8 +11,9 @@ import click
 from vdisk.errors import Interrupted, InvalidArgument, VdiskError
 from vdisk.units import format_size as describe_size
 
-from .common import SizeType, emit_json, is_rados, json_option, quiet_option, resolve
+from .common import emit_json, is_rados, json_option, quiet_option, resolve
 from .progress import Progress
+from .sizes import SizeType
 
 SOURCE_FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vpc", "vdi", "qed", "parallels")
 PHASES = {"export": ("writing the image", "bytes")}

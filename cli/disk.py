@@ -11,9 +11,10 @@ from vdisk.errors import Busy, InvalidArgument
 from vdisk.units import (GROW_CONFIRM_FACTOR, check_block_size, check_disk_size, describe_size, format_size,
                          needs_confirmation)
 
-from .common import (SizeType, disk_argument, emit_json, is_local, is_rados, json_option, local_time, open_live,
+from .common import (disk_argument, emit_json, is_local, is_rados, json_option, local_time, open_live,
                      quiet_option, resolve, snapshot_json)
 from .progress import Progress
+from .sizes import SizeType
 
 
 def _max_size() -> int:

@@ -13,9 +13,7 @@ traceback unless ``--debug`` (or ``VDISK_DEBUG=1``).
 
 from __future__ import annotations
 
-import difflib
 import errno
-import json
 import os
 import re
 import sys
@@ -98,6 +96,7 @@ def _report(message: str, code: int, kind: str, exc: BaseException) -> int:
         if kind == "Interrupted" and sys.stderr.isatty():
             sys.stderr.write("\n")      # after the terminal's ^C
         if STATE.json:
+            import json
             click.echo(json.dumps({"error": {"message": line, "kind": kind, "exit_code": code}}))
         click.echo(f"vdisk: error: {line}", err=True)
     except OSError:
@@ -118,7 +117,7 @@ def _silence_stdout():
 def _usage_message(e: click.UsageError) -> str:
     msg = e.format_message().strip().rstrip(".")
     if isinstance(e, click.NoSuchOption) and e.ctx is not None and re.fullmatch(r"-\d[\d.]*[A-Za-z]*", e.option_name):
-        from .common import SizeType
+        from .sizes import SizeType
         if any(isinstance(p.type, SizeType) for p in e.ctx.command.params):
             return f"bad size {e.option_name!r}: a size cannot be negative"
     if msg[:1].isupper() and msg[1:2].islower():
@@ -133,6 +132,7 @@ def unknown_command(ctx: click.Context, name: str, commands: list[str]) -> str:
     hint = {"version": f"the version is printed by: {ctx.command_path} --version",
             "help": f"help is printed by: {ctx.command_path} --help or {ctx.command_path} COMMAND --help"}.get(name)
     if hint is None:
+        import difflib
         close = difflib.get_close_matches(name, commands, n=1, cutoff=0.75)
         hint = f"did you mean '{ctx.command_path} {close[0]}'?" if close else None
     parts = [f"no command {quote(name)} in {ctx.command_path}", hint, f"commands: {', '.join(commands)}"]

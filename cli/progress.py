@@ -18,8 +18,6 @@ import os
 import sys
 import time
 
-from vdisk.units import format_size
-
 REDRAW_SECONDS = 0.1
 RATE_AFTER = 0.5
 # phase -> (label, unit); unit "bytes" prints sizes and byte rates.
@@ -89,14 +87,14 @@ class Progress:
         elapsed = max(now - self._start, 1e-6)
         rate = done / elapsed
         frac = min(1.0, done / total) if total > 0 else 1.0
-        amount = (f"{format_size(done)}/{format_size(total)}" if unit == "bytes"
+        amount = (f"{_size(done)}/{_size(total)}" if unit == "bytes"
                   else f"{done}/{total} {unit}")
         if final:
             tail = f"{amount} in {_clock(elapsed)}"
         elif elapsed < RATE_AFTER or rate <= 0:
             tail = amount           # too early for a rate that means anything
         else:
-            speed = f"{format_size(int(rate))}/s" if unit == "bytes" else f"{rate:.0f} {unit}/s"
+            speed = f"{_size(int(rate))}/s" if unit == "bytes" else f"{rate:.0f} {unit}/s"
             tail = f"{amount}  {speed}  ETA {_clock(max(0, total - done) / rate)}"
         columns = _columns(self.stream)
         # A bar of one width for the whole phase, whatever the tail's length.
@@ -116,6 +114,12 @@ class Progress:
             self.stream.flush()
         except (OSError, ValueError):
             self.enabled = False
+
+
+def _size(n: int) -> str:
+    # Imported here: only the phases counted in bytes (compact) print sizes.
+    from vdisk.units import format_size
+    return format_size(n)
 
 
 def _columns(stream) -> int:

@@ -9,7 +9,6 @@ found, 2 not a disk, 8 damaged beyond reading, 9 newer format; see
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 
@@ -77,6 +76,7 @@ def verify(disk, data, quiet, as_json):
         err = e if isinstance(e, VdiskError) else from_os_error(e)
         raise CommandFailed(f"cannot verify {disk}: {err}", err) from e
     if as_json:
+        import json
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         click.echo(summary_line(report))
