@@ -9,7 +9,6 @@ later create removes the leftovers of builds whose process is gone.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import shutil
@@ -21,7 +20,8 @@ from vdisk.errors import AlreadyExists, NoSpace, NotADisk, NotFound, StorageErro
 from . import format as fmt
 from .names import CSUM_BYTES, CSUM_TREE, FREE_TREE, RUNNING_TREE, VBA_TREE
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The process's own symbols, libc's among them (find_library runs ldconfig: ~8 ms of every command).
+_libc = ctypes.CDLL(None, use_errno=True)
 # Larger than LMDB's reader table for its default 126 readers (about 8 KiB).
 LMDB_LOCK_FILE_RESERVE = 64 << 10
 

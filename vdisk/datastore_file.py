@@ -13,12 +13,12 @@ one ``os`` function for one call.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import stat
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The process's own symbols, libc's among them (find_library runs ldconfig: ~8 ms of every command).
+_libc = ctypes.CDLL(None, use_errno=True)
 _FALLOC_FL_KEEP_SIZE = 1
 _FALLOC_FL_PUNCH_HOLE = 2
 _SYNC_FILE_RANGE_WRITE = 2
