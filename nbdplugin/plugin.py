@@ -379,7 +379,7 @@ def _check_size(count):
 @_request
 def pread(h, buf, offset, flags):
     _check_size(len(buf))
-    buf[:] = h.dev.read(offset, len(buf))
+    h.dev.readinto(offset, buf)
 
 
 @_request

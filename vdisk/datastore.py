@@ -71,6 +71,17 @@ class DataStore(Protocol):
         later writes and punches do not change what ``wait()`` returns.
         """
 
+    def read_many_into(self, ranges: Sequence[tuple[int, int]],
+                       views: Sequence[memoryview]) -> Callable[[], list[int]]:
+        """:meth:`read_many` into the caller's buffers: range ``i`` lands in ``views[i]``.
+
+        The engine's read path (issue 13: a 1 MiB request's pieces read
+        straight into nbdkit's buffer, without joining bytes objects).
+        ``wait()`` returns the bytes each range got (short past the end);
+        until it returns, the views' contents are undefined. The same rule
+        holds: later writes and punches do not change what lands there.
+        """
+
     def write(self, data: memoryview, offset: int) -> None:
         """Write all of ``data`` at ``offset`` (not durable until :meth:`sync`)."""
 

@@ -69,6 +69,11 @@ class FileDataStore:
         data = [os.pread(fd, length, offset) for length, offset in ranges]
         return lambda: data
 
+    def read_many_into(self, ranges, views):
+        fd = self.fd
+        got = [os.preadv(fd, [view], offset) for (_length, offset), view in zip(ranges, views)]
+        return lambda: got
+
     def write(self, data: memoryview, offset: int) -> None:
         fd = self.fd
         while len(data):

@@ -56,6 +56,10 @@ class MemoryDataStore:
         data = [self.read(length, offset) for length, offset in ranges]
         return lambda: data
 
+    def read_many_into(self, ranges, views):
+        got = [self.readinto(view, offset) for (_length, offset), view in zip(ranges, views)]
+        return lambda: got
+
     def write(self, data: memoryview, offset: int) -> None:
         self._check("write")
         data = memoryview(data).cast("B")

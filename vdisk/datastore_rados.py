@@ -307,6 +307,17 @@ class RadosDataStore:
         if self._read_waiters:
             self._lock.notify_all()
 
+    def read_many_into(self, ranges, views):
+        """:meth:`read_many`, its bytes copied into ``views`` by ``wait()``."""
+        wait = self.read_many(ranges)
+
+        def into() -> list[int]:
+            got = wait()
+            for view, data in zip(views, got):
+                view[:len(data)] = data
+            return [len(data) for data in got]
+        return into
+
     def readinto(self, buf: memoryview, offset: int) -> int:
         buf = memoryview(buf).cast("B")
         got = self.read_many([(len(buf), offset)])()[0]

@@ -61,10 +61,11 @@ class WritePath:
             head = offset - b0 * bs
             if head or (offset + length) % bs:
                 buf = bytearray(b1 * bs - b0 * bs)
+                view = memoryview(buf)
                 # Only the edge blocks need their old contents.
-                buf[:bs] = self._read_blocks(line.lba, b0, 1, line.origin)
+                self._read_blocks(line.lba, b0, 1, view[:bs], line.origin)
                 if b1 - 1 > b0:
-                    buf[-bs:] = self._read_blocks(line.lba, b1 - 1, 1, line.origin)
+                    self._read_blocks(line.lba, b1 - 1, 1, view[-bs:], line.origin)
                 buf[head:head + length] = data
                 data = buf
             self._write_blocks(b0, memoryview(data).cast("B"), line)

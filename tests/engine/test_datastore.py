@@ -81,6 +81,30 @@ def test_a_write_or_punch_after_read_many_does_not_change_what_it_returns(store)
     assert store.read(256 * KiB, 0) == pattern(23, 128 * KiB) + bytes(128 * KiB)
 
 
+def test_ranges_read_into_buffers_are_what_each_read_alone_returns_and_later_writes_do_not_change(store):
+    # read_many_into, the engine's read (issue 13): each range lands in its
+    # own view of one buffer; the rule of read_many holds for what lands.
+    old = pattern(24, 256 * KiB)
+    store.write(memoryview(old), 0)
+    store.sync()
+    ranges = [(8 * KiB, 16 * KiB), (BS, 0), (12 * KiB, 250 * KiB), (BS, 300 * KiB)]   # one, another, short, past the end
+    buf = memoryview(bytearray(b"\x77" * sum(n for n, _ in ranges)))
+    views, at = [], 0
+    for n, _ in ranges:
+        views.append(buf[at:at + n])
+        at += n
+    wait = store.read_many_into(ranges, views)
+    store.write(memoryview(pattern(25, 256 * KiB)), 0)
+    store.punch(0, 64 * KiB)
+    assert wait() == [8 * KiB, BS, 6 * KiB, 0]
+    assert bytes(views[0]) == old[16 * KiB:24 * KiB] and bytes(views[1]) == old[:BS]
+    assert bytes(views[2][:6 * KiB]) == old[250 * KiB:]
+    one = memoryview(bytearray(BS))
+    assert store.read_many_into([(BS, 70 * KiB)], [one])() == [BS]
+    assert bytes(one) == pattern(25, 256 * KiB)[70 * KiB:74 * KiB]
+    assert store.read_many_into([], [])() == []
+
+
 def test_a_punched_range_reads_as_zeros_keeps_the_size_and_frees_space(store):
     store.write(memoryview(pattern(2, 256 * KiB)), 0)
     store.sync()

@@ -336,9 +336,11 @@ def test_a_failed_read_is_a_storage_error_and_loses_nothing(tmp_path, monkeypatc
         d.flush()
         d.write(2 * BS, pattern(2, BS))            # acknowledged, unflushed
         for length in (BS, 4 * BS):                # one block; then with a hole: piecewise
-            OneFault(monkeypatch, os, "pread", errno.EIO)
+            # Requests read the data file with preadv, straight into their buffer.
+            fault = OneFault(monkeypatch, os, "preadv", errno.EIO)
             with pytest.raises(StorageError) as ei:
                 d.read(0, length)
+            assert fault.fired
             assert "PBA" in str(ei.value) and "Input/output error" in str(ei.value)
             monkeypatch.undo()
         d.flush()                                  # not stopped: nothing was lost

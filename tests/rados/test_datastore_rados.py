@@ -25,6 +25,7 @@ from engine.test_datastore import (  # noqa: F401 - collected here, on the RADOS
     test_a_write_or_punch_after_read_many_does_not_change_what_it_returns,
     test_closing_twice_is_harmless,
     test_many_ranges_read_at_once_are_what_each_read_alone_returns,
+    test_ranges_read_into_buffers_are_what_each_read_alone_returns_and_later_writes_do_not_change,
     test_seek_finds_data_and_holes_as_compact_needs_them,
     test_what_was_written_reads_back_and_reads_past_the_end_are_short,
     test_write_back_and_sync_succeed_on_a_healthy_store,
