@@ -34,17 +34,17 @@ error with the dirty pages).
 Reads past the end of the written space are short, as with ``pread``: the
 engine tells a short read (a damaged store) from a failed one.
 
-**Reads in flight.** :meth:`DataStore.read_many` takes a request's reads
-together and may return before they are done (RADOS: many ``aio_read`` in
-flight); the engine waits for them outside its lock, so other requests run
-meanwhile. What makes that safe is this rule, which every store keeps: the
-bytes a :meth:`DataStore.read_many` returns are those its ranges held when
-it was called. A ``write`` or ``punch`` called after it returned never
-changes them, even while the reads are still on their way (a store with
-reads in flight makes an overlapping write or punch wait for them). So a
-read that looked its PBAs up under the engine's lock and issued them before
-releasing it cannot see a PBA reused by a later commit: the reuse is a
-write, called later.
+**Reads in flight.** :meth:`DataStore.read_many_into` takes a request's
+reads together and may return before they are done (RADOS: many
+``aio_read`` in flight); the engine waits for them outside its lock, so
+other requests run meanwhile. What makes that safe is this rule, which
+every store keeps: the bytes a :meth:`DataStore.read_many_into` leaves in
+its buffers are those its ranges held when it was called. A ``write`` or
+``punch`` called after it returned never changes them, even while the
+reads are still on their way (a store with reads in flight makes an
+overlapping write or punch wait for them). So a read that looked its PBAs
+up under the engine's lock and issued them before releasing it cannot see
+a PBA reused by a later commit: the reuse is a write, called later.
 """
 
 from __future__ import annotations
@@ -61,25 +61,18 @@ class DataStore(Protocol):
     def readinto(self, buf: memoryview, offset: int) -> int:
         """Fill ``buf`` from ``offset``; returns the bytes read (short past the end)."""
 
-    def read_many(self, ranges: Sequence[tuple[int, int]]) -> Callable[[], list[bytes]]:
-        """Read every ``(length, offset)`` range at once: one request's reads.
-
-        Returns ``wait`` once the reads are taken (issued, or done): ``wait()``
-        gives the bytes of each range in the order asked (short past the
-        end), and may be called again with the same outcome. A failure
-        (OSError) is raised here or by ``wait()``. The module's rule holds:
-        later writes and punches do not change what ``wait()`` returns.
-        """
-
     def read_many_into(self, ranges: Sequence[tuple[int, int]],
                        views: Sequence[memoryview]) -> Callable[[], list[int]]:
-        """:meth:`read_many` into the caller's buffers: range ``i`` lands in ``views[i]``.
+        """Read every ``(length, offset)`` range at once, range ``i`` into ``views[i]``: one request's reads.
 
-        The engine's read path (issue 13: a 1 MiB request's pieces read
-        straight into nbdkit's buffer, without joining bytes objects).
-        ``wait()`` returns the bytes each range got (short past the end);
-        until it returns, the views' contents are undefined. The same rule
-        holds: later writes and punches do not change what lands there.
+        Returns ``wait`` once the reads are taken (issued, or done):
+        ``wait()`` gives the bytes each range got (short past the end), and
+        may be called again with the same outcome; until it returns, the
+        views' contents are undefined. A failure (OSError) is raised here
+        or by ``wait()``. The module's rule holds: later writes and punches
+        do not change what lands in the views. The engine reads a request's
+        pieces straight into its caller's buffer so (issue 13: a 1 MiB NBD
+        read into nbdkit's, with no bytes joined or copied).
         """
 
     def write(self, data: memoryview, offset: int) -> None:

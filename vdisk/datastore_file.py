@@ -63,13 +63,8 @@ class FileDataStore:
     def readinto(self, buf: memoryview, offset: int) -> int:
         return os.preadv(self.fd, [buf], offset)
 
-    def read_many(self, ranges):
-        # Local reads are done in the call: nothing is left in flight.
-        fd = self.fd
-        data = [os.pread(fd, length, offset) for length, offset in ranges]
-        return lambda: data
-
     def read_many_into(self, ranges, views):
+        # Local reads are done in the call: nothing is left in flight.
         fd = self.fd
         got = [os.preadv(fd, [view], offset) for (_length, offset), view in zip(ranges, views)]
         return lambda: got

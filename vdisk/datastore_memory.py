@@ -52,10 +52,6 @@ class MemoryDataStore:
         self.readinto(memoryview(buf), offset)
         return bytes(buf)
 
-    def read_many(self, ranges):
-        data = [self.read(length, offset) for length, offset in ranges]
-        return lambda: data
-
     def read_many_into(self, ranges, views):
         got = [self.readinto(view, offset) for (_length, offset), view in zip(ranges, views)]
         return lambda: got

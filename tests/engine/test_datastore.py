@@ -49,19 +49,29 @@ def test_what_was_written_reads_back_and_reads_past_the_end_are_short(store):
     assert store.size() == 8 * BS
 
 
+def _into(store, ranges):
+    """``read_many_into`` of ``ranges``, each into a buffer of its own: ``wait`` -> the bytes each got."""
+    views = [memoryview(bytearray(n)) for n, _ in ranges]
+    wait = store.read_many_into(ranges, views)
+
+    def got():
+        return [bytes(v[:k]) for v, k in zip(views, wait())]
+    return got
+
+
 def test_many_ranges_read_at_once_are_what_each_read_alone_returns(store):
     store.write(memoryview(pattern(20, 200 * KiB)), 60 * KiB)          # across 64 KiB boundaries
     store.write(memoryview(pattern(21, 3 * BS)), 1024 * KiB)
     store.sync()
     ranges = [(200 * KiB, 60 * KiB), (BS, 0), (8 * KiB, 120 * KiB), (0, 64 * KiB),   # all, a hole, a middle, nothing
               (5 * BS, 1024 * KiB), (BS, 2048 * KiB), (3 * BS, 1024 * KiB)]          # short at the end, past it, again
-    wait = store.read_many(ranges)
+    wait = _into(store, ranges)
     got = wait()
     assert got == [store.read(length, offset) for length, offset in ranges]
     assert got == [pattern(20, 200 * KiB), bytes(BS), pattern(20, 200 * KiB)[60 * KiB:68 * KiB], b"",
                    pattern(21, 3 * BS), b"", pattern(21, 3 * BS)]
     assert wait() == got                                              # asked twice: the same
-    assert store.read_many([])() == []
+    assert store.read_many_into([], [])() == []
 
 
 def test_a_write_or_punch_after_read_many_does_not_change_what_it_returns(store):
@@ -72,8 +82,8 @@ def test_a_write_or_punch_after_read_many_does_not_change_what_it_returns(store)
     store.write(memoryview(old), 0)
     store.sync()
     ranges = [(BS, i * BS) for i in range(0, 64, 2)]
-    wait = store.read_many(ranges)
-    ones = [store.read_many([(BS, 3 * BS)]), store.read_many([(BS, 40 * BS)])]   # one range: may be deferred
+    wait = _into(store, ranges)
+    ones = [_into(store, [(BS, 3 * BS)]), _into(store, [(BS, 40 * BS)])]   # one range: may be deferred
     store.write(memoryview(pattern(23, 128 * KiB)), 0)
     store.punch(128 * KiB, 128 * KiB)
     assert wait() == [old[o:o + n] for n, o in ranges]
