@@ -371,13 +371,19 @@ def test_sigkill_inside_the_rename_commit_leaves_one_name(scratch):
     assert kill_at >= 6, kill_at
 
 
+# Kills at random moments of a stream of renames: 6 in ./dev test (the test
+# above kills at every write of one rename's commit); VDISK_RENAME_KILLS=N runs
+# N, VDISK_TORTURE_FULL=1 the 12 of before (docs/RELIABILITY.md).
+RANDOM_KILLS = int(os.environ.get("VDISK_RENAME_KILLS") or (12 if os.environ.get("VDISK_TORTURE_FULL") else 6))
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_of_renames_leaves_one_name(scratch):
     path = os.path.join(scratch, "disk")
     _start_family(path)
     rng = random.Random(20261201)
     name, renamed = "a", 0
-    for _ in range(12):
+    for _ in range(RANDOM_KILLS):
         p = _child(path, -1)
         time.sleep(rng.uniform(0.3, 0.8))
         p.send_signal(signal.SIGKILL)
