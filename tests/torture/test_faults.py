@@ -228,7 +228,7 @@ def test_fault_sweep(op, path, action, span, lazyfs, torture_budget, torture_fig
     under a random workload with snapshots, deletions, reverts and compact;
     after it, the workload goes on as a client would. Then close, cut,
     reopen: nothing the last successful commit covered may be missing."""
-    budget = torture_budget(3, 4, weight=0.2)
+    budget = torture_budget(3, 4, weight=0.2, suite_share=0.5)    # the suite version: 2 rounds
     fig = torture_figures
     figures(fig)
     fig.update(stopped=0, nospace=0)
