@@ -8,7 +8,7 @@ by comparing with the minimal extent list derived from the model.
 
 from __future__ import annotations
 
-from hypothesis import note
+from hypothesis import note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -134,6 +134,11 @@ class ExtentMachine(RuleBasedStateMachine):
 
 
 TestExtentMap = ExtentMachine.TestCase
+# Half the profile's examples in the default and ci profiles (50: the disk
+# model machines drive the map too), all of a larger one (nightly: 1000).
+_base = settings()
+TestExtentMap.settings = settings(_base, max_examples=_base.max_examples // 2 if _base.max_examples <= 100
+                                  else _base.max_examples)
 
 
 def test_pack_unpack():

@@ -402,7 +402,7 @@ def test_byte_flips_in_a_closed_disk(tmp_path, torture_budget, torture_figures):
     import random
     import shutil
     from badinput_flips import build, copy, flip, judge_probe, probe, serve_damaged
-    budget = torture_budget(20, 12, weight=0.75, suite_share=0.5)     # 6 rounds: two laps of the targets
+    budget = torture_budget(20, 12, weight=0.75, suite_share=0.25)    # 3 rounds: one lap of the targets
     pristine, exp = str(tmp_path / "pristine.vdisk"), str(tmp_path / "expected")
     expected = build(pristine, exp, budget.seed)
     figures = dict(rounds=0, bad_inputs_tried=0, bytes_flipped=0, damage_detected=0, refused_open=0,
