@@ -222,7 +222,14 @@ def _decode_addr(r: _Reader) -> str:
 # ---------------------------------------------------------------- fencing
 
 def fence(cluster, address: str, expire_seconds: int = 7 * 24 * 3600) -> None:
-    """Blocklist ``address`` and wait until the OSDs refuse its operations."""
+    """Blocklist ``address`` and wait until ``cluster`` has the osdmap that says so.
+
+    An OSD refuses the fenced client once it holds that map, and it takes
+    it before it serves an op of ``cluster``'s, which carries the new epoch:
+    so fence and then break the lock with the same ``cluster``
+    (vdisk/location.py ``take_over``); what it writes afterwards, no fenced
+    write can land over.
+    """
     import rados
     try:
         cluster.blocklist_add(address, expire_seconds)

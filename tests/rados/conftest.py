@@ -22,6 +22,8 @@ sys.path.insert(0, os.path.join(_ROOT, "tools"))
 
 import ceph_cluster  # noqa: E402
 
+from vdisk import ceph as vceph  # noqa: E402
+
 
 def _missing() -> str | None:
     for tool in ("ceph-mon", "ceph-osd"):
@@ -104,3 +106,28 @@ def new_client(ceph):
             r.shutdown()
         except Exception:
             pass
+
+
+@pytest.fixture
+def fence_now(ceph, new_client):
+    """``fence_now(address)``: blocklist ``address`` and make the OSD enforce it before returning.
+
+    vdisk.ceph.fence waits for the fencing client's own osdmap; the OSD takes
+    the new map when an op carrying that epoch reaches it, which in vdisk is
+    the lock break that follows (vdisk/location.py take_over). A test whose
+    victim writes right after the fence sends that op itself: a stat from the
+    fencing client (on the one OSD of the test cluster).
+    """
+    import rados
+
+    def fence(address):
+        fencer = new_client()
+        vceph.fence(fencer, address, expire_seconds=600)
+        io = fencer.open_ioctx(ceph.pool)
+        try:
+            io.stat("fence-now.epoch")
+        except rados.ObjectNotFound:
+            pass
+        finally:
+            io.close()
+    return fence

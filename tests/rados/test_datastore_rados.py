@@ -87,14 +87,14 @@ def test_a_reader_opened_earlier_sees_what_the_writer_synced_later(ioctx, prefix
     assert e.value.errno == errno.EROFS
 
 
-def test_after_a_failed_write_every_sync_fails(ceph, new_client, prefix):
+def test_after_a_failed_write_every_sync_fails(ceph, new_client, fence_now, prefix):
     """A fenced client's writes fail in flight; no later sync may say they are durable."""
     victim = new_client()
     io = victim.open_ioctx(ceph.pool)
     s = RadosDataStore(io, prefix, object_size=64 * KiB)
     s.write(memoryview(pattern(1, 64 * KiB)), 0)
     s.sync()
-    vceph.fence(new_client(), victim.get_addrs(), expire_seconds=600)
+    fence_now(victim.get_addrs())
     s.write(memoryview(pattern(2, 64 * KiB)), 64 * KiB)
     with pytest.raises(OSError) as first:
         s.sync()
@@ -107,7 +107,7 @@ def test_after_a_failed_write_every_sync_fails(ceph, new_client, prefix):
 
 
 def test_a_remove_whose_data_objects_fail_keeps_the_map_and_removing_again_finishes(
-        ceph, ioctx, new_client, prefix):
+        ceph, ioctx, new_client, fence_now, prefix):
     """The object map is what finds the data objects: it goes only after all of them."""
     w = RadosDataStore(ioctx, prefix, object_size=64 * KiB)
     w.write(memoryview(pattern(1, 256 * KiB)), 0)
@@ -115,7 +115,7 @@ def test_a_remove_whose_data_objects_fail_keeps_the_map_and_removing_again_finis
     w.close()
     victim = new_client()
     s = RadosDataStore(victim.open_ioctx(ceph.pool), prefix, create=False)
-    vceph.fence(new_client(), victim.get_addrs(), expire_seconds=600)
+    fence_now(victim.get_addrs())
     with pytest.raises(OSError) as e:
         s.remove()                                  # every removal fails in flight
     assert e.value.errno == errno.ESHUTDOWN
@@ -185,13 +185,13 @@ def test_the_engine_runs_on_a_rados_data_store(ioctx, prefix, disk_dir):
         assert_consistent(again)
 
 
-def test_a_fenced_data_store_stops_the_disk(ceph, new_client, prefix, disk_dir):
+def test_a_fenced_data_store_stops_the_disk(ceph, new_client, fence_now, prefix, disk_dir):
     victim = new_client()
     io = victim.open_ioctx(ceph.pool)
     d = Disk.create(disk_dir, 4 * MiB, data_store=RadosDataStore(io, prefix, object_size=1 * MiB))
     d.write(0, pattern(1, 64 * KiB))
     d.flush()
-    vceph.fence(new_client(), victim.get_addrs(), expire_seconds=600)
+    fence_now(victim.get_addrs())
     d.write(64 * KiB, pattern(2, 64 * KiB))
     t = time.monotonic()
     with pytest.raises(StorageError):

@@ -97,11 +97,11 @@ def test_a_writer_that_lost_its_lock_cannot_commit(ioctx, prefix, new_client, ce
     assert after.load(1) == b"first" and after.meta_get(b"k") == b"1"
 
 
-def test_a_fenced_writer_cannot_commit(ioctx, prefix, new_client, ceph):
+def test_a_fenced_writer_cannot_commit(ioctx, prefix, new_client, fence_now, ceph):
     victim = new_client()
     s = RadosNodeStore(victim.open_ioctx(ceph.pool), prefix)
     s.commit({1: b"first"}, [], {b"k": b"1"})
-    vceph.fence(new_client(), victim.get_addrs(), expire_seconds=600)
+    fence_now(victim.get_addrs())
     with pytest.raises(StorageError, match="blocklisted"):
         s.commit({1: b"late"}, [], {b"k": b"2"})
     assert RadosNodeStore(ioctx, prefix).meta_get(b"k") == b"1"
