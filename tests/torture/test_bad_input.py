@@ -86,8 +86,8 @@ def _server_is_sane(srv):
 def test_nbd_request_fuzzer(fuzz_disk, torture_budget, torture_figures):
     from badinput_fuzz import SENTINEL, SIZE, Fuzz, requests
     srv, initial = fuzz_disk
-    budget = torture_budget(15, 10**6, weight=0.5, suite_share=0.5)
-    examples = max(1, round(600 * budget.share))    # a batch: 600, 300 in the suite version
+    budget = torture_budget(15, 10**6, weight=0.5, suite_share=0.25)
+    examples = max(1, round(600 * budget.share))    # a batch: 600, 150 in the suite version
     fz = Fuzz(srv, bytearray(initial))
     problems: list[str] = []
     batches = 0

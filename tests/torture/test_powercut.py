@@ -332,13 +332,14 @@ def test_power_cut_after_disk_create(lazyfs, torture_budget, torture_figures):
     """Disk.create (maybe a flushed write), close, cut: afterwards there is no
     disk (its name was not durable), or one that opens and reads what was
     flushed - never a directory without its metadata (no directory fsync)."""
-    _create_rounds(lazyfs, torture_budget(4, 6, weight=0.15), torture_figures, during=False)
+    _create_rounds(lazyfs, torture_budget(4, 6, weight=0.15, suite_share=4 / 6), torture_figures, during=False)
 
 
 def test_power_cut_inside_disk_create(lazyfs, torture_budget, torture_figures):
     """A cut at the n-th request of Disk.create: it raises a VdiskError, and
     afterwards there is no disk or a disk that opens."""
-    raw = _create_rounds(lazyfs, torture_budget(4, 6, weight=0.1), torture_figures, during=True)
+    # The suite version: 4 rounds, a cut at each kind of request once.
+    raw = _create_rounds(lazyfs, torture_budget(4, 6, weight=0.1, suite_share=4 / 6), torture_figures, during=True)
     assert not raw, f"Disk.create let raw OSErrors escape: {raw}"
     # Built under a hidden name and renamed into place: never half a disk.
     assert torture_figures["partial_refused"] == 0, torture_figures
