@@ -15,13 +15,35 @@ quarter in ``default`` and ``ci`` (25 each), and in ``nightly`` one half
 
 Every profile has ``deadline=None``: LMDB commits fsync, and their latency on
 a loaded CI machine says nothing about correctness.
+
+Bytecode of the child processes: the suite starts about a thousand Python
+processes (the CLI, servers, crash children, lazyfs), each importing most of
+vdisk. Where ``PYTHONDONTWRITEBYTECODE`` is set, each of them compiled every
+module it imported from source (~0.1-0.2 s a process), so for the children
+the suite unsets it and points ``PYTHONPYCACHEPREFIX`` at a directory of its
+own, removed at the end: they share compiled modules, and nothing is
+written into the source tree. A ``PYTHONPYCACHEPREFIX`` already set is left
+as it is; this process keeps its own setting.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
-from hypothesis import HealthCheck, settings
+if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCACHEPREFIX"):
+    try:
+        _PYCACHE = tempfile.mkdtemp(prefix="vdisk-tests-pycache-")
+    except OSError:
+        pass                      # no scratch space: the children compile as before
+    else:
+        atexit.register(shutil.rmtree, _PYCACHE, True)
+        del os.environ["PYTHONDONTWRITEBYTECODE"]
+        os.environ["PYTHONPYCACHEPREFIX"] = _PYCACHE
+
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
