@@ -4,14 +4,13 @@ every refusal read() makes, readinto makes too."""
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
 
 from vdisk.errors import ChecksumMismatch, InvalidArgument
 
-from .util import pattern, settled
+from .util import damage_data, pattern, settled
 
 BS = 4096
 
@@ -82,11 +81,7 @@ def test_damaged_data_is_refused_through_readinto(make_disk, recent):
     else:
         (_s, vba, _n), = d._lba.pieces(9, 1)
         (_v, pba, _k), = d._vba.pieces(vba, 1)
-    fd = os.open(os.path.join(d.path, "data"), os.O_RDWR)
-    try:
-        os.pwrite(fd, b"\xde\xad", pba * BS + 5)
-    finally:
-        os.close(fd)
+    damage_data(d, pba, BS)
     for offset, length in ((9 * BS, BS), (8 * BS, 4 * BS)):
         with pytest.raises(ChecksumMismatch, match=f"LBA 9 .byte {9 * BS}."):
             d.readinto(offset, bytearray(length))

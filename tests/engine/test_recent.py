@@ -4,7 +4,6 @@ meets a block still in it answers as if the trees held it."""
 from __future__ import annotations
 
 import errno
-import os
 
 import pytest
 
@@ -12,7 +11,7 @@ from vdisk import Disk
 from vdisk.errors import ChecksumMismatch
 
 from .accounting import assert_consistent
-from .util import pattern, read_in_child
+from .util import damage_data, pattern, read_in_child
 
 BS = 4096
 MiB = 1 << 20
@@ -142,11 +141,7 @@ def test_a_damaged_recent_block_is_refused(filled):
     d = filled
     d.write(13 * BS, pattern(1, BS))
     (pba, _csum), = d._recent.values()
-    fd = os.open(os.path.join(d.path, "data"), os.O_RDWR)
-    try:
-        os.pwrite(fd, b"\xde\xad", pba * BS + 5)
-    finally:
-        os.close(fd)
+    damage_data(d, pba, BS)
     for offset, length in ((13 * BS, BS), (13 * BS, 2 * BS)):
         with pytest.raises(ChecksumMismatch) as ei:
             d.read(offset, length)

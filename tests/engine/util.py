@@ -54,3 +54,12 @@ def settled(disk):
     (vdisk/recent.py): what a test that looks at the trees themselves needs."""
     with disk.lock:
         return disk
+
+
+def damage_data(disk, pba: int, block_size: int = 4096) -> None:
+    """Overwrite two bytes of PBA ``pba`` in the disk's data file, behind the engine's back."""
+    fd = os.open(os.path.join(disk.path, "data"), os.O_RDWR)
+    try:
+        os.pwrite(fd, b"\xde\xad", pba * block_size + 5)
+    finally:
+        os.close(fd)
